@@ -1,0 +1,82 @@
+/**
+ * Strict decoding of user configuration.
+ *
+ * Every config of effect-deq is a Schema class. `decode` rejects unknown keys (a misspelt key is an error that
+ * names it, never a silently ignored setting) and turns schema failures into a {@link ConfigError} whose `path`
+ * names the field.
+ *
+ * @example
+ * ```ts
+ * import { Config } from "effect-deq/Config"
+ * const opts = yield* Config.decode(SolveOptions)({ maxIter: 30, tol: 1e-4 })
+ * ```
+ *
+ * @since 0.1.0
+ */
+import { Effect, Schema, SchemaIssue } from "effect"
+import { ConfigError } from "./Errors.ts"
+
+/**
+ * A field default that applies both when decoding (key missing) and when constructing with `new`.
+ *
+ * @category combinators
+ */
+export const withDefault =
+  <S extends Schema.Top & Schema.WithoutConstructorDefault>(value: S["Type"] & S["Encoded"]) => (self: S) =>
+    self.pipe(
+      Schema.withDecodingDefaultKey(Effect.succeed(value)),
+      Schema.withConstructorDefault(Effect.succeed(value) as any)
+    )
+
+const formatPath = (path: ReadonlyArray<PropertyKey>, prefix: string): string =>
+  [prefix, ...path.map(String)].filter((s) => s.length > 0).join(".")
+
+const firstPath = (issue: SchemaIssue.Issue): ReadonlyArray<PropertyKey> => {
+  let current: SchemaIssue.Issue = issue
+  const path: Array<PropertyKey> = []
+  for (let i = 0; i < 64; i++) {
+    switch (current._tag) {
+      case "Pointer":
+        path.push(...current.path)
+        current = current.issue
+        continue
+      case "Composite":
+      case "AnyOf":
+        if (current._tag === "Composite" && current.issues.length > 0) {
+          current = current.issues[0]!
+          continue
+        }
+        return path
+      case "Filter":
+      case "Encoding":
+        current = current.issue
+        continue
+      default:
+        return path
+    }
+  }
+  return path
+}
+
+/**
+ * Decodes an unknown value (parsed JSON, CLI flags) with a Schema, rejecting unknown keys.
+ * `prefix` is prepended to the reported path, e.g. `"solver"` gives `solver.maxIter`.
+ *
+ * @category decoding
+ */
+export const decode = <S extends Schema.Decoder<unknown>>(schema: S, prefix = "") =>
+(input: unknown): Effect.Effect<S["Type"], ConfigError, S["DecodingServices"]> =>
+  Schema.decodeUnknownEffect(schema)(input, { onExcessProperty: "error", errors: "all" }).pipe(
+    Effect.mapError((error) => {
+      const path = formatPath(firstPath(error.issue), prefix)
+      return new ConfigError({ path: path.length > 0 ? path : "<root>", message: String(error.issue) })
+    })
+  )
+
+/**
+ * Synchronous {@link decode} for code that is not inside an Effect (tests, examples); throws the ConfigError.
+ *
+ * @category decoding
+ */
+export const decodeSync = <S extends Schema.Decoder<unknown, never>>(schema: S, prefix = "") =>
+(input: unknown): S["Type"] => Effect.runSync(decode(schema, prefix)(input))
