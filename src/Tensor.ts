@@ -366,3 +366,26 @@ export const makeRng = (root: number): Rng["Service"] =>
     seed: (...path) => deriveSeed(root, ...path),
     stream: (...path) => stream(deriveSeed(root, ...path))
   })
+
+// ---------------------------------------------------------------------------------------------------------------
+// Tape control
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * Runs `f` with gradient recording off, even inside `tf.grad` / `tf.variableGrads`: nothing `f` computes is
+ * recorded or kept for the backward pass. A forward solve runs this way so its memory does not grow with the
+ * number of iterations; its result is a constant for the surrounding gradient (like `tf.stopGradient`).
+ * Relies on tfjs 4.22's engine state (`gradientDepth`), which is why tfjs is pinned.
+ *
+ * @category tape
+ */
+export const untaped = <A>(f: () => A): A => {
+  const state = (tf.engine() as any).state as { gradientDepth: number }
+  const depth = state.gradientDepth
+  state.gradientDepth = 0
+  try {
+    return f()
+  } finally {
+    state.gradientDepth = depth
+  }
+}
