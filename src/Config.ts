@@ -69,7 +69,7 @@ export const decode = <S extends Schema.Decoder<unknown>>(schema: S, prefix = ""
   Schema.decodeUnknownEffect(schema)(input, { onExcessProperty: "error", errors: "all" }).pipe(
     Effect.mapError((error) => {
       const path = formatPath(firstPath(error.issue), prefix)
-      return new ConfigError({ path: path.length > 0 ? path : "<root>", message: String(error.issue) })
+      return new ConfigError({ path: path.length > 0 ? path : "<root>", message: `${path.length > 0 ? path : "<root>"}: ${error.message}` })
     })
   )
 
