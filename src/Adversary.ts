@@ -1,0 +1,385 @@
+/**
+ * Adversarial attacks and robustness evaluation for any differentiable classifier.
+ *
+ * An attack sees a {@link Classifier}: `logits` gives input gradients (it may be a surrogate: BPDA, an unrolled
+ * intermediate state), `predict` is what is evaluated. Attacks are services ({@link Attack}) built from Schema
+ * options: FGSM, PGD (Linf / L2, random starts, restarts), APGD-CE / APGD-DLR, APGD-T and Square. They run as one
+ * Effect per call with plain tfjs inside, draw their randomness from {@link Rng} keyed per sample (same seed, same
+ * result; a sample's perturbation does not depend on its batch), and hand x_adv to the caller's Scope.
+ *
+ * {@link evaluate} runs an AutoAttack-style ensemble over a dataset (each stage only on the samples still correct,
+ * per-sample worst case), records settings, seed and backend, raises gradient-masking flags, and can resume from a
+ * JSONL file.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import * as Adversary from "effect-deq/Adversary"
+ * import { Rng } from "effect-deq/Tensor"
+ *
+ * const program = Effect.gen(function*() {
+ *   const stages = yield* Adversary.autoAttack({ eps: 0.1, norm: "Linf" })
+ *   const result = yield* Adversary.evaluate(classifier, { x, y }, stages, { batchSize: 32, resumeFile: "runs/aa.jsonl" })
+ *   yield* Effect.log(Adversary.toMarkdown([result]))
+ * }).pipe(Effect.provide(Rng.seeded(0)))
+ * ```
+ *
+ * @since 0.1.0
+ */
+import { Context, Effect, Layer } from "effect"
+import { decode } from "./Config.ts"
+import { ConfigError } from "./Errors.ts"
+import { apgdCore, apgdTargetedCore, checkpoints as apgdCheckpoints } from "./internal/attacks/apgd.ts"
+import * as common from "./internal/attacks/common.ts"
+import { makeEnsemble } from "./internal/attacks/ensemble.ts"
+import type { EnsembleShape } from "./internal/attacks/ensemble.ts"
+import * as evaluation from "./internal/attacks/evaluation.ts"
+import {
+  ApgdOptions,
+  ApgdTargetedOptions,
+  AutoAttackOptions,
+  EvaluateOptions,
+  FgsmOptions,
+  PgdOptions,
+  SquareOptions
+} from "./internal/attacks/options.ts"
+import { fgsmCore, pgdCore } from "./internal/attacks/pgd.ts"
+import * as report from "./internal/attacks/report.ts"
+import { squareCore } from "./internal/attacks/square.ts"
+import type { AttackError, AttackShape, Classifier, ResumeError } from "./internal/attacks/types.ts"
+import type { Rng } from "./Tensor.ts"
+
+export {
+  /** Options of {@link apgd}. */
+  ApgdOptions,
+  /** Options of {@link apgdTargeted}. */
+  ApgdTargetedOptions,
+  /** Options of {@link autoAttack}. */
+  AutoAttackOptions,
+  /** Options of {@link evaluate}. */
+  EvaluateOptions,
+  /** Options of {@link fgsm}. */
+  FgsmOptions,
+  /** Options of {@link pgd}. */
+  PgdOptions,
+  /** Options of {@link square}. */
+  SquareOptions
+}
+
+export {
+  /** An attack could not run (shapes, labels, too few classes, a classifier that threw). */
+  AttackError,
+  /** A resume file is unreadable or belongs to another evaluation. */
+  ResumeError
+} from "./internal/attacks/types.ts"
+
+export type {
+  /** What an attack returns; `xAdv` is owned by the caller's Scope. */
+  AttackResult,
+  /** The JSON-safe description of an attack recorded in results. */
+  AttackSettings,
+  /** Per-call context given to a classifier (its seed). */
+  CallContext,
+  /** What an attack sees: differentiable `logits`, evaluated `predict`, flags for randomized / dynamic defences. */
+  Classifier,
+  /** Solver diagnostics a classifier may report for the masking flags. */
+  Diagnostics,
+  /** "Linf" or "L2". */
+  Norm,
+  /** Per-sample keys of an attack call. */
+  PerturbContext
+} from "./internal/attacks/types.ts"
+
+export type {
+  /** An ensemble: an attack that also reports its stages. */
+  EnsembleShape,
+  /** The outcome of an ensemble on one batch. */
+  EnsembleResult,
+  /** What one stage of an ensemble did on one batch. */
+  StageOutcome
+} from "./internal/attacks/ensemble.ts"
+
+export type {
+  /** A gradient-masking flag. */
+  Flag,
+  /** The kinds of gradient-masking flag. */
+  FlagKind,
+  /** The measurements behind the flags. */
+  MaskingStats
+} from "./internal/attacks/flags.ts"
+
+export type {
+  /** A dataset to evaluate on. */
+  EvaluationData,
+  /** The record of one evaluation. */
+  EvaluationResult,
+  /** One stage of an evaluation, summarised. */
+  StageSummary
+} from "./internal/attacks/evaluation.ts"
+
+export type {
+  /** The synchronous core of a custom attack. */
+  Core,
+  /** What a custom attack's core closes over (classifier, keyed Rng, query counter). */
+  Env
+} from "./internal/attacks/common.ts"
+
+// ---------------------------------------------------------------------------------------------------------------
+// the service
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * An adversarial attack: `perturb(classifier, x, y)` returns x_adv within the eps-ball of x and the box [0, 1],
+ * with per-sample success (`predict(x_adv)` misclassifies). Provide one with a Layer (`Attack.pgd({...})`) to
+ * swap attacks in an ablation, or build values with {@link pgd}, {@link apgd}... to run several.
+ *
+ * @category services
+ */
+export class Attack extends Context.Service<Attack, AttackShape>()("effect-deq/Attack") {
+  /** FGSM / FGM. */
+  static fgsm(options: typeof FgsmOptions.Encoded): Layer.Layer<Attack, ConfigError> {
+    return Layer.effect(Attack, fgsm(options))
+  }
+  /** PGD with random starts and restarts. */
+  static pgd(options: typeof PgdOptions.Encoded): Layer.Layer<Attack, ConfigError> {
+    return Layer.effect(Attack, pgd(options))
+  }
+  /** APGD-CE / APGD-DLR. */
+  static apgd(options: typeof ApgdOptions.Encoded): Layer.Layer<Attack, ConfigError> {
+    return Layer.effect(Attack, apgd(options))
+  }
+  /** APGD-T. */
+  static apgdTargeted(options: typeof ApgdTargetedOptions.Encoded): Layer.Layer<Attack, ConfigError> {
+    return Layer.effect(Attack, apgdTargeted(options))
+  }
+  /** Square (Linf, black-box). */
+  static square(options: typeof SquareOptions.Encoded): Layer.Layer<Attack, ConfigError> {
+    return Layer.effect(Attack, square(options))
+  }
+  /** An AutoAttack-style ensemble as one attack. */
+  static autoAttack(options: typeof AutoAttackOptions.Encoded): Layer.Layer<Attack, ConfigError> {
+    return Layer.effect(Attack, Effect.flatMap(autoAttack(options), ensemble))
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// constructors
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * A custom attack from a synchronous tfjs core `(env, x, y) => xAdv`: validation, the tidy, success checks and
+ * Scope ownership are added. Use `env`'s helpers through the classifier; draw randomness with `env.rng`.
+ *
+ * @category constructors
+ */
+export const make: (name: string, settings: Attack["Service"]["settings"], core: common.Core) => Attack["Service"] =
+  common.makeAttack
+
+/**
+ * FGSM (Linf) / FGM (L2): one step of size eps. Options are decoded strictly (unknown keys are a ConfigError).
+ *
+ * @category constructors
+ */
+export const fgsm = (options: typeof FgsmOptions.Encoded): Effect.Effect<Attack["Service"], ConfigError> =>
+  Effect.map(decode(FgsmOptions, "fgsm")(options), (o) =>
+    common.makeAttack(o.norm === "Linf" ? "fgsm" : "fgm-l2", {
+      kind: "white-box",
+      norm: o.norm,
+      eps: o.eps,
+      steps: 1,
+      restarts: 1,
+      options: { ...o }
+    }, fgsmCore(o), o.loss === "dlr" ? 3 : 2))
+
+/**
+ * PGD (Madry et al.): `steps` signed (Linf) or normalised (L2) steps of `stepSize` (default 2.5 eps / steps) from
+ * a uniform random start, projected after each step; each restart runs on the samples not yet fooled and the
+ * per-sample worst case is kept. `randomStartClamp: false` reproduces the paper's evaluation PGD.
+ *
+ * @category constructors
+ */
+export const pgd = (options: typeof PgdOptions.Encoded): Effect.Effect<Attack["Service"], ConfigError> =>
+  Effect.map(decode(PgdOptions, "pgd")(options), (o) =>
+    common.makeAttack(o.norm === "Linf" ? "pgd" : "pgd-l2", {
+      kind: "white-box",
+      norm: o.norm,
+      eps: o.eps,
+      steps: o.steps,
+      restarts: o.restarts,
+      options: { ...o, stepSize: o.stepSize ?? (2.5 * o.eps) / o.steps }
+    }, pgdCore(o), o.loss === "dlr" ? 3 : 2))
+
+/**
+ * APGD (Croce & Hein 2020) with the cross-entropy ("apgd-ce") or DLR ("apgd-dlr") loss: step size 2 eps halved at
+ * the checkpoints of the paper's schedule when progress stalls, momentum 0.75, restarts on the unbroken samples.
+ *
+ * @category constructors
+ */
+export const apgd = (options: typeof ApgdOptions.Encoded): Effect.Effect<Attack["Service"], ConfigError> =>
+  Effect.map(decode(ApgdOptions, "apgd")(options), (o) =>
+    common.makeAttack(`apgd-${o.loss}`, {
+      kind: "white-box",
+      norm: o.norm,
+      eps: o.eps,
+      steps: o.steps,
+      restarts: o.restarts,
+      options: { ...o }
+    }, apgdCore(o), o.loss === "dlr" ? 3 : 2))
+
+/**
+ * APGD-T: APGD on the targeted DLR loss towards each of the `targets` most likely wrong classes (needs 4 classes).
+ *
+ * @category constructors
+ */
+export const apgdTargeted = (
+  options: typeof ApgdTargetedOptions.Encoded
+): Effect.Effect<Attack["Service"], ConfigError> =>
+  Effect.map(decode(ApgdTargetedOptions, "apgdTargeted")(options), (o) =>
+    common.makeAttack("apgd-t", {
+      kind: "white-box",
+      norm: o.norm,
+      eps: o.eps,
+      steps: o.steps,
+      restarts: o.restarts,
+      options: { ...o }
+    }, apgdTargetedCore(o), 4))
+
+/**
+ * Square (Andriushchenko et al. 2020), Linf, score-based black-box: queries `predict` only.
+ *
+ * @category constructors
+ */
+export const square = (options: typeof SquareOptions.Encoded): Effect.Effect<Attack["Service"], ConfigError> =>
+  Effect.map(decode(SquareOptions, "square")(options), (o) =>
+    common.makeAttack("square", {
+      kind: "black-box",
+      norm: o.norm,
+      eps: o.eps,
+      steps: o.queries,
+      restarts: o.restarts,
+      options: { ...o }
+    }, squareCore(o)))
+
+/**
+ * An ensemble of attacks sharing one threat model (a mismatch in eps or norm is a ConfigError): stages run in
+ * order, each on the samples still correct; `perturb` returns the per-sample worst case, `run` also the stages.
+ *
+ * @category constructors
+ */
+export const ensemble = (attacks: ReadonlyArray<Attack["Service"]>): Effect.Effect<EnsembleShape, ConfigError> =>
+  makeEnsemble(attacks)
+
+/**
+ * The AutoAttack stages (FAB-T is not implemented): "standard" = APGD-CE, APGD-T, Square; "plus" = APGD-CE and
+ * APGD-DLR with 5 restarts, Square, APGD-T; "rand" = APGD-CE and APGD-DLR with EOT over 20 draws. Square is Linf
+ * only, so "standard" and "plus" need `norm: "Linf"`.
+ *
+ * @category constructors
+ */
+export const autoAttack = (
+  options: typeof AutoAttackOptions.Encoded
+): Effect.Effect<Array<Attack["Service"]>, ConfigError> =>
+  Effect.gen(function*() {
+    const o = yield* decode(AutoAttackOptions, "autoAttack")(options)
+    const base = { eps: o.eps, norm: o.norm, steps: o.steps }
+    if (o.version === "rand") {
+      return [yield* apgd({ ...base, loss: "ce", eot: 20 }), yield* apgd({ ...base, loss: "dlr", eot: 20 })]
+    }
+    if (o.norm !== "Linf") {
+      return yield* new ConfigError({
+        path: "autoAttack.norm",
+        message: `version "${o.version}" includes Square, which is Linf only here; use norm "Linf", version "rand", or list the stages yourself`
+      })
+    }
+    const sq = yield* square({ eps: o.eps, queries: o.queries })
+    const t = yield* apgdTargeted({ ...base, targets: o.targets })
+    if (o.version === "standard") return [yield* apgd({ ...base, loss: "ce" }), t, sq]
+    return [yield* apgd({ ...base, loss: "ce", restarts: 5 }), yield* apgd({ ...base, loss: "dlr", restarts: 5 }), sq, t]
+  })
+
+// ---------------------------------------------------------------------------------------------------------------
+// losses and helpers
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * Per-sample losses on [B, K] logits (attacks maximise them): cross-entropy, margin z_y - max_{j != y} z_j,
+ * DLR and targeted DLR (Croce & Hein 2020).
+ *
+ * @category losses
+ */
+export const losses = {
+  crossEntropy: common.crossEntropy,
+  margin: common.margin,
+  dlr: common.dlr,
+  dlrTargeted: common.dlrTargeted
+} as const
+
+/**
+ * Projection onto the eps-ball (Linf or L2) around x intersected with the box [0, 1].
+ *
+ * @category geometry
+ */
+export const project = common.project
+
+/**
+ * APGD's checkpoint iterations for a budget of `steps`.
+ *
+ * @category internals
+ */
+export const checkpoints = apgdCheckpoints
+
+// ---------------------------------------------------------------------------------------------------------------
+// evaluation
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * Evaluates a classifier on a dataset under one attack or an ensemble of stages (run on the still-correct samples,
+ * per-sample worst case). Records attack settings, the caller's gradient-source label, eps, norm, steps,
+ * restarts, seed and backend, clean and robust accuracy, accuracy after each stage, the masking measurements and
+ * flags. With `resumeFile`, each finished batch is appended to a JSONL file and a rerun skips it; the numbers are
+ * the same as an uninterrupted run. Samples are keyed by dataset index, so batching does not change any draw.
+ *
+ * @category evaluation
+ */
+export const evaluate: (
+  classifier: Classifier,
+  data: evaluation.EvaluationData,
+  attacks: Attack["Service"] | ReadonlyArray<Attack["Service"]>,
+  options?: typeof EvaluateOptions.Encoded
+) => Effect.Effect<evaluation.EvaluationResult, AttackError | ConfigError | ResumeError, Rng> = evaluation.evaluate
+
+/**
+ * {@link evaluate} at several epsilons (attacks built per eps), adding the "accuracy-not-decreasing" flag when
+ * robust accuracy does not fall as eps grows. A `resumeFile` is used as a prefix (one file per eps).
+ *
+ * @category evaluation
+ */
+export const evaluateSweep = evaluation.evaluateSweep
+
+/**
+ * Adds the epsilon-sweep flags to results of one classifier and attack measured at several epsilons.
+ *
+ * @category evaluation
+ */
+export const withSweepFlags = evaluation.withSweepFlags
+
+/**
+ * A result as JSON text (per-sample arrays with `{ perSample: true }`).
+ *
+ * @category reporting
+ */
+export const toJson = report.toJson
+
+/**
+ * Results as one Markdown table (accuracies in %).
+ *
+ * @category reporting
+ */
+export const toMarkdown = report.toMarkdown
+
+/**
+ * A Markdown table from headers and rows (a shared helper; `|` is escaped).
+ *
+ * @category reporting
+ */
+export const markdownTable = report.markdownTable

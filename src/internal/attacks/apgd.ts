@@ -1,0 +1,202 @@
+/**
+ * APGD (Croce & Hein, ICML 2020), written from the paper: step size 2 eps, momentum 0.75, and at each checkpoint
+ * w_j the step size is halved (restarting from the best point) when fewer than rho of the steps since the last
+ * checkpoint increased the loss, or when the step size was not reduced last time and the best loss did not move.
+ * APGD-T runs the targeted DLR loss towards each of the most likely wrong classes in turn.
+ */
+import { tf } from "../../Tensor.ts"
+import {
+  col4,
+  direction,
+  dlrTargeted,
+  keyedNoise,
+  l2Norm4,
+  logitsArePrediction,
+  maskTensor,
+  predictLogits,
+  probe,
+  project,
+  whereRows
+} from "./common.ts"
+import type { Core, Env } from "./common.ts"
+import type { ApgdOptions, ApgdTargetedOptions } from "./options.ts"
+import { untargetedLoss, worstCase } from "./pgd.ts"
+import type { RunOut } from "./pgd.ts"
+import type { Norm } from "./types.ts"
+
+/**
+ * Checkpoints w_j = ceil(p_j N) with p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06).
+ */
+export const checkpoints = (steps: number): Array<number> => {
+  const out = [0]
+  let prev = 0
+  let p = 0.22
+  while (p <= 1) {
+    const w = Math.ceil(p * steps - 1e-9) // 0.41 * 100 is 41.000000000000004 in floating point
+    if (w > out[out.length - 1]! && w <= steps) out.push(w)
+    const next = p + Math.max(p - prev - 0.03, 0.06)
+    prev = p
+    p = next
+  }
+  return out
+}
+
+interface Settings {
+  readonly eps: number
+  readonly norm: Norm
+  readonly steps: number
+  readonly rho: number
+  readonly momentum: number
+  readonly eot: number
+}
+
+/** The AutoAttack start: a random point of the ball's surface direction, scaled to eps. */
+const start = (env: Env, x: tf.Tensor4D, eps: number, norm: Norm, ...path: ReadonlyArray<string | number>) =>
+  tf.tidy(() => {
+    if (norm === "Linf") {
+      const t = keyedNoise(env, x.shape, "uniform", "start", ...path)
+      const m = tf.max(tf.abs(t.reshape([t.shape[0], -1])), 1).reshape([-1, 1, 1, 1])
+      return tf.clipByValue(tf.add(x, tf.mul(tf.div(t, tf.add(m, 1e-12)), eps)), 0, 1) as tf.Tensor4D
+    }
+    const z = keyedNoise(env, x.shape, "normal", "start", ...path)
+    return tf.clipByValue(tf.add(x, tf.mul(tf.div(z, tf.add(l2Norm4(z), 1e-12)), eps)), 0, 1) as tf.Tensor4D
+  })
+
+/** One APGD run (one start) on the rows of env. */
+export const apgdRun = (
+  s: Settings,
+  env: Env,
+  x: tf.Tensor4D,
+  y: tf.Tensor1D,
+  lossFn: (logits: tf.Tensor2D) => tf.Tensor1D,
+  ...path: ReadonlyArray<string | number>
+): RunOut => {
+  const n = x.shape[0]
+  const fromLogits = logitsArePrediction(env.classifier)
+  const wrongAt = (xa: tf.Tensor4D, logits: tf.Tensor2D, t: number): Uint8Array =>
+    tf.tidy(() =>
+      tf.notEqual(tf.argMax(fromLogits ? logits : predictLogits(env, xa, ...path, "step", t), 1), y).dataSync() as Uint8Array
+    )
+  // loop state; tensors are replaced (and the old ones disposed) each step
+  const state = tf.tidy(() => {
+    const x0 = start(env, x, s.eps, s.norm, ...path)
+    const p = probe(env, x0, lossFn, s.eot, ...path, "step", 0)
+    return { x0, grad: p.grad, loss: p.loss, logits: p.logits }
+  })
+  let xk = state.x0
+  let xPrev = xk.clone()
+  let g = state.grad
+  let gradBest = g.clone()
+  let xBest = xk.clone()
+  let eta = tf.fill([n], 2 * s.eps) as tf.Tensor1D
+  const lossBest = Float32Array.from(state.loss.dataSync())
+  let lossPrev = Float32Array.from(lossBest)
+  const found = new Uint8Array(n)
+  let xBestAdv = x.clone()
+  const swap = <T extends tf.Tensor>(old: T, next: T): T => {
+    if (old !== next) old.dispose()
+    return next
+  }
+  const recordWrong = (wrong: Uint8Array, at: tf.Tensor4D) => {
+    const newly = new Uint8Array(n)
+    let any = false
+    for (let i = 0; i < n; i++) {
+      if (wrong[i] === 1 && found[i] === 0) {
+        newly[i] = 1
+        found[i] = 1
+        any = true
+      }
+    }
+    if (any) xBestAdv = swap(xBestAdv, tf.tidy(() => whereRows(maskTensor(newly), at, xBestAdv)))
+  }
+  recordWrong(wrongAt(xk, state.logits, 0), xk)
+  state.loss.dispose()
+  state.logits.dispose()
+
+  const marks = checkpoints(s.steps)
+  let next = 1
+  const increased = new Int32Array(n)
+  let reducedLast = new Uint8Array(n)
+  let lossBestAtCheck = Float32Array.from(lossBest)
+  for (let k = 0; k < s.steps; k++) {
+    const a = k === 0 ? 1 : s.momentum
+    const out = tf.tidy(() => {
+      const z = project(tf.add(xk, tf.mul(col4(eta), direction(g, s.norm))) as tf.Tensor4D, x, s.eps, s.norm)
+      const moved = tf.add(xk, tf.add(tf.mul(tf.sub(z, xk), a), tf.mul(tf.sub(xk, xPrev), 1 - a))) as tf.Tensor4D
+      const x1 = project(moved, x, s.eps, s.norm)
+      const p = probe(env, x1, lossFn, s.eot, ...path, "step", k + 1)
+      return { x1, grad: p.grad, loss: p.loss, logits: p.logits }
+    })
+    const lv = out.loss.dataSync() as Float32Array
+    recordWrong(wrongAt(out.x1, out.logits, k + 1), out.x1)
+    const improved = new Uint8Array(n)
+    for (let i = 0; i < n; i++) {
+      if (lv[i]! > lossPrev[i]!) increased[i]!++
+      if (lv[i]! > lossBest[i]!) {
+        improved[i] = 1
+        lossBest[i] = lv[i]!
+      }
+    }
+    const im = maskTensor(improved)
+    xBest = swap(xBest, tf.tidy(() => whereRows(im, out.x1, xBest)))
+    gradBest = swap(gradBest, tf.tidy(() => whereRows(im, out.grad, gradBest)))
+    im.dispose()
+    xPrev.dispose()
+    xPrev = xk
+    xk = out.x1
+    g.dispose()
+    g = out.grad
+    lossPrev = Float32Array.from(lv)
+    out.loss.dispose()
+    out.logits.dispose()
+    if (next < marks.length && k + 1 === marks[next]) {
+      const h = marks[next]! - marks[next - 1]!
+      const reduce = new Uint8Array(n)
+      for (let i = 0; i < n; i++) {
+        const oscillating = increased[i]! < s.rho * h
+        const stalled = reducedLast[i] === 0 && lossBestAtCheck[i]! >= lossBest[i]!
+        if (oscillating || stalled) {
+          reduce[i] = 1
+          lossPrev[i] = lossBest[i]!
+        }
+      }
+      const rm = maskTensor(reduce)
+      eta = swap(eta, tf.tidy(() => tf.where(rm, tf.div(eta, 2), eta) as tf.Tensor1D))
+      xk = swap(xk, tf.tidy(() => whereRows(rm, xBest, xk)))
+      g = swap(g, tf.tidy(() => whereRows(rm, gradBest, g)))
+      rm.dispose()
+      reducedLast = reduce
+      lossBestAtCheck = Float32Array.from(lossBest)
+      increased.fill(0)
+      next++
+    }
+  }
+  const xAdv = tf.tidy(() => whereRows(maskTensor(found), xBestAdv, xBest))
+  for (const t of [xk, xPrev, g, gradBest, xBest, eta, xBestAdv]) t.dispose()
+  return { xAdv, success: found, loss: lossBest }
+}
+
+/** APGD-CE / APGD-DLR with restarts on the samples still unbroken. */
+export const apgdCore = (o: ApgdOptions): Core => (env, x, y) =>
+  worstCase(env, x, y, o.restarts, (e, xs, ys, r) => apgdRun(o, e, xs, ys, untargetedLoss(o.loss)(ys), "restart", r))
+
+/** APGD-T: for each of the `targets` most likely wrong classes (by the clean logits), `restarts` targeted runs. */
+export const apgdTargetedCore = (o: ApgdTargetedOptions): Core => (env, x, y) => {
+  const ranked = tf.tidy(() => {
+    const logits = env.classifier.logits(x, { seed: env.rng.seed(env.attack, "targets") })
+    env.queries += x.shape[0]
+    return { k: logits.shape[1], order: tf.topk(logits, logits.shape[1]).indices.dataSync() as Int32Array }
+  })
+  const k = ranked.k
+  const targets = Math.min(o.targets, k - 1)
+  return worstCase(env, x, y, targets * o.restarts, (e, xs, ys, run, rows) => {
+    const t = 1 + Math.floor(run / o.restarts)
+    const r = run % o.restarts
+    const target = tf.tensor1d(Int32Array.from(rows, (i) => ranked.order[i * k + t]!), "int32")
+    try {
+      return apgdRun(o, e, xs, ys, (logits) => dlrTargeted(logits, ys, target), "target", t, "restart", r)
+    } finally {
+      target.dispose()
+    }
+  })
+}

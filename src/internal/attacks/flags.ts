@@ -1,0 +1,159 @@
+/**
+ * Gradient-masking flags (after AutoAttack's checks and RobustBench's admission rules, plus DEQ-specific ones).
+ * A flag is a warning attached to a result: the robust accuracy may be an overestimate, and why.
+ */
+
+/** The kinds of flag an evaluation can raise. */
+export type FlagKind =
+  | "zero-gradients"
+  | "forward-not-converged"
+  | "backward-residual-high"
+  | "gradient-cosine-low"
+  | "black-box-stronger"
+  | "accuracy-not-decreasing"
+  | "dynamic-defence"
+  | "randomized-defence"
+
+/** One raised flag: what was measured, against which threshold, and what to do about it. */
+export interface Flag {
+  readonly kind: FlagKind
+  readonly value: number
+  readonly threshold: number
+  readonly message: string
+}
+
+/** The measurements flags are computed from (fractions are over all evaluated samples). */
+export interface MaskingStats {
+  readonly zeroGradientFraction: number
+  readonly forwardNotConvergedClean?: number | undefined
+  readonly forwardNotConvergedAdv?: number | undefined
+  readonly backwardResidual?: number | undefined
+  readonly gradientCosine?: number | undefined
+  /** fraction broken by black-box stages after surviving every white-box stage before them; undefined without both kinds */
+  readonly blackBoxFraction?: number | undefined
+}
+
+/** Thresholds (see EvaluateOptions). */
+export interface Thresholds {
+  readonly zeroGradientFraction: number
+  readonly notConvergedFraction: number
+  readonly backwardResidual: number
+  readonly gradientCosine: number
+  readonly blackBoxFraction: number
+}
+
+const pct = (v: number) => `${(100 * v).toFixed(2)}%`
+
+/** The flags of one evaluation. */
+export const maskingFlags = (
+  stats: MaskingStats,
+  t: Thresholds,
+  classifier: { readonly dynamic?: boolean; readonly randomized?: boolean },
+  eot: number
+): Array<Flag> => {
+  const flags: Array<Flag> = []
+  if (stats.zeroGradientFraction > t.zeroGradientFraction) {
+    flags.push({
+      kind: "zero-gradients",
+      value: stats.zeroGradientFraction,
+      threshold: t.zeroGradientFraction,
+      message: `${pct(stats.zeroGradientFraction)} of the samples have an all-zero input gradient: gradient attacks ` +
+        "cannot move them (shattered or rounded read-out?); use BPDA, a surrogate gradient or a black-box attack"
+    })
+  }
+  const notConverged = Math.max(stats.forwardNotConvergedClean ?? 0, stats.forwardNotConvergedAdv ?? 0)
+  if ((stats.forwardNotConvergedClean !== undefined || stats.forwardNotConvergedAdv !== undefined) &&
+    notConverged > t.notConvergedFraction) {
+    flags.push({
+      kind: "forward-not-converged",
+      value: notConverged,
+      threshold: t.notConvergedFraction,
+      message: `forward solves did not converge on ${pct(stats.forwardNotConvergedClean ?? 0)} of x and ` +
+        `${pct(stats.forwardNotConvergedAdv ?? 0)} of x_adv: gradients at a non-equilibrium state are unreliable; ` +
+        "attack through intermediate states (unrolled z_i)"
+    })
+  }
+  if (stats.backwardResidual !== undefined && stats.backwardResidual > t.backwardResidual) {
+    flags.push({
+      kind: "backward-residual-high",
+      value: stats.backwardResidual,
+      threshold: t.backwardResidual,
+      message: `backward residual ${stats.backwardResidual.toExponential(2)}: the implicit gradient is inexact`
+    })
+  }
+  if (stats.gradientCosine !== undefined && stats.gradientCosine < t.gradientCosine) {
+    flags.push({
+      kind: "gradient-cosine-low",
+      value: stats.gradientCosine,
+      threshold: t.gradientCosine,
+      message: `gradient cosine ${stats.gradientCosine.toFixed(3)}: the attack's gradient and the reference ` +
+        "gradient disagree (forward/backward misalignment)"
+    })
+  }
+  if (stats.blackBoxFraction !== undefined && stats.blackBoxFraction > t.blackBoxFraction) {
+    flags.push({
+      kind: "black-box-stronger",
+      value: stats.blackBoxFraction,
+      threshold: t.blackBoxFraction,
+      message: `a black-box attack broke ${pct(stats.blackBoxFraction)} of the samples the white-box attacks ` +
+        "could not: the gradients are likely masked"
+    })
+  }
+  if (classifier.dynamic === true) {
+    flags.push({
+      kind: "dynamic-defence",
+      value: 1,
+      threshold: 0,
+      message: "the defence runs an optimisation loop at inference: report an adaptive attack through it " +
+        "(differentiate through the loop, or BPDA/EOT); RobustBench rule 3"
+    })
+  }
+  if (classifier.randomized === true) {
+    flags.push({
+      kind: "randomized-defence",
+      value: eot,
+      threshold: 1,
+      message: `the classifier is randomized: gradients ${eot > 1 ? `averaged over ${eot} draws (EOT)` : "from single draws; use eot > 1"}; ` +
+        "a single evaluation of x_adv may overestimate robustness; RobustBench rule 2"
+    })
+  }
+  return flags
+}
+
+/**
+ * Flags of an epsilon sweep (results sorted by eps): accuracy rising with eps, or not falling at all.
+ * Returns, per input result, the flags to add.
+ */
+export const sweepFlags = (points: ReadonlyArray<{ readonly eps: number; readonly robustAccuracy: number }>) => {
+  const order = points.map((_, i) => i).sort((a, b) => points[a]!.eps - points[b]!.eps)
+  const out: Array<Array<Flag>> = points.map(() => [])
+  for (let j = 1; j < order.length; j++) {
+    const lo = points[order[j - 1]!]!
+    const hi = points[order[j]!]!
+    if (hi.robustAccuracy > lo.robustAccuracy) {
+      out[order[j]!]!.push({
+        kind: "accuracy-not-decreasing",
+        value: hi.robustAccuracy - lo.robustAccuracy,
+        threshold: 0,
+        message: `robust accuracy rises from ${pct(lo.robustAccuracy)} at eps ${lo.eps} to ${pct(hi.robustAccuracy)} ` +
+          `at eps ${hi.eps}: a larger ball contains the smaller one, so the attack is failing`
+      })
+    }
+  }
+  if (order.length > 1) {
+    const first = points[order[0]!]!
+    const last = points[order[order.length - 1]!]!
+    if (first.robustAccuracy > 0 && last.robustAccuracy >= first.robustAccuracy && last.eps > first.eps) {
+      for (const i of order) {
+        out[i]!.push({
+          kind: "accuracy-not-decreasing",
+          value: last.robustAccuracy,
+          threshold: first.robustAccuracy,
+          message: `robust accuracy does not fall from eps ${first.eps} (${pct(first.robustAccuracy)}) to eps ` +
+            `${last.eps} (${pct(last.robustAccuracy)}): the attack is likely not working (masked gradients?)`
+        })
+      }
+    }
+  }
+  return out
+}

@@ -1,0 +1,163 @@
+/**
+ * FGSM and PGD (Linf / L2) with random starts and restarts that keep the per-sample worst case.
+ */
+import { tf } from "../../Tensor.ts"
+import {
+  col4,
+  crossEntropy,
+  direction,
+  dlr,
+  gatherRows,
+  indicesWhere,
+  keyedNoise,
+  keyedStreams,
+  l2Norm4,
+  logitsArePrediction,
+  maskTensor,
+  predictLogits,
+  probe,
+  project,
+  scatterRows,
+  subEnv,
+  whereRows
+} from "./common.ts"
+import type { Core, Env } from "./common.ts"
+import type { FgsmOptions, PgdOptions } from "./options.ts"
+import type { Norm } from "./types.ts"
+
+/** The loss an attack ascends, as a function of the labels of the rows it attacks. */
+export type LossFor = (y: tf.Tensor1D) => (logits: tf.Tensor2D) => tf.Tensor1D
+
+/** "ce" or "dlr" for labels y. */
+export const untargetedLoss = (name: "ce" | "dlr"): LossFor => (y) => (logits) =>
+  name === "ce" ? crossEntropy(logits, y) : dlr(logits, y)
+
+/** One run on a subset of rows. */
+export interface RunOut {
+  readonly xAdv: tf.Tensor4D
+  /** per row: `predict` misclassifies xAdv */
+  readonly success: Uint8Array
+  /** per row: the run's loss at xAdv (compared across runs for rows no run fooled) */
+  readonly loss: Float32Array
+}
+
+/**
+ * Runs `runs` passes, each on the rows no earlier pass fooled, and keeps per row the first success or, failing
+ * that, the candidate with the highest loss.
+ */
+export const worstCase = (
+  env: Env,
+  x: tf.Tensor4D,
+  y: tf.Tensor1D,
+  runs: number,
+  run: (env: Env, x: tf.Tensor4D, y: tf.Tensor1D, index: number, rows: Int32Array) => RunOut
+): tf.Tensor4D => {
+  const b = x.shape[0]
+  const done = new Uint8Array(b)
+  const bestLoss = new Float32Array(b).fill(-Infinity)
+  let best = x.clone()
+  for (let r = 0; r < runs; r++) {
+    const rows = indicesWhere(done, 0)
+    if (rows.length === 0) break
+    const next = tf.tidy(() => {
+      const xs = gatherRows(x, rows)
+      const ys = gatherRows(y, rows)
+      const out = run(subEnv(env, rows), xs, ys, r, rows)
+      const take = new Uint8Array(rows.length)
+      for (let j = 0; j < rows.length; j++) {
+        const i = rows[j]!
+        if (out.success[j] === 1) {
+          take[j] = 1
+          done[i] = 1
+        } else if (out.loss[j]! > bestLoss[i]!) {
+          take[j] = 1
+          bestLoss[i] = out.loss[j]!
+        }
+      }
+      return scatterRows(best, whereRows(maskTensor(take), out.xAdv, gatherRows(best, rows)), rows)
+    })
+    best.dispose()
+    best = next
+  }
+  return best
+}
+
+/** A uniform draw from the eps-ball (Linf: per coordinate; L2: direction and radius). */
+const randomStart = (env: Env, x: tf.Tensor4D, eps: number, norm: Norm, clamp: boolean, r: number): tf.Tensor4D =>
+  tf.tidy(() => {
+    let delta: tf.Tensor4D
+    if (norm === "Linf") {
+      delta = tf.mul(keyedNoise(env, x.shape, "uniform", "start", r), eps)
+    } else {
+      const z = keyedNoise(env, x.shape, "normal", "start", r)
+      const d = x.size / x.shape[0]
+      const radius = keyedStreams(env, "radius", r).map((s) => eps * Math.pow(s.next(), 1 / d))
+      delta = tf.mul(tf.div(z, tf.add(l2Norm4(z), 1e-12)), col4(tf.tensor1d(radius)))
+    }
+    const start = tf.add(x, delta) as tf.Tensor4D
+    return clamp ? (tf.clipByValue(start, 0, 1) as tf.Tensor4D) : start
+  })
+
+/** FGSM / FGM: one eps-step along the sign (Linf) or the normalised (L2) gradient. */
+export const fgsmCore = (o: FgsmOptions): Core => (env, x, y) =>
+  tf.tidy(() => {
+    const p = probe(env, x, untargetedLoss(o.loss)(y), o.eot, "step", 0)
+    return project(tf.add(x, tf.mul(direction(p.grad, o.norm), o.eps)) as tf.Tensor4D, x, o.eps, o.norm)
+  })
+
+const argmaxWrong = (logits: tf.Tensor2D, y: tf.Tensor1D): Uint8Array =>
+  tf.tidy(() => tf.notEqual(tf.argMax(logits, 1), y).dataSync() as Uint8Array)
+
+/** One PGD run from one random start. */
+const pgdRun = (o: PgdOptions, loss: LossFor) => (env: Env, x: tf.Tensor4D, y: tf.Tensor1D, r: number): RunOut => {
+  const alpha = o.stepSize ?? (2.5 * o.eps) / o.steps
+  const lossFn = loss(y)
+  const n = x.shape[0]
+  const fromLogits = logitsArePrediction(env.classifier)
+  let xa = o.randomStart ? randomStart(env, x, o.eps, o.norm, o.randomStartClamp, r) : x.clone()
+  const found = new Uint8Array(n)
+  let kept = x.clone()
+  const record = (wrong: Uint8Array, at: tf.Tensor4D) => {
+    const newly = new Uint8Array(n)
+    let any = false
+    for (let i = 0; i < n; i++) {
+      if (wrong[i] === 1 && found[i] === 0) {
+        newly[i] = 1
+        found[i] = 1
+        any = true
+      }
+    }
+    if (any) {
+      const next = tf.tidy(() => whereRows(maskTensor(newly), at, kept))
+      kept.dispose()
+      kept = next
+    }
+  }
+  for (let t = 0; t < o.steps; t++) {
+    const { next, wrong } = tf.tidy(() => {
+      const p = probe(env, xa, lossFn, o.eot, "restart", r, "step", t)
+      // the start (t = 0) is not a candidate: unclamped it may lie outside the box
+      const wrong = o.keepBest && t > 0 && fromLogits ? argmaxWrong(p.logits, y) : undefined
+      const next = project(tf.add(xa, tf.mul(direction(p.grad, o.norm), alpha)) as tf.Tensor4D, x, o.eps, o.norm)
+      return { next, wrong }
+    })
+    if (o.keepBest && t > 0) {
+      record(wrong ?? tf.tidy(() => argmaxWrong(predictLogits(env, xa, "restart", r, "step", t), y)), xa)
+    }
+    xa.dispose()
+    xa = next
+  }
+  const { wrong, lossValue } = tf.tidy(() => {
+    const pl = predictLogits(env, xa, "restart", r, "final")
+    return { wrong: argmaxWrong(pl, y), lossValue: lossFn(pl).dataSync() as Float32Array }
+  })
+  record(wrong, xa)
+  const xAdv = tf.tidy(() => whereRows(maskTensor(found), kept, xa))
+  kept.dispose()
+  xa.dispose()
+  return { xAdv, success: found, loss: lossValue }
+}
+
+/** PGD with restarts: each restart runs on the samples no earlier restart fooled. */
+export const pgdCore = (o: PgdOptions): Core => (env, x, y) =>
+  worstCase(env, x, y, o.restarts, (e, xs, ys, r) => pgdRun(o, untargetedLoss(o.loss))(e, xs, ys, r))

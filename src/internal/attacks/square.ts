@@ -1,0 +1,161 @@
+/**
+ * Square attack (Andriushchenko et al., ECCV 2020), Linf, score-based: random square updates of size
+ * s = round(sqrt(p h w)) at the vertices of the eps-ball, accepted when the margin loss of `predict` decreases.
+ * It never sees a gradient, so it is the black-box check against gradient masking.
+ *
+ * Each sample draws from its own keyed stream (window, signs), so its result does not depend on its batch.
+ */
+import { tf } from "../../Tensor.ts"
+import { predictLogits } from "./common.ts"
+import type { Core, Env } from "./common.ts"
+import type { SquareOptions } from "./options.ts"
+
+/** The fraction of pixels changed at iteration `it` of `budget` (the paper's piecewise-constant schedule). */
+export const pSelection = (pInit: number, it: number, budget: number): number => {
+  const i = Math.floor((it / budget) * 10000)
+  if (i <= 10) return pInit
+  if (i <= 50) return pInit / 2
+  if (i <= 200) return pInit / 4
+  if (i <= 500) return pInit / 8
+  if (i <= 1000) return pInit / 16
+  if (i <= 2000) return pInit / 32
+  if (i <= 4000) return pInit / 64
+  if (i <= 6000) return pInit / 128
+  if (i <= 8000) return pInit / 256
+  return pInit / 512
+}
+
+const clip01 = (v: number) => (v < 0 ? 0 : v > 1 ? 1 : v)
+
+/** Margin and loss (both minimised) of rows of `data` (n x d), by querying `predict`. */
+const score = (
+  env: Env,
+  o: SquareOptions,
+  data: Float32Array,
+  shape: [number, number, number, number],
+  labels: ArrayLike<number>,
+  ...path: ReadonlyArray<string | number>
+): { margin: Float64Array; loss: Float64Array } => {
+  const logits = tf.tidy(() => predictLogits(env, tf.tensor4d(data, shape), ...path).dataSync() as Float32Array)
+  const n = shape[0]
+  const k = logits.length / n
+  const margin = new Float64Array(n)
+  const loss = new Float64Array(n)
+  for (let i = 0; i < n; i++) {
+    const y = labels[i]!
+    let other = -Infinity
+    let top = -Infinity
+    for (let j = 0; j < k; j++) {
+      const v = logits[i * k + j]!
+      if (v > top) top = v
+      if (j !== y && v > other) other = v
+    }
+    const zy = logits[i * k + y]!
+    margin[i] = zy - other
+    if (o.loss === "margin") {
+      loss[i] = margin[i]!
+    } else {
+      let sum = 0
+      for (let j = 0; j < k; j++) sum += Math.exp(logits[i * k + j]! - top)
+      loss[i] = -(top + Math.log(sum) - zy) // minus the cross-entropy
+    }
+  }
+  return { margin, loss }
+}
+
+/** Square Linf with restarts on the samples still unbroken; the lowest loss across restarts is kept. */
+export const squareCore = (o: SquareOptions): Core => (env, x, y) => {
+  const [b, h, w, c] = x.shape
+  const d = h * w * c
+  const xs = Float32Array.from(x.dataSync())
+  const labels = y.dataSync()
+  const eps = o.eps
+  const best = Float32Array.from(xs)
+  const bestLoss = new Float64Array(b).fill(Infinity)
+  const done = new Uint8Array(b)
+  for (let r = 0; r < o.restarts; r++) {
+    const rows: Array<number> = []
+    for (let i = 0; i < b; i++) if (done[i] === 0) rows.push(i)
+    if (rows.length === 0) break
+    const streams = rows.map((i) => env.rng.stream(env.attack, "restart", r, "key", env.keys[i]!))
+    const m = rows.length
+    // vertical stripes: one sign per (column, channel)
+    const cur = new Float32Array(m * d)
+    for (let j = 0; j < m; j++) {
+      const s = streams[j]!
+      const base = rows[j]! * d
+      for (let col = 0; col < w; col++) {
+        for (let ch = 0; ch < c; ch++) {
+          const sign = s.next() < 0.5 ? -1 : 1
+          for (let row = 0; row < h; row++) {
+            const off = (row * w + col) * c + ch
+            cur[j * d + off] = clip01(xs[base + off]! + sign * eps)
+          }
+        }
+      }
+    }
+    let { margin, loss } = score(env, o, cur, [m, h, w, c], rows.map((i) => labels[i]!), "restart", r, "init")
+    for (let it = 1; it < o.queries; it++) {
+      const active: Array<number> = []
+      for (let j = 0; j < m; j++) if (margin[j]! > 0) active.push(j)
+      if (active.length === 0) break
+      const side = Math.min(h, w, Math.max(1, Math.round(Math.sqrt(pSelection(o.pInit, it, o.queries) * h * w))))
+      const cand = new Float32Array(active.length * d)
+      for (let a = 0; a < active.length; a++) {
+        const j = active[a]!
+        const s = streams[j]!
+        const base = rows[j]! * d
+        cand.set(cur.subarray(j * d, (j + 1) * d), a * d)
+        const vh = s.int(0, h - side)
+        const vw = s.int(0, w - side)
+        const signs = new Float32Array(c)
+        // redraw the signs (a few times) when the square would not change anything
+        for (let tries = 0; tries < 10; tries++) {
+          for (let ch = 0; ch < c; ch++) signs[ch] = s.next() < 0.5 ? -1 : 1
+          let changed = false
+          for (let row = vh; row < vh + side && !changed; row++) {
+            for (let col = vw; col < vw + side && !changed; col++) {
+              for (let ch = 0; ch < c; ch++) {
+                const off = (row * w + col) * c + ch
+                if (Math.abs(clip01(xs[base + off]! + signs[ch]! * eps) - cur[j * d + off]!) > 1e-7) {
+                  changed = true
+                  break
+                }
+              }
+            }
+          }
+          if (changed) break
+        }
+        for (let row = vh; row < vh + side; row++) {
+          for (let col = vw; col < vw + side; col++) {
+            for (let ch = 0; ch < c; ch++) {
+              const off = (row * w + col) * c + ch
+              cand[a * d + off] = clip01(xs[base + off]! + signs[ch]! * eps)
+            }
+          }
+        }
+      }
+      const scored = score(env, o, cand, [active.length, h, w, c], active.map((j) => labels[rows[j]!]!), "restart", r, "it", it)
+      margin = Float64Array.from(margin)
+      loss = Float64Array.from(loss)
+      for (let a = 0; a < active.length; a++) {
+        const j = active[a]!
+        if (scored.loss[a]! < loss[j]!) {
+          loss[j] = scored.loss[a]!
+          margin[j] = scored.margin[a]!
+          cur.set(cand.subarray(a * d, (a + 1) * d), j * d)
+        }
+      }
+    }
+    for (let j = 0; j < m; j++) {
+      const i = rows[j]!
+      const fooled = margin[j]! < 0
+      if (fooled || loss[j]! < bestLoss[i]!) {
+        bestLoss[i] = loss[j]!
+        best.set(cur.subarray(j * d, (j + 1) * d), i * d)
+      }
+      if (fooled) done[i] = 1
+    }
+  }
+  return tf.tensor4d(best, [b, h, w, c])
+}

@@ -1,0 +1,104 @@
+/**
+ * Shared types of the attack internals: what an attack sees (Classifier), what it returns, its errors.
+ * The public names are re-exported by src/Adversary.ts.
+ */
+import type { Effect, Scope } from "effect"
+import { Schema } from "effect"
+import type { Rng, tf } from "../../Tensor.ts"
+
+/** Threat-model norm of a perturbation ball. */
+export type Norm = "Linf" | "L2"
+
+/** Per-call context handed to a classifier: `seed` lets a randomized model draw fresh, reproducible randomness. */
+export interface CallContext {
+  readonly seed: number
+}
+
+/** What a classifier can report about itself on a batch, for the gradient-masking flags. */
+export interface Diagnostics {
+  /** per sample: 1 when the forward solve reached its tolerance */
+  readonly forwardConverged?: Uint8Array
+  /** residual of the backward (adjoint) solve, relative */
+  readonly backwardResidual?: number
+  /** cosine between the gradient the attack uses and a reference gradient (e.g. implicit vs unrolled) */
+  readonly gradientCosine?: number
+}
+
+/**
+ * What an attack sees. `logits` is differentiable w.r.t. x and gives the gradients (it may be a surrogate such as
+ * BPDA or an intermediate-state unroll); `predict` is the prediction being evaluated (success checks, accuracy,
+ * and the scores a black-box attack queries); it defaults to `logits`. Inputs are NHWC images in [0, 1].
+ */
+export interface Classifier {
+  readonly name: string
+  readonly logits: (x: tf.Tensor4D, context?: CallContext) => tf.Tensor2D
+  readonly predict?: (x: tf.Tensor4D, context?: CallContext) => tf.Tensor2D
+  /** randomized model or defence: gradients are averaged over `eot` draws, each call gets its own seed */
+  readonly randomized?: boolean
+  /** an inference-time defence that runs an optimisation loop: evaluations get the "dynamic-defence" flag */
+  readonly dynamic?: boolean
+  /** optional diagnostics for the gradient-masking flags; plain tfjs, returns numbers only */
+  readonly diagnostics?: (x: tf.Tensor4D) => Diagnostics
+}
+
+/** Extra, optional inputs of one attack call. */
+export interface PerturbContext {
+  /**
+   * A stable key per sample (e.g. its dataset index). Random starts and Square draw their randomness per key, so a
+   * sample gets the same perturbation whatever batch or subset it is attacked in. Default: the row index.
+   */
+  readonly keys?: ArrayLike<number>
+}
+
+/** The outcome of one attack call. `xAdv` belongs to the caller's Scope. */
+export interface AttackResult {
+  readonly xAdv: tf.Tensor4D
+  /** per sample: 1 when `predict(xAdv)` misclassifies */
+  readonly success: Uint8Array
+  /** classifier evaluations spent, counted per sample (a batch of n is n queries; EOT draws count) */
+  readonly queries: number
+}
+
+/** What is recorded about an attack's configuration in every evaluation result (JSON-safe). */
+export interface AttackSettings {
+  readonly kind: "white-box" | "black-box"
+  readonly norm: Norm
+  readonly eps: number
+  /** gradient steps; for Square the query budget */
+  readonly steps: number
+  readonly restarts: number
+  /** the full decoded options */
+  readonly options: Readonly<Record<string, unknown>>
+}
+
+/** The service shape of an attack (see `Attack` in src/Adversary.ts). */
+export interface AttackShape {
+  readonly name: string
+  readonly settings: AttackSettings
+  readonly perturb: (
+    classifier: Classifier,
+    x: tf.Tensor4D,
+    y: tf.Tensor1D,
+    context?: PerturbContext
+  ) => Effect.Effect<AttackResult, AttackError, Rng | Scope.Scope>
+}
+
+/**
+ * An attack could not run: bad shapes, labels out of range, too few classes for its loss, a classifier that threw.
+ *
+ * @category errors
+ */
+export class AttackError extends Schema.TaggedError<AttackError>()("AttackError", {
+  attack: Schema.String,
+  message: Schema.String
+}) {}
+
+/**
+ * A resume file could not be read or written, or belongs to a different evaluation (`message` names the field).
+ *
+ * @category errors
+ */
+export class ResumeError extends Schema.TaggedError<ResumeError>()("ResumeError", {
+  file: Schema.String,
+  message: Schema.String
+}) {}
