@@ -1,0 +1,167 @@
+/**
+ * Convolutional pieces shared by the conv and multiscale DEQs: the injection stem, the MDEQ residual block
+ * (method.md 2.2), weight-normed convolutions and their parameter specs.
+ *
+ * @internal
+ */
+import * as tf from "@tensorflow/tfjs"
+import type { CellContext } from "../../Dynamics.ts"
+import type { ParamSpec } from "./core.ts"
+import { groupNorm, type Init, weightNorm } from "./layers.ts"
+
+/**
+ * Looks up a variable by name (throws on a programming error).
+ */
+export type Get = (name: string) => tf.Variable
+
+// ---------------------------------------------------------------------------------------------------------------
+// Convolutions (plain or weight-normed)
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * Specs of one bias-free convolution `prefix`: a plain filter `prefix/w`, or `prefix/v` and `prefix/g` with weight
+ * normalisation. Weight-normed convs start from PyTorch's default (kaiming-uniform, bound 1/sqrt(fan_in)) with
+ * g = ||v|| so w = v at init (method.md 2.2: the N(0, 0.01) fill never reaches them). Plain convs use `std`
+ * (kaiming-normal by default) or the same uniform init when `uniform` is set.
+ */
+export const convSpecs = (
+  init: Init,
+  prefix: string,
+  shape: readonly [number, number, number, number],
+  options: { readonly weightNorm: boolean; readonly uniform?: boolean }
+): Array<ParamSpec> => {
+  const fanIn = shape[0] * shape[1] * shape[2]
+  const bound = 1 / Math.sqrt(fanIn)
+  if (options.weightNorm) {
+    const v = `${prefix}/v`
+    return [
+      { name: v, shape, init: () => init.uniform(v, shape, bound) },
+      {
+        name: `${prefix}/g`,
+        shape: [shape[3]],
+        init: () => tf.tidy(() => tf.sqrt(tf.sum(tf.square(init.uniform(v, shape, bound)), [0, 1, 2])))
+      }
+    ]
+  }
+  const w = `${prefix}/w`
+  return [{
+    name: w,
+    shape,
+    init: () => options.uniform === true ? init.uniform(w, shape, bound) : init.normal(w, shape, Math.sqrt(2 / fanIn))
+  }]
+}
+
+/**
+ * The effective filter of conv `prefix`: precomputed in the cell context when available (once per forward call),
+ * else recomputed from v and g (weight norm) or the plain filter.
+ */
+export const filter = (get: Get, prefix: string, weightNormed: boolean, ctx?: CellContext): tf.Tensor4D => {
+  const pre = ctx?.weights?.[prefix]
+  if (pre !== undefined) return pre as tf.Tensor4D
+  return weightNormed ? weightNorm(get(`${prefix}/v`) as tf.Tensor4D, get(`${prefix}/g`) as tf.Tensor1D) : get(`${prefix}/w`) as tf.Tensor4D
+}
+
+/**
+ * Specs of an affine GroupNorm (`prefix/gamma` = 1, `prefix/beta` = 0).
+ */
+export const normSpecs = (init: Init, prefix: string, channels: number): Array<ParamSpec> => [
+  { name: `${prefix}/gamma`, shape: [channels], init: () => init.ones([channels]) },
+  { name: `${prefix}/beta`, shape: [channels], init: () => init.zeros([channels]) }
+]
+
+/**
+ * The affine parameters of GroupNorm `prefix`.
+ */
+export const affineOf = (get: Get, prefix: string) => ({ gamma: get(`${prefix}/gamma`), beta: get(`${prefix}/beta`) })
+
+// ---------------------------------------------------------------------------------------------------------------
+// Stem (the injection)
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * Settings of the injection stem.
+ */
+export interface StemSettings {
+  readonly inChannels: number
+  readonly channels: number
+  readonly stride: 1 | 2
+  readonly norm: "group" | "none"
+  readonly groups: number
+}
+
+/**
+ * Stem: conv3x3 (stride 1 or 2) -> GN -> ReLU -> conv3x3 -> GN. MDEQ uses BatchNorm here; we use GroupNorm (or no
+ * norm): without running statistics the training and evaluation forward passes are the same function, so attacks,
+ * trajectories and training all see one model and no train/eval flag is needed.
+ */
+export const stemSpecs = (init: Init, prefix: string, s: StemSettings): Array<ParamSpec> => [
+  ...convSpecs(init, `${prefix}/conv1`, [3, 3, s.inChannels, s.channels], { weightNorm: false }),
+  ...(s.norm === "group" ? normSpecs(init, `${prefix}/gn1`, s.channels) : []),
+  ...convSpecs(init, `${prefix}/conv2`, [3, 3, s.channels, s.channels], { weightNorm: false }),
+  ...(s.norm === "group" ? normSpecs(init, `${prefix}/gn2`, s.channels) : [])
+]
+
+/**
+ * Applies the stem to an NHWC image batch.
+ */
+export const stem = (get: Get, prefix: string, s: StemSettings, x: tf.Tensor4D): tf.Tensor4D =>
+  tf.tidy(() => {
+    const norm = (t: tf.Tensor4D, gn: string) => s.norm === "group" ? groupNorm(t, s.groups, affineOf(get, `${prefix}/${gn}`)) : t
+    const a = tf.relu(norm(tf.conv2d(x, get(`${prefix}/conv1/w`) as tf.Tensor4D, s.stride, "same"), "gn1"))
+    return norm(tf.conv2d(a, get(`${prefix}/conv2/w`) as tf.Tensor4D, 1, "same"), "gn2")
+  })
+
+// ---------------------------------------------------------------------------------------------------------------
+// The residual block of f
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * Settings of one residual block.
+ */
+export interface BlockSettings {
+  readonly channels: number
+  readonly inner: number
+  readonly groups: number
+  readonly weightNorm: boolean
+}
+
+/**
+ * Specs of the MDEQ BasicBlock `prefix`: conv1 (C -> inner), gn1, conv2 (inner -> C), gn2, gn3.
+ */
+export const blockSpecs = (init: Init, prefix: string, b: BlockSettings): Array<ParamSpec> => [
+  ...convSpecs(init, `${prefix}/conv1`, [3, 3, b.channels, b.inner], { weightNorm: b.weightNorm, uniform: true }),
+  ...normSpecs(init, `${prefix}/gn1`, b.inner),
+  ...convSpecs(init, `${prefix}/conv2`, [3, 3, b.inner, b.channels], { weightNorm: b.weightNorm, uniform: true }),
+  ...normSpecs(init, `${prefix}/gn2`, b.channels),
+  ...normSpecs(init, `${prefix}/gn3`, b.channels)
+]
+
+/**
+ * The weight-normed filters of a block, for the per-call cell context.
+ */
+export const blockFilters = (prefix: string): ReadonlyArray<string> => [`${prefix}/conv1`, `${prefix}/conv2`]
+
+/**
+ * The MDEQ BasicBlock (method.md 2.2), in its order:
+ * a = ReLU(GN(conv1(z))); b = GN(drop(conv2(a)) + u); b = b + z; out = GN(ReLU(b)).
+ * `u` is undefined for branches that get no injection (zero), `mask` a [B,1,1,C] variational dropout mask.
+ */
+export const block = (
+  get: Get,
+  prefix: string,
+  b: BlockSettings,
+  z: tf.Tensor4D,
+  u: tf.Tensor4D | undefined,
+  ctx: CellContext | undefined,
+  mask: tf.Tensor | undefined
+): tf.Tensor4D =>
+  tf.tidy(() => {
+    const a = tf.relu(
+      groupNorm(tf.conv2d(z, filter(get, `${prefix}/conv1`, b.weightNorm, ctx), 1, "same"), b.groups, affineOf(get, `${prefix}/gn1`))
+    )
+    let c: tf.Tensor4D = tf.conv2d(a, filter(get, `${prefix}/conv2`, b.weightNorm, ctx), 1, "same")
+    if (mask !== undefined) c = tf.mul(c, mask)
+    if (u !== undefined) c = tf.add(c, u)
+    const r = tf.add(groupNorm(c, b.groups, affineOf(get, `${prefix}/gn2`)), z) as tf.Tensor4D
+    return groupNorm(tf.relu(r), b.groups, affineOf(get, `${prefix}/gn3`))
+  })
