@@ -380,12 +380,15 @@ export const makeRng = (root: number): Rng["Service"] =>
  * @category tape
  */
 export const untaped = <A>(f: () => A): A => {
-  const state = (tf.engine() as any).state as { gradientDepth: number }
+  const state = (tf.engine() as any).state as { gradientDepth: number; activeTape: unknown }
   const depth = state.gradientDepth
+  // a nested tf.grad inside f clears the outer activeTape when it finishes: restore it too
+  const tape = state.activeTape
   state.gradientDepth = 0
   try {
     return f()
   } finally {
     state.gradientDepth = depth
+    state.activeTape = tape
   }
 }
