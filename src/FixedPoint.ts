@@ -562,7 +562,8 @@ export const Backward = {
     ...(options.stopMode !== undefined ? { stopMode: options.stopMode } : {}),
     ...(options.onStats !== undefined ? { onStats: options.onStats } : {})
   }),
-  /** Phantom gradient: k damped steps from z* (default tau 0.5, the paper's "unroll"); k = 1, tau = 1 is JFB. */
+  /** Phantom gradient: k damped steps from z* (default tau 0.5); k = 1, tau = 1 is JFB. The paper's tail (f, then
+   * 5 damped steps) is `Dynamics.paperTail`, which starts with an undamped step. */
   phantom: (k: number, tau = 0.5): Backward => ({ _tag: "Phantom", k, tau }),
   /** Unrolled: differentiate through n plain steps from z0. */
   unrolled: (n: number): Backward => ({ _tag: "Unrolled", n })
