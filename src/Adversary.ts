@@ -11,6 +11,13 @@
  * per-sample worst case), records settings, seed and backend, raises gradient-masking flags, and can resume from a
  * JSONL file.
  *
+ * DEQ-aware parts: {@link deqClassifier} turns a `Dynamics.Deq` into a Classifier whose gradients come from a
+ * {@link GradientSource} (implicit, phantom, unrolled, an unrolled intermediate state, the ensemble-defence attack)
+ * and whose prediction is the evaluated read-out or an inference-time defence, attacked non-adaptively ("paper"),
+ * through BPDA or through the whole defence; {@link evaluateGrid} takes the per-sample worst case over the
+ * (i, K_a, lambda) grid of intermediate states; {@link evaluateDeq} runs one evaluation per source and mode.
+ * docs/attacks.md describes an honest DEQ evaluation.
+ *
  * @example
  * ```ts
  * import { Effect } from "effect"
@@ -44,9 +51,13 @@ import {
   SquareOptions
 } from "./internal/attacks/options.ts"
 import { fgsmCore, pgdCore } from "./internal/attacks/pgd.ts"
+import * as deqClassifierModule from "./internal/attacks/deqClassifier.ts"
+import * as deqEvaluate from "./internal/attacks/deqEvaluate.ts"
+import * as deqSource from "./internal/attacks/deqSource.ts"
 import * as report from "./internal/attacks/report.ts"
 import { squareCore } from "./internal/attacks/square.ts"
 import type { AttackError, AttackShape, Classifier, ResumeError } from "./internal/attacks/types.ts"
+import type { Deq } from "./Dynamics.ts"
 import type { Rng } from "./Tensor.ts"
 
 export {
@@ -334,7 +345,8 @@ export const checkpoints = apgdCheckpoints
 
 /**
  * Evaluates a classifier on a dataset under one attack or an ensemble of stages (run on the still-correct samples,
- * per-sample worst case). Records attack settings, the caller's gradient-source label, eps, norm, steps,
+ * per-sample worst case). Records attack settings, the gradient-source label (the caller's `gradientSource`, else
+ * the classifier's own, e.g. a {@link deqClassifier}'s "Munroll-3-5", else "logits"), eps, norm, steps,
  * restarts, seed and backend, clean and robust accuracy, accuracy after each stage, the masking measurements and
  * flags. With `resumeFile`, each finished batch is appended to a JSONL file and a rerun skips it; the numbers are
  * the same as an uninterrupted run. Samples are keyed by dataset index, so batching does not change any draw.
@@ -383,3 +395,131 @@ export const toMarkdown = report.toMarkdown
  * @category reporting
  */
 export const markdownTable = report.markdownTable
+
+// ---------------------------------------------------------------------------------------------------------------
+// DEQ-aware attacks
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * What a white-box attack on a DEQ differentiates through (`i` counts solver steps; z_0 is the initial state):
+ * Implicit (IFT at the read-out state), Phantom(k, tau) and Unroll(k, lambda) tails from the read-out state,
+ * Unrolled(n) steps from z_0, Intermediate(i, K_a, lambda) (Eq. (11) of Yang et al., ICML 2023) and Ensemble
+ * (the ensemble-defence attack: the summed losses of several intermediate states).
+ *
+ * @category deq
+ */
+export type GradientSource = deqSource.GradientSource
+
+/**
+ * Constructors of {@link GradientSource}, its report labels ("Munroll-3-5" style and a readable form), the papers'
+ * attack strings, and the surrogate logits themselves.
+ *
+ * @category deq
+ */
+export const GradientSource = {
+  /** The exact gradient at the read-out state (FixedPoint `Backward.implicit` options). */
+  implicit: deqSource.implicit,
+  /** `k` damped steps (tau, default 0.5) from the read-out state (FixedPoint `Backward.phantom`). */
+  phantom: deqSource.phantom,
+  /** Backprop through `n` plain steps from z_0 (FixedPoint `Backward.unrolled`). */
+  unrolled: deqSource.unrolled,
+  /** The paper's ready-made "unroll": f and `k` damped steps (lambda, default 0.5) from the read-out state. */
+  unroll: deqSource.unroll,
+  /** z_i after `i` solver steps (0: z_0), then f and `k` damped steps (lambda, default 1), Eq. (11). */
+  intermediate: deqSource.intermediate,
+  /** The summed losses of the intermediate surrogates of states from..to (clean version of "Funroll-es-0"). */
+  ensemble: deqSource.ensemble,
+  /** A source from the papers' attack strings ("Munroll-3-5" is their (3+1)-th iterate: intermediate(4, 5, 0.5)). */
+  fromPaper: deqSource.fromPaper,
+  /** The short report label, e.g. "implicit", "phantom-5-0.5", "Munroll-3-5", "Funroll-es-1-8-1". */
+  label: deqSource.label,
+  /** A readable one-line description. */
+  describe: deqSource.describe,
+  /** The source's differentiable surrogate logits at x (call inside a gradient; the caller owns the result). */
+  logits: deqSource.sourceLogits
+} as const
+
+/**
+ * How an attack treats an inference-time defence: "paper" (non-adaptive, gradients from the undefended DEQ; the
+ * ICML 2023 protocol), "full" (through the whole defence), "bpda" (identity backward of the purification).
+ *
+ * @category deq
+ */
+export type DefenceMode = deqClassifierModule.DefenceMode
+
+export type {
+  /** A Classifier built from a DEQ, with its source, read-out, defence, mode and gradient-source label. */
+  DeqClassifier,
+  /** Options of {@link deqClassifier}. */
+  DeqClassifierOptions,
+  /** Settings of a DEQ classifier's diagnostics (samples, reference gradient, convergence tolerance). */
+  DiagnosticsOptions
+} from "./internal/attacks/deqClassifier.ts"
+
+/**
+ * A DEQ as an attack Classifier. `predict` is the evaluated prediction: the read-out (Final h(z*), early-exit
+ * State(n) h(z_n), Ensemble mean of h(z_n)) or, with a defence, the defence's logits. `logits` is the gradient
+ * source's surrogate (per `mode` with a defence: the undefended source, the defence on the tape, or the source at
+ * the BPDA-purified input; randomized defences get the call's seed, so attacks' `eot` averages over draws).
+ * `diagnostics` reports per-sample forward convergence, the implicit backward residual, and the cosine between
+ * implicit and unrolled input gradients on the first samples. Defended classifiers are `dynamic`.
+ *
+ * @category deq
+ */
+export const deqClassifier: (
+  deq: Deq,
+  options: deqClassifierModule.DeqClassifierOptions
+) => deqClassifierModule.DeqClassifier = deqClassifierModule.deqClassifier
+
+/**
+ * A grid of intermediate-state surrogates (every combination of state i, tail length K_a, damping lambda).
+ *
+ * @category deq
+ */
+export type Grid = deqEvaluate.Grid
+
+/**
+ * Grids: `small(N)` (lambda {1, 0.5} x i {0, N/2, N-1} x K_a {1, 5}), `paper(N = 8)` (lambda {1, 0.5} x the
+ * papers' states z_1..z_N x K_a 1..9), `sources(grid)` and `label(grid)`.
+ *
+ * @category deq
+ */
+export const Grid = {
+  small: deqEvaluate.smallGrid,
+  paper: deqEvaluate.paperGrid,
+  sources: deqEvaluate.gridSources,
+  label: deqEvaluate.gridLabel
+} as const
+
+export type {
+  /** Options of {@link evaluateDeq}. */
+  EvaluateDeqOptions,
+  /** Evaluation options passed to each run of a DEQ evaluation. */
+  EvaluateSettings,
+  /** Options of {@link evaluateGrid}. */
+  GridOptions,
+  /** One grid point's evaluation. */
+  GridPoint,
+  /** The per-point evaluations and the per-sample worst case of a grid search. */
+  GridResult
+} from "./internal/attacks/deqEvaluate.ts"
+
+/**
+ * Worst case over a grid of intermediate-state surrogates: runs `attacks` once per grid point (default
+ * `Grid.small` of the deq's budget) and keeps, per sample, the worst case (any success counts). Returns every
+ * point's evaluation (its robust accuracy and flags), the combined result (its stages are the grid points) and,
+ * per sample, the grid point that broke it.
+ *
+ * @category deq
+ */
+export const evaluateGrid = deqEvaluate.evaluateGrid
+
+/**
+ * Evaluates a DEQ once per gradient source (default implicit and phantom(5, 0.5)) and, with a defence, per attack
+ * mode (default "paper", "bpda", "full"; "full" runs once), optionally appending the grid's worst case. Each
+ * result records its source label; the "gradient-cosine-low" flag names the implicit-vs-unrolled comparison and
+ * "forward-not-converged" the forward solves on x and x_adv.
+ *
+ * @category deq
+ */
+export const evaluateDeq = deqEvaluate.evaluateDeq

@@ -183,7 +183,8 @@ export interface Probe {
 }
 
 /**
- * The gradient of sum_i loss_i(logits(x)) w.r.t. x (samples are independent, so row i is sample i's gradient).
+ * The gradient of sum_i loss_i(logits(x)) w.r.t. x (samples are independent, so row i is sample i's gradient), or
+ * of the classifier's own `objective` for that loss when it has one.
  * A classifier whose logits do not depend on x gives zero gradients, not an error (the zero-gradient flag catches it).
  */
 export const probe = (
@@ -205,6 +206,11 @@ export const probe = (
       let kept: tf.Tensor2D | undefined
       const out = tf.engine().gradients(
         () => {
+          if (c.objective !== undefined) {
+            const o = c.objective(x, loss, { seed })
+            kept = tf.keep(o.logits)
+            return o.loss
+          }
           const lg = c.logits(x, { seed })
           // the logits leave the gradient's scopes through keep; re-tracked (clone) and released just below
           kept = tf.keep(lg)

@@ -278,7 +278,12 @@ export const evaluate = (
   options: typeof EvaluateOptions.Encoded = {}
 ): Effect.Effect<EvaluationResult, AttackError | ConfigError | ResumeError, Rng> =>
   Effect.gen(function*() {
-    const o = yield* decode(EvaluateOptions, "evaluate")(options)
+    // the classifier's own gradient-source label (a DEQ classifier's) unless the caller names one
+    const o = yield* decode(EvaluateOptions, "evaluate")(
+      options.gradientSource === undefined && classifier.gradientSource !== undefined
+        ? { ...options, gradientSource: classifier.gradientSource }
+        : options
+    )
     const stages = flatten(attacks)
     yield* checkCompatible(stages, "attacks")
     const rng = yield* Rng

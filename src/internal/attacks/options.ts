@@ -96,7 +96,10 @@ export class AutoAttackOptions extends Schema.Class<AutoAttackOptions>("AutoAtta
 /** Options of `evaluate`: batching, resume file, the caller's gradient-source label and the flag thresholds. */
 export class EvaluateOptions extends Schema.Class<EvaluateOptions>("EvaluateOptions")({
   batchSize: def(PositiveInt, 32),
-  /** what `classifier.logits` differentiates through, e.g. "implicit", "unroll-3-5"; recorded, never interpreted */
+  /**
+   * what `classifier.logits` differentiates through, e.g. "implicit", "Munroll-3-5"; recorded, never interpreted.
+   * When absent, the classifier's own `gradientSource` (a DEQ classifier's label), else "logits"
+   */
   gradientSource: def(Schema.String, "logits"),
   /** JSONL file: one line per finished batch; a rerun skips the batches already there */
   resumeFile: Schema.optional(Schema.String),

@@ -39,6 +39,18 @@ export interface Classifier {
   readonly dynamic?: boolean
   /** optional diagnostics for the gradient-masking flags; plain tfjs, returns numbers only */
   readonly diagnostics?: (x: tf.Tensor4D) => Diagnostics
+  /** what `logits` differentiates through (e.g. "Munroll-3-5"); `evaluate` records it unless told otherwise */
+  readonly gradientSource?: string
+  /**
+   * The differentiable objective of a per-sample loss, when it is not `loss(logits(x))`: a surrogate with several
+   * heads (the ensemble-defence attack sums the losses of several states). Returns the per-sample objective the
+   * attack ascends and the logits its success checks may read. Attacks call it inside the gradient.
+   */
+  readonly objective?: (
+    x: tf.Tensor4D,
+    loss: (logits: tf.Tensor2D) => tf.Tensor1D,
+    context?: CallContext
+  ) => { readonly loss: tf.Tensor1D; readonly logits: tf.Tensor2D }
 }
 
 /** Extra, optional inputs of one attack call. */
