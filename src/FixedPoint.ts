@@ -28,7 +28,7 @@ import { andersonMethod } from "./internal/anderson.ts"
 import { attachImplicit, attachPhantom, attachUnrolled, detach as detachTensor } from "./internal/backward.ts"
 import { broydenMethod, liftBroydenState, type BroydenStateData } from "./internal/broyden.ts"
 import { picardMethod } from "./internal/picard.ts"
-import { runCore, type CoreOptions, type Method } from "./internal/solverCore.ts"
+import { runCore, type CoreOptions, type CoreStats, type Method } from "./internal/solverCore.ts"
 import { own, tf } from "./Tensor.ts"
 
 /**
@@ -157,24 +157,7 @@ export type BroydenOptionsInput = Input<BroydenOptions>
  *
  * @category models
  */
-export interface SolveStats {
-  readonly status: "converged" | "maxIter" | "diverged" | "singular"
-  readonly steps: number
-  readonly stepsPerSample: Int32Array
-  readonly absResidual: Float32Array
-  readonly relResidual: Float32Array
-  readonly converged: Uint8Array
-  readonly absTrace: ReadonlyArray<Float32Array>
-  readonly relTrace: ReadonlyArray<Float32Array>
-  /** the solver that produced the result (for `fallback`, the one whose result was kept) */
-  readonly solver: string
-  readonly globalAbsTrace: ReadonlyArray<number>
-  readonly globalRelTrace: ReadonlyArray<number>
-  /** the step of the returned iterate (1-based; 0 means z0 itself was returned) */
-  readonly returnedStep: number
-  /** the step that produced NaN/Inf or a singular system */
-  readonly failedStep?: number
-  readonly message?: string
+export interface SolveStats extends CoreStats {
   /** for `fallback`: every attempt in order */
   readonly attempts?: ReadonlyArray<{ readonly solver: string; readonly status: SolveStats["status"]; readonly steps: number }>
 }

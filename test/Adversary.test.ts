@@ -9,6 +9,7 @@ import * as Adversary from "../src/Adversary.ts"
 import type { Classifier } from "../src/Adversary.ts"
 import { ConfigError } from "../src/Errors.ts"
 import { leakCheck, noLeaks, Rng, stream, tf, useBackend } from "../src/Tensor.ts"
+import { make, perturbSync } from "./support.ts"
 
 // ---------------------------------------------------------------------------------------------------------------
 // tiny models and data: 8x8x1 images, 4 classes (a bright quadrant per class)
@@ -82,23 +83,6 @@ afterAll(() => {
 const seeded = <A, E>(self: Effect.Effect<A, E, Rng>, seed = 0) => Effect.provide(self, Rng.seeded(seed))
 
 /** Runs an attack synchronously and copies x_adv out before its Scope closes. */
-const perturbSync = (
-  attack: Adversary.Attack["Service"],
-  classifier: Classifier,
-  x: tf.Tensor4D,
-  y: tf.Tensor1D,
-  seed: number
-) =>
-  Effect.runSync(
-    Effect.scoped(Effect.map(attack.perturb(classifier, x, y), (r) => ({
-      xAdv: r.xAdv.dataSync().slice() as Float32Array,
-      success: r.success,
-      queries: r.queries
-    }))).pipe(Effect.provide(Rng.seeded(seed)))
-  )
-
-const make = <A>(self: Effect.Effect<A, ConfigError>): A => Effect.runSync(self)
-
 // ---------------------------------------------------------------------------------------------------------------
 
 describe("attack invariants", () => {

@@ -17,6 +17,7 @@ import { makePicard } from "../src/FixedPoint.ts"
 import { noGrad } from "../src/internal/tape.ts"
 import * as Models from "../src/Models.ts"
 import { leakCheck, noLeaks, Rng, tf, useBackend } from "../src/Tensor.ts"
+import { cosine, make, perturbSync } from "./support.ts"
 
 const K = 4
 const D = 64
@@ -69,16 +70,6 @@ const maxAbsDiff = (a: ArrayLike<number>, b: ArrayLike<number>): number => {
   return d
 }
 
-const cosine = (a: ArrayLike<number>, b: ArrayLike<number>): number => {
-  let ab = 0, aa = 0, bb = 0
-  for (let i = 0; i < a.length; i++) {
-    ab += a[i]! * b[i]!
-    aa += a[i]! * a[i]!
-    bb += b[i]! * b[i]!
-  }
-  return ab / Math.sqrt(aa * bb)
-}
-
 const ce = (logits: tf.Tensor2D, y: tf.Tensor1D) => Adversary.losses.crossEntropy(logits, y)
 
 /** The input gradient of the summed cross-entropy of a classifier's logits (or of its objective). */
@@ -92,23 +83,6 @@ const inputGradient = (c: Adversary.Classifier, x: tf.Tensor4D, y: tf.Tensor1D, 
   )
 
 /** Runs an attack synchronously and copies x_adv out before its Scope closes. */
-const perturbSync = (
-  attack: Adversary.Attack["Service"],
-  classifier: Adversary.Classifier,
-  x: tf.Tensor4D,
-  y: tf.Tensor1D,
-  seed: number
-) =>
-  Effect.runSync(
-    Effect.scoped(Effect.map(attack.perturb(classifier, x, y), (r) => ({
-      xAdv: r.xAdv.dataSync().slice() as Float32Array,
-      success: r.success,
-      queries: r.queries
-    }))).pipe(Effect.provide(Rng.seeded(seed)))
-  )
-
-const make = <A, E>(self: Effect.Effect<A, E>): A => Effect.runSync(self)
-
 // ---------------------------------------------------------------------------------------------------------------
 // test defences
 // ---------------------------------------------------------------------------------------------------------------

@@ -14,17 +14,11 @@ import * as Dynamics from "../src/Dynamics.ts"
 import { Backward, makePicard, Solver } from "../src/FixedPoint.ts"
 import * as Models from "../src/Models.ts"
 import { leakCheck, noLeaks, stream, tf, useBackend } from "../src/Tensor.ts"
+import { maxAbsDiff } from "./support.ts"
 
 beforeAll(async () => {
   await useBackend("wasm")
 })
-
-const maxAbsDiff = (a: ArrayLike<number>, b: ArrayLike<number>): number => {
-  expect(a.length).toBe(b.length)
-  let d = 0
-  for (let i = 0; i < a.length; i++) d = Math.max(d, Math.abs(a[i]! - b[i]!))
-  return d
-}
 
 const B = 6, K = 5
 const images = (seed = 11) => tf.randomUniform([B, 8, 8, 1], 0, 1, "float32", seed) as tf.Tensor4D

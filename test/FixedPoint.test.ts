@@ -12,6 +12,7 @@ import { ConfigError } from "../src/Errors.ts"
 import * as FP from "../src/FixedPoint.ts"
 import { solveDense } from "../src/internal/linalg.ts"
 import { leakCheck, noLeaks, stream, tf, useBackend } from "../src/Tensor.ts"
+import { cosine } from "./support.ts"
 
 beforeAll(async () => {
   await useBackend("wasm")
@@ -107,16 +108,6 @@ const relDiff = (a: ArrayLike<number>, b: ArrayLike<number>): number => {
     s += b[i]! ** 2
   }
   return Math.sqrt(d) / Math.max(Math.sqrt(s), 1e-12)
-}
-
-const cosine = (a: ArrayLike<number>, b: ArrayLike<number>): number => {
-  let ab = 0, aa = 0, bb = 0
-  for (let i = 0; i < a.length; i++) {
-    ab += a[i]! * b[i]!
-    aa += a[i]! * a[i]!
-    bb += b[i]! * b[i]!
-  }
-  return ab / Math.sqrt(aa * bb)
 }
 
 const read = (t: tf.Tensor): Float32Array => t.dataSync() as Float32Array

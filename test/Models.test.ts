@@ -11,17 +11,11 @@ import { Backward, makePicard } from "../src/FixedPoint.ts"
 import { groupNorm, groupNormReference, weightNorm } from "../src/internal/models/layers.ts"
 import * as Models from "../src/Models.ts"
 import { leakCheck, noLeaks, tf, useBackend } from "../src/Tensor.ts"
+import { maxAbsDiff } from "./support.ts"
 
 beforeAll(async () => {
   await useBackend("wasm")
 })
-
-const maxAbsDiff = (a: ArrayLike<number>, b: ArrayLike<number>): number => {
-  expect(a.length).toBe(b.length)
-  let d = 0
-  for (let i = 0; i < a.length; i++) d = Math.max(d, Math.abs(a[i]! - b[i]!))
-  return d
-}
 
 const images = (b: number, h: number, w: number, c: number, seed = 11) =>
   tf.randomUniform([b, h, w, c], 0, 1, "float32", seed) as tf.Tensor4D

@@ -63,7 +63,15 @@ export interface Method {
   readonly start: (first: Iterate, imported: unknown, reducer: Reducer) => Stepper
 }
 
-/** Statistics of a solve (the public SolveStats shape). */
+/**
+ * Statistics of a solve (FixedPoint's public SolveStats). Per-sample arrays have length B; traces have one entry
+ * per step.
+ * - `steps`: iterates computed after z0 (each costs one f evaluation, plus one for f(z0)).
+ * - `stepsPerSample`: with `stopping: "sample"`, the step at which each sample froze; with "batch", `steps`.
+ * - `absResidual` / `relResidual`: ||f(z) - z|| and ||f(z) - z|| / ||f(z)|| of the returned iterate, per sample.
+ * - `converged`: 1 where the returned iterate meets `tol` on its own (per-sample criterion).
+ * - `absTrace` / `relTrace`: per-sample residuals of z_1..z_n.
+ */
 export interface CoreStats {
   readonly solver: string
   readonly status: "converged" | "maxIter" | "diverged" | "singular"
