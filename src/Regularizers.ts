@@ -1,0 +1,396 @@
+/**
+ * The regulations of Yang et al. (ICML 2023) and the usual DEQ regularizers, each a service with Layers, so an
+ * ablation turns one on or off by providing a different layer:
+ *
+ * - {@link TrainReadOut}: which state the training loss (and the training attack) reads. {@link finalState} is
+ *   the baseline; {@link randomIntermediateStates} is Sec. 3.3: every forward call draws n ~ U{1..N} (one n per
+ *   call, shared by the batch, as the official code; per sample as an option), solves exactly n steps, applies the
+ *   phantom tail (f, then 5 damped steps with lambda 0.5) and reads out. Evaluation uses n = N. It also says
+ *   whether training forwards draw variational dropout masks, and holds the optional fixed-point correction loss.
+ * - {@link JacobianPenalty}: Hutchinson estimate of ||J_f||_F^2 at the read-out state, with a weight, a per-batch
+ *   probability and a cut-off epoch ({@link jacobian} / {@link noJacobian}).
+ * - {@link InputDefence}: an inference-time `Dynamics.Defence`; {@link entropyReduction} is Sec. 3.2 (input
+ *   entropy reduction along the dynamics), {@link noDefence} the plain read-out.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Layer } from "effect"
+ * import * as Regularizers from "effect-deq/Regularizers"
+ * import * as Train from "effect-deq/Train"
+ *
+ * const ablation = (ris: boolean) =>
+ *   Train.fit(model, data, config).pipe(
+ *     Effect.provide(Layer.mergeAll(
+ *       ris ? Regularizers.randomIntermediateStates({ max: 8 }) : Regularizers.finalState(),
+ *       Regularizers.jacobian({ weight: 0.4, probability: 0.02, untilEpoch: 90 }),
+ *       solver, attack, rng
+ *     ))
+ *   )
+ * ```
+ *
+ * @since 0.1.0
+ */
+import { Context, Effect, Layer, Schema } from "effect"
+import { decode, withDefault } from "./Config.ts"
+import * as Dynamics from "./Dynamics.ts"
+import type { ConfigError } from "./Errors.ts"
+import type { FixedPointMap } from "./FixedPoint.ts"
+import { type EntropySettings, meanEntropy as meanEntropyInternal, runEntropyReduction } from "./internal/regularizers/entropy.ts"
+import { hutchinson as hutchinsonInternal } from "./internal/regularizers/jacobian.ts"
+import type { Stream, tf } from "./Tensor.ts"
+
+// ---------------------------------------------------------------------------------------------------------------
+// Training read-out
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * The fixed-point correction loss (TorchDEQ style): sum_i gamma^(k - i) CE(h(tail(z_{n_i}))) over k states evenly
+ * spaced along the trajectory (n_i = round(i N / k), so n_k = N), times `weight`, added to the training loss.
+ *
+ * @category models
+ */
+export interface Correction {
+  readonly states: number
+  readonly gamma: number
+  readonly weight: number
+}
+
+/**
+ * Which state training reads: `readOut` for the loss and for the training attack, `evalReadOut` for evaluation
+ * (n = N under random intermediate states). `dropout`: training forwards draw variational dropout masks (one per
+ * forward call; models without dropout ignore it). `correction`: the optional fixed-point correction loss.
+ *
+ * @category services
+ */
+export class TrainReadOut extends Context.Service<TrainReadOut, {
+  readonly name: string
+  readonly readOut: Dynamics.ReadOut
+  readonly evalReadOut: Dynamics.ReadOut
+  readonly dropout: boolean
+  readonly correction?: Correction
+}>()("effect-deq/TrainReadOut") {}
+
+/**
+ * Options shared by the training read-outs.
+ *
+ * @category models
+ */
+export interface ReadOutOptions {
+  /** draw variational dropout masks in training forwards (default true) */
+  readonly dropout?: boolean
+  readonly correction?: Correction
+}
+
+/**
+ * The baseline read-out as a value: the final state of the solve (the deq's solve options, e.g. 8 Broyden steps
+ * returning the lowest-residual iterate) with the deq's gradient, for training and evaluation alike.
+ *
+ * @category constructors
+ */
+export const makeFinalState = (options: ReadOutOptions = {}): TrainReadOut["Service"] =>
+  TrainReadOut.of({
+    name: "final",
+    readOut: Dynamics.readOut.final,
+    evalReadOut: Dynamics.readOut.final,
+    dropout: options.dropout ?? true,
+    ...(options.correction !== undefined ? { correction: options.correction } : {})
+  })
+
+/**
+ * Random intermediate states (Sec. 3.3) as a value: training forwards draw n ~ U{1..max} per call (per sample with
+ * `perSample`), solve exactly n steps and apply the deq's tail (Dynamics.paperTail by default); evaluation reads
+ * z_max the same way (`Dynamics.readOut.state(max)`).
+ *
+ * @category constructors
+ */
+export const makeRandomIntermediateStates = (
+  options: ReadOutOptions & { readonly max: number; readonly perSample?: boolean }
+): TrainReadOut["Service"] => {
+  if (!Number.isInteger(options.max) || options.max < 1) {
+    throw new RangeError(`randomIntermediateStates: max must be an integer >= 1, got ${options.max}`)
+  }
+  return TrainReadOut.of({
+    name: `random-states(1..${options.max}${options.perSample === true ? ", per sample" : ""})`,
+    readOut: Dynamics.readOut.randomState(options.max, { perSample: options.perSample ?? false }),
+    evalReadOut: Dynamics.readOut.state(options.max),
+    dropout: options.dropout ?? true,
+    ...(options.correction !== undefined ? { correction: options.correction } : {})
+  })
+}
+
+/**
+ * Layer of the baseline read-out ({@link makeFinalState}).
+ *
+ * @category layers
+ */
+export const finalState = (options: ReadOutOptions = {}): Layer.Layer<TrainReadOut> =>
+  Layer.succeed(TrainReadOut, makeFinalState(options))
+
+/**
+ * Layer of random intermediate states ({@link makeRandomIntermediateStates}); paper: max 8, one n per call.
+ *
+ * @category layers
+ */
+export const randomIntermediateStates = (
+  options: ReadOutOptions & { readonly max: number; readonly perSample?: boolean }
+): Layer.Layer<TrainReadOut> => Layer.sync(TrainReadOut, () => makeRandomIntermediateStates(options))
+
+/**
+ * A read-out with its solver budget moved by `delta` steps (the F_THRES jitter of Jacobian batches, method.md
+ * 2.4): RandomState max and State n move (never below 1); Final is unchanged (move the deq's maxIter instead).
+ *
+ * @category combinators
+ */
+export const jitterReadOut = (r: Dynamics.ReadOut, delta: number): Dynamics.ReadOut => {
+  switch (r._tag) {
+    case "RandomState":
+      return Dynamics.readOut.randomState(Math.max(1, r.max + delta), { perSample: r.perSample ?? false })
+    case "State":
+      return Dynamics.readOut.state(Math.max(1, r.n + delta))
+    default:
+      return r
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Jacobian penalty
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * Hutchinson estimate of ||J_f(z)||_F^2: the mean over `probes` probe vectors v (Gaussian or Rademacher, seeded)
+ * of sum_b ||v_b^T J_f(z_b)||^2, divided by z.size (= B N) when `normalize` (default, as locuslab's
+ * `jac_loss_estimate`). v^T J is a VJP; inside `tf.variableGrads` the estimate is differentiable w.r.t. the
+ * parameters f closes over (double backward). z is a constant point. Plain tfjs; the caller owns the scalar.
+ *
+ * @category jacobian
+ */
+export const hutchinson = (
+  f: FixedPointMap | ((z: tf.Tensor) => tf.Tensor),
+  z: tf.Tensor,
+  options: {
+    readonly probes?: number
+    readonly distribution?: "normal" | "rademacher"
+    readonly seed?: number
+    readonly normalize?: boolean
+  } = {}
+): tf.Scalar =>
+  hutchinsonInternal(f, z, {
+    probes: options.probes ?? 2,
+    distribution: options.distribution ?? "normal",
+    seed: options.seed ?? 0,
+    normalize: options.normalize ?? true
+  })
+
+/**
+ * The Jacobian penalty of training. `active(epoch, stream)` draws once from `stream` and says whether this batch
+ * computes it (epoch < untilEpoch, 1-based, and a uniform draw < probability); `penalty(f, z, seed)` is
+ * weight x {@link hutchinson}. `jitter` [lo, hi] moves the solver budget of the batch's training forwards by a
+ * uniform integer in lo..hi when the penalty is active.
+ *
+ * @category services
+ */
+export class JacobianPenalty extends Context.Service<JacobianPenalty, {
+  readonly name: string
+  readonly enabled: boolean
+  readonly weight: number
+  readonly probability: number
+  readonly untilEpoch?: number
+  readonly probes: number
+  readonly distribution: "normal" | "rademacher"
+  readonly jitter?: readonly [number, number]
+  readonly active: (epoch: number, stream: Stream) => boolean
+  readonly penalty: (f: FixedPointMap, z: tf.Tensor, seed: number) => tf.Scalar
+}>()("effect-deq/JacobianPenalty") {}
+
+/**
+ * Settings of the Jacobian penalty; paper (locuslab MDEQ): weight 0.4, probability 0.02, 2 Gaussian probes, off
+ * from epoch 90, F_THRES jitter [-2, 1].
+ *
+ * @category config
+ */
+export interface JacobianOptions {
+  readonly weight?: number
+  readonly probability?: number
+  readonly untilEpoch?: number
+  readonly probes?: number
+  readonly distribution?: "normal" | "rademacher"
+  readonly jitter?: readonly [number, number]
+}
+
+/**
+ * The Jacobian penalty as a value (see {@link JacobianPenalty}).
+ *
+ * @category constructors
+ */
+export const makeJacobian = (options: JacobianOptions = {}): JacobianPenalty["Service"] => {
+  const weight = options.weight ?? 0.4
+  const probability = options.probability ?? 0.02
+  const probes = options.probes ?? 2
+  const distribution = options.distribution ?? "normal"
+  const until = options.untilEpoch
+  if (options.jitter !== undefined && options.jitter[0] > options.jitter[1]) {
+    throw new RangeError(`jacobian: jitter [${options.jitter}] has lo > hi`)
+  }
+  return JacobianPenalty.of({
+    name: `jacobian(${weight} w.p. ${probability}${until !== undefined ? `, until epoch ${until}` : ""})`,
+    enabled: weight > 0 && probability > 0,
+    weight,
+    probability,
+    ...(until !== undefined ? { untilEpoch: until } : {}),
+    probes,
+    distribution,
+    ...(options.jitter !== undefined ? { jitter: options.jitter } : {}),
+    active: (epoch, stream) => {
+      const u = stream.next()
+      return weight > 0 && (until === undefined || epoch < until) && u < probability
+    },
+    penalty: (f, z, seed) =>
+      hutchinsonInternal(f, z, { probes, distribution, seed, normalize: true }).mul(weight) as tf.Scalar
+  })
+}
+
+/**
+ * Layer of the Jacobian penalty ({@link makeJacobian}).
+ *
+ * @category layers
+ */
+export const jacobian = (options: JacobianOptions = {}): Layer.Layer<JacobianPenalty> =>
+  Layer.sync(JacobianPenalty, () => makeJacobian(options))
+
+/**
+ * No Jacobian penalty (never active).
+ *
+ * @category layers
+ */
+export const noJacobian: Layer.Layer<JacobianPenalty> = Layer.sync(JacobianPenalty, () => ({
+  ...makeJacobian({ weight: 0, probability: 0 }),
+  name: "none",
+  enabled: false
+}))
+
+// ---------------------------------------------------------------------------------------------------------------
+// Input entropy reduction
+// ---------------------------------------------------------------------------------------------------------------
+
+const PositiveInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(1))
+const NonNegativeInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
+const NonNegative = Schema.Finite.check(Schema.isGreaterThanOrEqualTo(0))
+const dflt = <S extends Schema.Top & Schema.WithoutConstructorDefault>(self: S, value: S["Type"] & S["Encoded"]) =>
+  withDefault<S>(value)(self)
+
+/**
+ * Settings of input entropy reduction (method.md 6.1; defaults are the paper's CIFAR-10 values):
+ * - `rounds` (4) rounds of `solverSteps` (T_f = 2) solver steps, warm-started from the round's `warmStart` state
+ *   ("best": the lowest-residual iterate, as the official code; "last": the last iterate) and, with Broyden, from
+ *   the previous low-rank memory; with another solver the warm start carries no memory.
+ * - then `inputSteps` (R = 10) steps x' <- clip(x' - alpha sign(grad_x' H), x - eps, x + eps) clipped to [0, 1],
+ *   H the mean prediction entropy of h(f(z; inj(x'))) with z held fixed (alpha 2/255, eps 8/255);
+ * - then f switches to inj(x') and, with `lift` and Broyden, the last rank-1 pair is lifted (FixedPoint.liftBroyden).
+ * - `state`: the recorded raw iterate read out (1-based; default rounds x solverSteps = z_8, method.md 7.4);
+ *   `readOut` "state" gives h(z_state) (value) with the gradient of the tail, "tail" gives h(tail(z_state)).
+ * - `tailK` / `tailLambda`: the unrolled tail from the read-out state under the last injection (5, 0.5).
+ *
+ * @category config
+ */
+export class EntropyReductionOptions extends Schema.Class<EntropyReductionOptions>("EntropyReductionOptions")({
+  rounds: dflt(PositiveInt, 4),
+  solverSteps: dflt(PositiveInt, 2),
+  inputSteps: dflt(NonNegativeInt, 10),
+  alpha: dflt(NonNegative, 2 / 255),
+  eps: dflt(NonNegative, 8 / 255),
+  state: Schema.optional(PositiveInt),
+  readOut: dflt(Schema.Literals(["state", "tail"]), "state"),
+  warmStart: dflt(Schema.Literals(["best", "last"]), "best"),
+  lift: dflt(Schema.Boolean, true),
+  tailK: dflt(NonNegativeInt, 5),
+  tailLambda: dflt(Schema.Finite.check(Schema.isBetween({ minimum: 0, maximum: 1, exclusiveMinimum: true })), 0.5)
+}) {}
+
+/**
+ * Preset settings of entropy reduction.
+ * - `cifar`: the paper's (alpha 2/255, eps 8/255, 4 rounds, T_f 2, R 10).
+ * - `mnist`: eps 0.1, alpha 0.02. MNIST attacks use eps up to 0.3 (about 10x CIFAR's 8/255); we keep the
+ *   purification radius at the tiny-run attack eps of 0.1 (design.md), since a 0.3-ball lets x' move far enough to
+ *   erase strokes, and alpha = eps / 5 so the R = 10 sign steps still cover 2 eps (the paper's covers 2.5 eps)
+ *   while each step stays well below the 0.3 scale.
+ *
+ * @category config
+ */
+export const entropyReductionPresets = {
+  cifar: { rounds: 4, solverSteps: 2, inputSteps: 10, alpha: 2 / 255, eps: 8 / 255 },
+  mnist: { rounds: 4, solverSteps: 2, inputSteps: 10, alpha: 0.02, eps: 0.1 }
+} as const
+
+/**
+ * The inference-time defence a classifier runs: a `Dynamics.Defence` plus whether it changes anything.
+ *
+ * @category services
+ */
+export class InputDefence extends Context.Service<InputDefence, Dynamics.Defence & { readonly enabled: boolean }>()(
+  "effect-deq/InputDefence"
+) {}
+
+/**
+ * Input entropy reduction (Sec. 3.2) as a `Dynamics.Defence` value; options are decoded strictly (a bad key is a
+ * ConfigError naming it).
+ *
+ * `run(deq, x)` returns the logits h(z_state) of the defended trajectory and the purified input x' (for BPDA).
+ * Differentiability: called inside `tf.grad`, the logits are differentiable w.r.t. x through the whole defence.
+ * The solver states and the inner entropy gradients are computed off the tape: sign() has zero derivative almost
+ * everywhere, so the sign step is a constant s_t, and the solver trajectory is a constant as in every read-out.
+ * On the tape stay: the chain x'_{t+1} = clip(min(max(x'_t - alpha s_t, x - eps), x + eps), 0, 1) (gradient 1 where
+ * no bound is active, flowing into x through the bounds where x -/+ eps is), the injections inj(x') of each round,
+ * and the unrolled read-out tail from z_state under the last injection. With `readOut: "state"` the value is
+ * exactly h(z_state) and the gradient that of h(tail(z_state; inj(x'))); with "tail" both are the tail's.
+ *
+ * @category constructors
+ */
+export const makeEntropyReduction = (
+  options: typeof EntropyReductionOptions.Encoded = {}
+): Effect.Effect<InputDefence["Service"], ConfigError> =>
+  Effect.map(decode(EntropyReductionOptions, "entropyReduction")(options), (o) => {
+    const settings: EntropySettings = { ...o }
+    return InputDefence.of({
+      name: `entropy-reduction(${o.rounds}x(${o.solverSteps} solver, ${o.inputSteps} input steps), eps ${o.eps})`,
+      randomized: false,
+      enabled: true,
+      run: (deq, x) => runEntropyReduction(settings, deq, x)
+    })
+  })
+
+/**
+ * Layer of input entropy reduction ({@link makeEntropyReduction}).
+ *
+ * @category layers
+ */
+export const entropyReduction = (
+  options: typeof EntropyReductionOptions.Encoded = {}
+): Layer.Layer<InputDefence, ConfigError> => Layer.effect(InputDefence, makeEntropyReduction(options))
+
+/**
+ * The undefended read-out as a defence value: logits of `readOut` (default the final state), x unchanged.
+ *
+ * @category constructors
+ */
+export const makeNoDefence = (readOut: Dynamics.ReadOut = Dynamics.readOut.final): InputDefence["Service"] =>
+  InputDefence.of({
+    name: "none",
+    randomized: false,
+    enabled: false,
+    run: (deq, x) => ({ logits: Dynamics.logits(deq, x, readOut), purified: x.clone() as tf.Tensor4D })
+  })
+
+/**
+ * No inference-time defence ({@link makeNoDefence} with the final state).
+ *
+ * @category layers
+ */
+export const noDefence: Layer.Layer<InputDefence> = Layer.sync(InputDefence, () => makeNoDefence())
+
+/**
+ * Mean over the batch of the prediction entropy -sum_c p_c log p_c of logits [B, C] (what entropy reduction
+ * lowers). Plain tfjs; the caller owns the scalar.
+ *
+ * @category entropy
+ */
+export const meanEntropy: (logits: tf.Tensor) => tf.Scalar = meanEntropyInternal

@@ -1,0 +1,376 @@
+/**
+ * Training programs for DEQs composed from services: standard training, PGD-AT and TRADES, each with or without
+ * random intermediate states (Regularizers.TrainReadOut) and Jacobian regularization (Regularizers.JacobianPenalty),
+ * an optional clean pre-training phase through an unrolled stack of f, Adam with a per-iteration cosine schedule,
+ * periodic clean + PGD evaluation with best-checkpoint selection, a checkpoint every epoch, bit-exact resume and
+ * progress events.
+ *
+ * A run is described by a {@link TrainConfig} (decoded strictly: unknown keys are ConfigErrors naming them).
+ * {@link run} / {@link stream} build everything from it; {@link fit} trains a model you built with the services
+ * you provide, so an ablation swaps one Layer.
+ *
+ * Randomness: every draw derives its seed from the root seed and its position (epoch, batch, step, use) with
+ * `deriveSeed`, so a resumed run draws exactly what an uninterrupted one would; on the same backend the final
+ * parameters are bit-identical.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Layer, Stream } from "effect"
+ * import * as Train from "effect-deq/Train"
+ *
+ * const config = Train.decodeConfigSync({
+ *   model: { _tag: "fc", inputShape: [14, 14, 1], hidden: 64 },
+ *   data: { name: "synthetic", height: 14, width: 14, trainSize: 512 },
+ *   method: { _tag: "trades", beta: 6 },
+ *   regularizers: { randomStates: { max: 8 } },
+ *   attack: { eps: 0.1, stepSize: 0.025, steps: 10 },
+ *   epochs: 5, batchSize: 32
+ * })
+ * const program = Train.stream(config, { out: "runs/fc-ris", resume: true }).pipe(
+ *   Stream.runForEach((event) => Effect.log(event))
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ */
+import { Effect, Layer, Queue, Schema, Stream } from "effect"
+import { Attack, pgd as pgdAttack } from "./Adversary.ts"
+import { decode, decodeSync } from "./Config.ts"
+import * as Data from "./Data.ts"
+import type { DatasetError } from "./Errors.ts"
+import { ConfigError } from "./Errors.ts"
+import { Solver } from "./FixedPoint.ts"
+import * as Models from "./Models.ts"
+import * as Regularizers from "./Regularizers.ts"
+import { Rng } from "./Tensor.ts"
+import {
+  AdamConfig,
+  AndersonSolverConfig,
+  BroydenSolverConfig,
+  CorrectionConfig,
+  EvalConfig,
+  GradientConfig,
+  ImplicitGradient,
+  JacobianConfig,
+  MethodConfig,
+  PgdAtMethod,
+  PhantomGradient,
+  PicardSolverConfig,
+  RandomStatesConfig,
+  RegularizersConfig,
+  SolverConfig,
+  StandardMethod,
+  TradesMethod,
+  TrainAttackConfig,
+  TrainConfig,
+  TrainConfigCodec,
+  UnrollGradient,
+  UnrolledGradient
+} from "./internal/train/config.ts"
+import { NaNLoss } from "./internal/train/events.ts"
+import type { TrainEvent } from "./internal/train/events.ts"
+import {
+  checkpointDirs as checkpointDirsInternal,
+  fit as fitInternal,
+  type FitOptions,
+  gradientOf as gradientOfInternal,
+  type TrainError as TrainErrorInternal,
+  type TrainSummary
+} from "./internal/train/loop.ts"
+
+export {
+  /** Adam's constants (PyTorch defaults; no weight decay, as the paper). */
+  AdamConfig,
+  /** Anderson forward solver (`_tag: "anderson"`, FixedPoint.AndersonOptions fields). */
+  AndersonSolverConfig,
+  /** Broyden forward solver (`_tag: "broyden"`, FixedPoint.BroydenOptions fields); the paper's: 8 steps, rel tol 1e-3. */
+  BroydenSolverConfig,
+  /** The fixed-point correction loss (TorchDEQ style). */
+  CorrectionConfig,
+  /** Periodic evaluation (clean + PGD on a held-out subset) and best-checkpoint selection. */
+  EvalConfig,
+  /** How gradients leave the read-out state: unroll | phantom | implicit | unrolled. */
+  GradientConfig,
+  /** Implicit (IFT) gradient. */
+  ImplicitGradient,
+  /** Jacobian regularization settings (paper: 0.4 w.p. 0.02, until epoch 90). */
+  JacobianConfig,
+  /** The objective: standard | pgd-at | trades. */
+  MethodConfig,
+  /** The loss became NaN or infinite (names epoch, batch and step). */
+  NaNLoss,
+  /** PGD-AT: CE on x_adv. */
+  PgdAtMethod,
+  /** Phantom gradient. */
+  PhantomGradient,
+  /** Picard forward solver (`_tag: "picard"`). */
+  PicardSolverConfig,
+  /** Random intermediate states (Sec. 3.3). */
+  RandomStatesConfig,
+  /** The regularizers of a run (absent keys are off). */
+  RegularizersConfig,
+  /** The forward solver (tagged union). */
+  SolverConfig,
+  /** Standard training: CE on clean inputs. */
+  StandardMethod,
+  /** TRADES with beta (paper 6). */
+  TradesMethod,
+  /** The training attack (eps, step size, steps, start). */
+  TrainAttackConfig,
+  /** Everything a run needs. */
+  TrainConfig,
+  /** The paper's training tail: f then k damped steps (5, 0.5). */
+  UnrollGradient,
+  /** Differentiate through n plain steps from z0. */
+  UnrolledGradient
+}
+
+export type {
+  /** Every progress event of a run: Started, Batch, Epoch, Evaluation, Checkpoint, Finished. */
+  TrainEvent,
+  /** One optimisation step finished. */
+  BatchDone,
+  /** A checkpoint was written. */
+  CheckpointSaved,
+  /** An epoch finished. */
+  EpochDone,
+  /** A periodic evaluation. */
+  Evaluated,
+  /** The run finished. */
+  Finished,
+  /** The run started or resumed. */
+  Started
+} from "./internal/train/events.ts"
+
+export type {
+  /** Options of a run besides its config: output directory, resume, event callback. */
+  FitOptions,
+  /** What a finished run reports. */
+  TrainSummary
+}
+
+/**
+ * The errors of {@link fit}: bad config (ConfigError), checkpoint IO, an attack that could not run, a NaN loss.
+ *
+ * @category errors
+ */
+export type TrainError = TrainErrorInternal
+
+/**
+ * The errors of {@link run} and {@link stream}: those of {@link fit} plus a dataset that cannot be loaded.
+ *
+ * @category errors
+ */
+export type RunError = TrainError | DatasetError
+
+// ---------------------------------------------------------------------------------------------------------------
+// config
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * Decodes a training config from unknown input (parsed JSON), rejecting unknown keys (a ConfigError naming the
+ * key), and checks the settings that depend on each other (random-state max, attack start, Jacobian jitter).
+ *
+ * @category decoding
+ */
+export const decodeConfig = (input: unknown): Effect.Effect<TrainConfig, ConfigError> =>
+  Effect.flatMap(decode(TrainConfigCodec)(input), (c) => Effect.as(check(c), c))
+
+/**
+ * Synchronous {@link decodeConfig} (throws the ConfigError).
+ *
+ * @category decoding
+ */
+export const decodeConfigSync = (input: unknown): TrainConfig => {
+  const c = decodeSync(TrainConfigCodec)(input)
+  Effect.runSync(check(c))
+  return c
+}
+
+/**
+ * A config as plain JSON (what checkpoints store, what the CLI writes).
+ *
+ * @category decoding
+ */
+export const encodeConfig = (config: TrainConfig): unknown => Schema.encodeSync(TrainConfigCodec)(config)
+
+const check = (c: TrainConfig): Effect.Effect<void, ConfigError> => {
+  const fail = (path: string, message: string) => Effect.fail(new ConfigError({ path, message: `${path}: ${message}` }))
+  if (c.method._tag === "pgd-at" && c.attack.start === "normal") {
+    return fail("attack.start", `"normal" is the TRADES start; PGD-AT supports "uniform" or "none"`)
+  }
+  const j = c.regularizers.jacobian?.jitter
+  if (j !== undefined && j[0] > j[1]) return fail("regularizers.jacobian.jitter", `[${j}] has lo > hi`)
+  return Effect.void
+}
+
+/**
+ * The Dynamics gradient mode of a gradient config.
+ *
+ * @category layers
+ */
+export const gradientOf = gradientOfInternal
+
+/**
+ * The solver a config names, as a Layer (a bad option is a ConfigError naming it).
+ *
+ * @category layers
+ */
+export const solverLayer = (config: TrainConfig): Layer.Layer<Solver, ConfigError> => {
+  const { _tag, ...options } = config.solver
+  switch (_tag) {
+    case "picard":
+      return Solver.picard(options as any)
+    case "anderson":
+      return Solver.anderson(options as any)
+    case "broyden":
+      return Solver.broyden(options as any)
+  }
+}
+
+/**
+ * The training read-out a config names: random intermediate states (max defaulting to the solver's maxIter) or
+ * the final state; with its dropout switch and correction loss.
+ *
+ * @category layers
+ */
+export const readOutLayer = (config: TrainConfig): Layer.Layer<Regularizers.TrainReadOut> => {
+  const reg = config.regularizers
+  const common = {
+    dropout: reg.dropout,
+    ...(reg.correction !== undefined ? { correction: { ...reg.correction } } : {})
+  }
+  return reg.randomStates === undefined ?
+    Regularizers.finalState(common) :
+    Regularizers.randomIntermediateStates({
+      ...common,
+      max: reg.randomStates.max ?? config.solver.maxIter,
+      perSample: reg.randomStates.perSample
+    })
+}
+
+/**
+ * The Jacobian penalty a config names (or none).
+ *
+ * @category layers
+ */
+export const jacobianLayer = (config: TrainConfig): Layer.Layer<Regularizers.JacobianPenalty> => {
+  const j = config.regularizers.jacobian
+  return j === undefined ? Regularizers.noJacobian : Regularizers.jacobian({
+    weight: j.weight,
+    probability: j.probability,
+    probes: j.probes,
+    distribution: j.distribution,
+    ...(j.untilEpoch !== undefined ? { untilEpoch: j.untilEpoch } : {}),
+    ...(j.jitter !== undefined ? { jitter: j.jitter } : {})
+  })
+}
+
+/**
+ * The training attack a config names: PGD (Linf, CE, one restart, last iterate) with the config's eps, step size
+ * and steps, uniform start clamped to [0, 1] unless `start: "none"`. (TRADES runs its own KL maximisation with the
+ * same settings; the Attack service is then unused.)
+ *
+ * @category layers
+ */
+export const attackLayer = (config: TrainConfig): Layer.Layer<Attack, ConfigError> =>
+  Layer.effect(
+    Attack,
+    pgdAttack({
+      eps: config.attack.eps,
+      stepSize: config.attack.stepSize,
+      steps: config.attack.steps,
+      randomStart: config.attack.start !== "none",
+      randomStartClamp: true,
+      keepBest: false
+    })
+  )
+
+/**
+ * Every service a run needs, from its config: Solver, TrainReadOut, JacobianPenalty, Attack and Rng (seeded with
+ * `config.seed`).
+ *
+ * @category layers
+ */
+export const layersFromConfig = (
+  config: TrainConfig
+): Layer.Layer<Solver | Regularizers.TrainReadOut | Regularizers.JacobianPenalty | Attack | Rng, ConfigError> =>
+  Layer.mergeAll(
+    solverLayer(config),
+    readOutLayer(config),
+    jacobianLayer(config),
+    attackLayer(config),
+    Rng.seeded(config.seed)
+  )
+
+// ---------------------------------------------------------------------------------------------------------------
+// programs
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * Where a run with output directory `out` keeps its checkpoints: `last` (every epoch and on interruption; what
+ * `resume` continues from) and `best` (the best evaluation so far).
+ *
+ * @category checkpoints
+ */
+export const checkpointDirs = checkpointDirsInternal
+
+/**
+ * Trains `model` on `data`. The config supplies the method, schedule, optimiser, pre-training, evaluation and
+ * checkpoint settings; the solver, training read-out, Jacobian penalty, training attack and random source come
+ * from the context, so an ablation provides different layers. Checkpoints go to `options.out` (every epoch,
+ * best evaluation, and on interruption); `options.resume` continues from the last one. Events go to
+ * `options.onEvent`.
+ *
+ * @category programs
+ */
+export const fit: (
+  model: Models.Model,
+  data: Data.Dataset,
+  config: TrainConfig,
+  options?: FitOptions
+) => Effect.Effect<
+  TrainSummary,
+  TrainError,
+  Solver | Regularizers.TrainReadOut | Regularizers.JacobianPenalty | Attack | Rng
+> = fitInternal
+
+/**
+ * A whole run from its config: loads the dataset, builds the model (seeded from `config.seed`), provides
+ * {@link layersFromConfig} and calls {@link fit}. The tfjs backend must already be chosen.
+ *
+ * @category programs
+ */
+export const run = (
+  config: TrainConfig,
+  options: FitOptions & { readonly data?: Data.Dataset } = {}
+): Effect.Effect<TrainSummary, RunError> =>
+  Effect.scoped(Effect.gen(function*() {
+    const data = options.data ?? (yield* Data.load(config.data))
+    const model = yield* Models.buildSeeded(config.model)
+    return yield* fit(model, data, config, options)
+  })).pipe(Effect.provide(layersFromConfig(config)))
+
+/**
+ * {@link run} as a Stream of its events (Started, Batch, Epoch, Evaluation, Checkpoint, Finished). Stopping the
+ * stream early (take, interruption) interrupts the run between batches; with `out`, it then saves a checkpoint
+ * that `resume` continues from.
+ *
+ * @category programs
+ */
+export const stream = (
+  config: TrainConfig,
+  options: Omit<FitOptions, "onEvent"> & { readonly data?: Data.Dataset } = {}
+): Stream.Stream<TrainEvent, RunError> =>
+  Stream.callback<TrainEvent, RunError>((queue) =>
+    run(config, {
+      ...options,
+      onEvent: (event) => Effect.asVoid(Queue.offer(queue, event))
+    }).pipe(Effect.andThen(Queue.end(queue))), { bufferSize: 1 })
+
+/**
+ * A run's events as JSON lines (what the CLI's log holds).
+ *
+ * @category events
+ */
+export const eventToJson = (event: TrainEvent): string => JSON.stringify(event)

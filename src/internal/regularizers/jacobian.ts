@@ -1,0 +1,43 @@
+/**
+ * Hutchinson estimate of the squared Frobenius norm of a map's Jacobian (locuslab/deq `jac_loss_estimate`).
+ *
+ * @internal
+ */
+import * as tf from "@tensorflow/tfjs"
+import { deriveSeed } from "../../Tensor.ts"
+
+/** Settings of one estimate. */
+export interface HutchinsonSettings {
+  /** probe vectors averaged (locuslab: 2) */
+  readonly probes: number
+  readonly distribution: "normal" | "rademacher"
+  /** root seed of the probes (probe i uses deriveSeed(seed, "probe", i)) */
+  readonly seed: number
+  /** divide by z.size = B * N, as locuslab does (default true) */
+  readonly normalize: boolean
+}
+
+const probe = (shape: ReadonlyArray<number>, distribution: "normal" | "rademacher", seed: number): tf.Tensor =>
+  tf.tidy(() =>
+    distribution === "normal" ?
+      tf.randomNormal(shape as Array<number>, 0, 1, "float32", seed) :
+      tf.sub(tf.mul(tf.cast(tf.greater(tf.randomUniform(shape as Array<number>, 0, 1, "float32", seed), 0.5), "float32"), 2), 1)
+  )
+
+/**
+ * sum_b ||v_b^T J_f(z_b)||^2 averaged over probes (and divided by z.size when normalising): an unbiased estimate
+ * of sum_b ||J_f(z_b)||_F^2 (/ numel). v^T J is a VJP through `f` taken with `tf.grad`; inside an enclosing
+ * `tf.variableGrads` the VJP is itself recorded, so the estimate is differentiable w.r.t. everything f closes
+ * over (double backward, PyTorch's create_graph=True). z is treated as a constant point.
+ */
+export const hutchinson = (f: (z: tf.Tensor) => tf.Tensor, z: tf.Tensor, s: HutchinsonSettings): tf.Scalar =>
+  tf.tidy(() => {
+    const terms: Array<tf.Tensor> = []
+    for (let i = 0; i < s.probes; i++) {
+      const v = probe(z.shape, s.distribution, deriveSeed(s.seed, "probe", i))
+      const vJ = tf.grad((zz: tf.Tensor) => tf.sum(tf.mul(f(zz), v)))(z)
+      terms.push(tf.sum(tf.square(vJ)))
+    }
+    const mean = tf.div(terms.length === 1 ? terms[0]! : tf.addN(terms), s.probes)
+    return (s.normalize ? tf.div(mean, z.size) : mean) as tf.Scalar
+  })
