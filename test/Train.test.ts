@@ -13,7 +13,8 @@ import * as Checkpoint from "../src/Checkpoint.ts"
 import * as Data from "../src/Data.ts"
 import { ConfigError } from "../src/Errors.ts"
 import * as Train from "../src/Train.ts"
-import { leakCheck, useBackend } from "../src/Tensor.ts"
+import { makeAdam } from "../src/internal/train/adam.ts"
+import { leakCheck, noLeaks, tf, useBackend } from "../src/Tensor.ts"
 
 beforeAll(async () => {
   await useBackend("wasm")
@@ -275,3 +276,35 @@ describe("failures", () => {
     }))
 })
 
+
+describe("Adam", () => {
+  const settings = { beta1: 0.9, beta2: 0.999, epsilon: 1e-8, weightDecay: 0 }
+
+  it("takes PyTorch's first step and clips by the global gradient norm", () => {
+    noLeaks(() => {
+      const a = tf.tidy(() => tf.variable(tf.tensor1d([1, -2]), true, "adam_test_a"))
+      const b = tf.tidy(() => tf.variable(tf.tensor1d([0.5]), true, "adam_test_b"))
+      const params = [{ name: "a", variable: a }, { name: "b", variable: b }]
+      const adam = makeAdam(params, settings)
+      // gradient norm sqrt(9 + 16 + 144) = 13
+      const grads = { [a.name]: tf.tensor1d([3, -4]), [b.name]: tf.tensor1d([12]) }
+      const norm = adam.apply(grads, 0.1, 6.5)
+      expect(norm).toBeCloseTo(13, 5)
+      // first step: m = (1 - b1) g', v = (1 - b2) g'^2, update = lr * sign(g') (|g'| >> eps), whatever the clip
+      expect(Array.from(a.dataSync())).toEqual([expect.closeTo(0.9, 6), expect.closeTo(-1.9, 6)])
+      expect(b.dataSync()[0]).toBeCloseTo(0.4, 6)
+      // the stored first moment shows the clipped gradient g' = g * 6.5 / 13
+      const m = adam.tensors().find((t) => t.name === "adam/m/b")!.tensor
+      expect(m.dataSync()[0]).toBeCloseTo(0.1 * 6, 5)
+      // without clip the moment keeps the raw gradient
+      const adam2 = makeAdam(params, settings)
+      adam2.apply(grads, 0.1)
+      expect(adam2.tensors().find((t) => t.name === "adam/m/b")!.tensor.dataSync()[0]).toBeCloseTo(0.1 * 12, 5)
+      tf.dispose(Object.values(grads))
+      adam.dispose()
+      adam2.dispose()
+      a.dispose()
+      b.dispose()
+    })
+  })
+})
