@@ -1,0 +1,481 @@
+/**
+ * Reports: Markdown tables, JSON and SVG line plots, written atomically.
+ *
+ * Plots are Vega-Lite specs compiled to Vega and rendered headless with vega's `View.toSVG()` (renderer "none":
+ * no browser, no canvas). Every file is written to a temporary sibling and renamed into place, so a reader never
+ * sees half a report and an interrupted write leaves nothing behind. This module knows results, not models: it
+ * takes plain numbers (the CLI and the examples turn trajectories and evaluations into rows).
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import * as Report from "effect-deq/Report"
+ *
+ * const program = Effect.gen(function*() {
+ *   const plot = Report.linePlot({
+ *     title: "Entropy along the dynamics", x: "state n", y: "mean entropy",
+ *     series: [{ name: "clean", points: [[1, 2.1], [2, 1.4], [3, 0.9]] }]
+ *   })
+ *   yield* Report.writeSvg("runs/demo/entropy.svg", plot)
+ *   yield* Report.writeText("runs/demo/report.md", Report.table(["n", "H"], [[1, 2.1]]))
+ * })
+ * ```
+ *
+ * @since 0.1.0
+ */
+import { randomBytes } from "node:crypto"
+import * as fs from "node:fs/promises"
+import * as path from "node:path"
+import { Effect, Schema } from "effect"
+import * as vega from "vega"
+import * as vegaLite from "vega-lite"
+
+// ---------------------------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * A report file could not be written or a plot could not be rendered; `path` names the file.
+ *
+ * @category errors
+ */
+export class ReportError extends Schema.TaggedError<ReportError>()("ReportError", {
+  path: Schema.String,
+  message: Schema.String
+}) {}
+
+const reason = (u: unknown): string => (u instanceof Error ? u.message : String(u)).split("\n")[0]!
+
+// ---------------------------------------------------------------------------------------------------------------
+// Atomic writes
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * The temporary name a write goes through: a hidden sibling of the target (`.<name>.tmp-<pid>-<random>`).
+ *
+ * @category io
+ */
+export const tempNameFor = (file: string): string =>
+  path.join(path.dirname(file), `.${path.basename(file)}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`)
+
+/**
+ * Writes `content` to `file` atomically: parent directories are created, the bytes go to a temporary sibling
+ * which is flushed and renamed over the target. On failure (or interruption) the temporary file is removed and
+ * the previous content of `file`, if any, is untouched.
+ *
+ * @category io
+ */
+export const writeText = (file: string, content: string | Uint8Array): Effect.Effect<void, ReportError> => {
+  const target = path.resolve(file)
+  const tmp = tempNameFor(target)
+  const write = Effect.tryPromise({
+    try: async () => {
+      await fs.mkdir(path.dirname(target), { recursive: true })
+      const fh = await fs.open(tmp, "wx")
+      try {
+        await fh.writeFile(content)
+        await fh.sync()
+      } finally {
+        await fh.close()
+      }
+      await fs.rename(tmp, target)
+    },
+    catch: (e) => new ReportError({ path: target, message: `cannot write: ${reason(e)}` })
+  })
+  return write.pipe(Effect.onError(() => Effect.promise(() => fs.rm(tmp, { force: true }).catch(() => undefined))))
+}
+
+/**
+ * Writes a value as pretty-printed JSON (atomically, see {@link writeText}). Non-finite numbers become null.
+ *
+ * @category io
+ */
+export const writeJson = (file: string, value: unknown): Effect.Effect<void, ReportError> =>
+  Effect.suspend(() => writeText(file, toJson(value)))
+
+/**
+ * JSON text with a trailing newline; typed arrays become plain arrays and NaN / Infinity become null.
+ *
+ * @category formatting
+ */
+export const toJson = (value: unknown): string =>
+  JSON.stringify(
+    value,
+    (_key, v) => {
+      if (ArrayBuffer.isView(v) && !(v instanceof DataView)) return Array.from(v as unknown as ArrayLike<number>)
+      if (typeof v === "number" && !Number.isFinite(v)) return null
+      return v
+    },
+    2
+  ) + "\n"
+
+/**
+ * Appends one JSON line to a file (a JSONL log). Not atomic by design: a log grows line by line, and a reader
+ * skips an incomplete last line.
+ *
+ * @category io
+ */
+export const appendJsonLine = (file: string, value: unknown): Effect.Effect<void, ReportError> =>
+  Effect.tryPromise({
+    try: async () => {
+      await fs.mkdir(path.dirname(path.resolve(file)), { recursive: true })
+      await fs.appendFile(file, JSON.stringify(value, (_k, v) => (typeof v === "number" && !Number.isFinite(v) ? null : v)) + "\n")
+    },
+    catch: (e) => new ReportError({ path: file, message: `cannot append: ${reason(e)}` })
+  })
+
+// ---------------------------------------------------------------------------------------------------------------
+// Markdown
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * A table cell: text, a number (printed as is; format it first), or missing ("-").
+ *
+ * @category formatting
+ */
+export type Cell = string | number | undefined | null
+
+const cellText = (c: Cell): string =>
+  c === undefined || c === null ? "-" : typeof c === "number" ? (Number.isFinite(c) ? String(c) : "-") : c
+
+/**
+ * A Markdown table; `|` in cells is escaped, missing cells print as "-".
+ *
+ * @category formatting
+ */
+export const table = (headers: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<Cell>>): string =>
+  [
+    `| ${headers.map((h) => h.replaceAll("|", "\\|")).join(" | ")} |`,
+    `|${headers.map(() => "---").join("|")}|`,
+    ...rows.map((r) => `| ${headers.map((_, i) => cellText(r[i]).replaceAll("|", "\\|")).join(" | ")} |`)
+  ].join("\n")
+
+/**
+ * A fraction as a percentage with one decimal ("87.5"); missing values print as "-".
+ *
+ * @category formatting
+ */
+export const pct = (x: number | undefined | null): string =>
+  x === undefined || x === null || !Number.isFinite(x) ? "-" : (100 * x).toFixed(1)
+
+/**
+ * A number with `digits` significant decimals, or "-".
+ *
+ * @category formatting
+ */
+export const num = (x: number | undefined | null, digits = 3): string =>
+  x === undefined || x === null || !Number.isFinite(x)
+    ? "-"
+    : Math.abs(x) !== 0 && (Math.abs(x) < 1e-3 || Math.abs(x) >= 1e5)
+    ? x.toExponential(Math.max(0, digits - 1))
+    : x.toFixed(digits)
+
+/**
+ * Milliseconds as a human duration ("3m 12s", "850 ms").
+ *
+ * @category formatting
+ */
+export const duration = (ms: number): string => {
+  if (ms < 1000) return `${Math.round(ms)} ms`
+  const s = Math.round(ms / 1000)
+  if (s < 60) return `${(ms / 1000).toFixed(1)} s`
+  const m = Math.floor(s / 60)
+  if (m < 60) return `${m}m ${String(s % 60).padStart(2, "0")}s`
+  return `${Math.floor(m / 60)}h ${String(m % 60).padStart(2, "0")}m`
+}
+
+/**
+ * A fenced code block.
+ *
+ * @category formatting
+ */
+export const code = (text: string, lang = ""): string => "```" + lang + "\n" + text.replace(/\n$/, "") + "\n```"
+
+// ---------------------------------------------------------------------------------------------------------------
+// Plots
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * One line of a plot: a name (shown in the legend) and its (x, y) points. Non-finite y values are dropped.
+ *
+ * @category plots
+ */
+export interface Series {
+  readonly name: string
+  readonly points: ReadonlyArray<readonly [number, number]>
+}
+
+/**
+ * A line plot: titles, the series, and axis options. `yScale: "log"` for residuals; `yDomain` fixes the axis
+ * (accuracies in [0, 1]); `xInteger` draws integer ticks (states, steps).
+ *
+ * @category plots
+ */
+export interface LinePlot {
+  readonly title: string
+  readonly x: string
+  readonly y: string
+  readonly series: ReadonlyArray<Series>
+  readonly yScale?: "linear" | "log"
+  readonly yDomain?: readonly [number, number]
+  readonly xInteger?: boolean
+  readonly width?: number
+  readonly height?: number
+}
+
+/**
+ * Builds a {@link LinePlot} (identity; gives the literal its type).
+ *
+ * @category plots
+ */
+export const linePlot = (plot: LinePlot): LinePlot => plot
+
+/**
+ * The Vega-Lite spec of a line plot: one line with points per series, colour by series, legend at the bottom.
+ *
+ * @category plots
+ */
+export const vegaLiteSpec = (plot: LinePlot): vegaLite.TopLevelSpec => {
+  const values = plot.series.flatMap((s) =>
+    s.points
+      .filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y) && (plot.yScale !== "log" || y > 0))
+      .map(([x, y]) => ({ x, y, series: s.name }))
+  )
+  const integerTicks = plot.xInteger === true
+    ? { tickMinStep: 1, format: "d" }
+    : {}
+  return {
+    $schema: "https://vega.github.io/schema/vega-lite/v6.json",
+    title: plot.title,
+    width: plot.width ?? 420,
+    height: plot.height ?? 260,
+    background: "white",
+    data: { values },
+    mark: { type: "line", point: true, strokeWidth: 2 },
+    encoding: {
+      x: { field: "x", type: "quantitative", title: plot.x, axis: integerTicks, scale: { zero: false } },
+      y: {
+        field: "y",
+        type: "quantitative",
+        title: plot.y,
+        scale: {
+          type: plot.yScale ?? "linear",
+          ...(plot.yDomain !== undefined ? { domain: [...plot.yDomain] } : plot.yScale === "log" ? {} : { zero: false })
+        }
+      },
+      color: {
+        field: "series",
+        type: "nominal",
+        title: null,
+        sort: plot.series.map((s) => s.name),
+        legend: { orient: "bottom", columns: Math.min(3, Math.max(1, plot.series.length)) }
+      }
+    }
+  } as vegaLite.TopLevelSpec
+}
+
+/**
+ * Renders a line plot to an SVG string, headless (Vega-Lite -> Vega -> `View.toSVG()` with renderer "none").
+ *
+ * @category plots
+ */
+export const renderSvg = (plot: LinePlot): Effect.Effect<string, ReportError> =>
+  Effect.tryPromise({
+    try: async () => {
+      const compiled = vegaLite.compile(vegaLiteSpec(plot)).spec
+      const view = new vega.View(vega.parse(compiled), { renderer: "none", logLevel: vega.Error })
+      try {
+        return await view.toSVG()
+      } finally {
+        view.finalize()
+      }
+    },
+    catch: (e) => new ReportError({ path: plot.title, message: `cannot render the plot: ${reason(e)}` })
+  })
+
+/**
+ * Renders a line plot and writes it atomically as an SVG file.
+ *
+ * @category plots
+ */
+export const writeSvg = (file: string, plot: LinePlot): Effect.Effect<void, ReportError> =>
+  Effect.flatMap(renderSvg(plot), (svg) => writeText(file, svg))
+
+// ---------------------------------------------------------------------------------------------------------------
+// Dynamics plots
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * What one state z_n of the dynamics shows, averaged over the evaluated samples: clean accuracy, robust accuracy
+ * (under the attack named in the report), mean prediction entropy on clean and adversarial inputs, and the mean
+ * relative residual ||f(z_n) - z_n|| / ||f(z_n)||.
+ *
+ * @category dynamics
+ */
+export interface StateRow {
+  readonly n: number
+  readonly cleanAccuracy: number
+  readonly robustAccuracy?: number
+  readonly cleanEntropy: number
+  readonly robustEntropy?: number
+  readonly relResidual: number
+  readonly robustRelResidual?: number
+}
+
+/**
+ * A named set of {@link StateRow}s (a model, or a model with a defence), so several can share one plot.
+ *
+ * @category dynamics
+ */
+export interface DynamicsSeries {
+  readonly name: string
+  readonly rows: ReadonlyArray<StateRow>
+}
+
+const seriesOf = (
+  runs: ReadonlyArray<DynamicsSeries>,
+  pick: ReadonlyArray<readonly [string, (r: StateRow) => number | undefined]>
+): Array<Series> =>
+  runs.flatMap((run) =>
+    pick.flatMap(([label, get]) => {
+      const points = run.rows.flatMap((r) => {
+        const v = get(r)
+        return v === undefined ? [] : [[r.n, v] as const]
+      })
+      if (points.length === 0) return []
+      return [{ name: runs.length === 1 ? label : `${run.name}: ${label}`, points }]
+    })
+  )
+
+/**
+ * The three plots of the neural-dynamics analysis (method.md 4): prediction entropy vs state, accuracy vs state
+ * (clean and robust) and relative residual vs solver step (log scale).
+ *
+ * @category dynamics
+ */
+export const dynamicsPlots = (
+  runs: ReadonlyArray<DynamicsSeries>,
+  options: { readonly attack?: string } = {}
+): { readonly entropy: LinePlot; readonly accuracy: LinePlot; readonly residual: LinePlot } => {
+  const robust = options.attack === undefined ? "robust" : `robust (${options.attack})`
+  return {
+    entropy: {
+      title: "Prediction entropy along the dynamics",
+      x: "state n (solver step)",
+      y: "mean entropy H(softmax(h(z_n))) (nats)",
+      xInteger: true,
+      series: seriesOf(runs, [["clean", (r) => r.cleanEntropy], [robust, (r) => r.robustEntropy]])
+    },
+    accuracy: {
+      title: "Accuracy of each intermediate state",
+      x: "state n (solver step)",
+      y: "accuracy of h(z_n)",
+      xInteger: true,
+      yDomain: [0, 1],
+      series: seriesOf(runs, [["clean", (r) => r.cleanAccuracy], [robust, (r) => r.robustAccuracy]])
+    },
+    residual: {
+      title: "Relative residual along the solve",
+      x: "solver step n",
+      y: "||f(z_n) - z_n|| / ||f(z_n)||",
+      xInteger: true,
+      yScale: "log",
+      series: seriesOf(runs, [["clean", (r) => r.relResidual], [robust, (r) => r.robustRelResidual]])
+    }
+  }
+}
+
+/**
+ * The per-state table of the dynamics (accuracies in %, entropy in nats, residual relative).
+ *
+ * @category dynamics
+ */
+export const dynamicsTable = (rows: ReadonlyArray<StateRow>): string =>
+  table(
+    ["state n", "clean acc. %", "robust acc. %", "entropy (clean)", "entropy (adv.)", "rel. residual (clean)", "rel. residual (adv.)"],
+    rows.map((r) => [
+      r.n,
+      pct(r.cleanAccuracy),
+      pct(r.robustAccuracy),
+      num(r.cleanEntropy),
+      num(r.robustEntropy),
+      num(r.relResidual),
+      num(r.robustRelResidual)
+    ])
+  )
+
+/**
+ * Writes the three dynamics plots into `dir` as entropy.svg, accuracy.svg and residual.svg; returns the file
+ * names (relative to `dir`) for linking from Markdown.
+ *
+ * @category dynamics
+ */
+export const writeDynamicsPlots = (
+  dir: string,
+  runs: ReadonlyArray<DynamicsSeries>,
+  options: { readonly attack?: string; readonly prefix?: string } = {}
+): Effect.Effect<{ readonly entropy: string; readonly accuracy: string; readonly residual: string }, ReportError> =>
+  Effect.gen(function*() {
+    const plots = dynamicsPlots(runs, options)
+    const prefix = options.prefix ?? ""
+    const names = { entropy: `${prefix}entropy.svg`, accuracy: `${prefix}accuracy.svg`, residual: `${prefix}residual.svg` }
+    yield* writeSvg(path.join(dir, names.entropy), plots.entropy)
+    yield* writeSvg(path.join(dir, names.accuracy), plots.accuracy)
+    yield* writeSvg(path.join(dir, names.residual), plots.residual)
+    return names
+  })
+
+// ---------------------------------------------------------------------------------------------------------------
+// Documents
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * A Markdown section: a heading and its body (paragraphs, tables, image links).
+ *
+ * @category documents
+ */
+export interface Section {
+  readonly title: string
+  readonly body: string
+  /** heading level, default 2 */
+  readonly level?: number
+}
+
+/**
+ * A Markdown document from a title and sections.
+ *
+ * @category documents
+ */
+export const document = (title: string, sections: ReadonlyArray<Section>): string =>
+  [`# ${title}`, ...sections.map((s) => `${"#".repeat(s.level ?? 2)} ${s.title}\n\n${s.body.trim()}`)].join("\n\n") + "\n"
+
+/**
+ * A Markdown image link.
+ *
+ * @category documents
+ */
+export const image = (file: string, alt: string): string => `![${alt.replaceAll("]", "")}](${file})`
+
+/**
+ * Writes a report directory: `report.md` and `report.json` (atomically), plus any plots given by file name.
+ *
+ * @category documents
+ */
+export const writeReport = (
+  dir: string,
+  report: {
+    readonly markdown: string
+    readonly json: unknown
+    readonly plots?: Readonly<Record<string, LinePlot>>
+    /** base name of the two report files, default "report" */
+    readonly name?: string
+  }
+): Effect.Effect<{ readonly markdown: string; readonly json: string }, ReportError> =>
+  Effect.gen(function*() {
+    for (const [file, plot] of Object.entries(report.plots ?? {})) yield* writeSvg(path.join(dir, file), plot)
+    const base = report.name ?? "report"
+    const md = path.join(dir, `${base}.md`), json = path.join(dir, `${base}.json`)
+    yield* writeJson(json, report.json)
+    yield* writeText(md, report.markdown)
+    return { markdown: md, json }
+  })

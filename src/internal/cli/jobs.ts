@@ -1,0 +1,376 @@
+/**
+ * What the `deq` subcommands do, as Effects: evaluate a checkpoint, analyse its dynamics, run the whole pipeline
+ * (train, evaluate, analyse, report), run the benchmarks. src/Cli.ts parses flags and calls these.
+ *
+ * @internal
+ */
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { Effect, Schema } from "effect"
+import * as Adversary from "../../Adversary.ts"
+import { decode } from "../../Config.ts"
+import type * as Data from "../../Data.ts"
+import type * as Dynamics from "../../Dynamics.ts"
+import type { CheckpointError, ConfigError, DatasetError } from "../../Errors.ts"
+import * as Models from "../../Models.ts"
+import * as Report from "../../Report.ts"
+import { Rng, tf } from "../../Tensor.ts"
+import * as Train from "../../Train.ts"
+import { analyseDynamics } from "./dynamics.ts"
+import { loadCheckpoint, type Loaded, testSubset } from "./load.ts"
+import { type Preset } from "./presets.ts"
+import { epochRows, epochTable, machine, suiteFlags, suiteJson, suiteTable, trainingPlot } from "./reports.ts"
+import { type AttackFamily, runSuite, SuiteConfig, type SuiteResult } from "./suite.ts"
+import { eventsFile, say, trainRun } from "./train.ts"
+
+/** The errors a job can end with. */
+export type JobError =
+  | ConfigError
+  | CheckpointError
+  | DatasetError
+  | Adversary.AttackError
+  | Adversary.ResumeError
+  | Report.ReportError
+  | Train.RunError
+
+const rel = (p: string): string => path.relative(process.cwd(), p) || "."
+
+const attackEpsOf = (config: Train.TrainConfig, suite: SuiteConfig): number => suite.eps ?? config.eval.eps ?? config.attack.eps
+
+// ---------------------------------------------------------------------------------------------------------------
+// eval
+// ---------------------------------------------------------------------------------------------------------------
+
+/** Options of {@link evalJob}. */
+export interface EvalOptions {
+  readonly checkpoint: string
+  readonly out?: string
+  readonly families: ReadonlySet<AttackFamily>
+  readonly defence: boolean
+  /** suite settings as JSON-like overrides (decoded strictly) */
+  readonly suite?: typeof SuiteConfig.Encoded
+}
+
+/** The suite's section of a report: notes, the table, the flags. */
+const suiteSection = (suite: SuiteResult): string =>
+  [suite.notes.map((n) => `- ${n}`).join("\n"), "", suiteTable(suite), "", "Flags:", "", suiteFlags(suite), "", `Evaluation time: ${Report.duration(1000 * suite.seconds)}.`].join("\n")
+
+/** Runs the suite on a loaded checkpoint. */
+const evaluateLoaded = (loaded: Loaded, suite: SuiteConfig, families: ReadonlySet<AttackFamily>, defence: boolean) =>
+  Effect.gen(function*() {
+    const split = yield* testSubset(loaded.config, suite.samples)
+    const eps = attackEpsOf(loaded.config, suite)
+    return yield* runSuite(loaded.deq, loaded.readOut, split, {
+      suite,
+      eps,
+      steps: loaded.steps,
+      families,
+      defence,
+      log: (m) => say(`eval: ${m}`)
+    }).pipe(Effect.provide(Rng.seeded(loaded.config.seed)))
+  })
+
+const describeCheckpoint = (loaded: Loaded): string =>
+  [
+    `Checkpoint \`${rel(loaded.checkpoint)}\` (epoch ${loaded.metadata.epoch ?? "?"}, step ${loaded.metadata.step ?? "?"}, ` +
+    `trained on ${loaded.metadata.backend}).`,
+    "",
+    Report.code(Models.describe(loaded.model)),
+    "",
+    `Solver ${loaded.config.solver._tag}, ${loaded.steps} steps; evaluated read-out: ` +
+    (loaded.readOut._tag === "State" ? `h(z_${loaded.readOut.n}) (random intermediate states evaluate the last state)` : "the final state")
+  ].join("\n")
+
+/** `deq eval`: the evaluation suite on a checkpoint; writes report.md and report.json. */
+export const evalJob = (options: EvalOptions): Effect.Effect<{ readonly markdown: string; readonly json: string }, JobError> =>
+  Effect.scoped(Effect.gen(function*() {
+    const started = performance.now()
+    const loaded = yield* loadCheckpoint(options.checkpoint)
+    const suite = yield* decode(SuiteConfig, "suite")(options.suite ?? {})
+    const result = yield* evaluateLoaded(loaded, suite, options.families, options.defence)
+    const out = path.resolve(options.out ?? path.join(loaded.runDir, "eval"))
+    const markdown = Report.document(`Evaluation of ${rel(loaded.runDir)}`, [
+      { title: "Model", body: describeCheckpoint(loaded) },
+      { title: "Robustness", body: suiteSection(result) },
+      {
+        title: "Provenance",
+        body: `Backend ${tf.getBackend()}, seed ${loaded.config.seed}, ${machine()}; wall time ` +
+          `${Report.duration(performance.now() - started)}. Command: \`deq eval --checkpoint ${rel(options.checkpoint)}` +
+          `${options.defence ? " --defence entropy" : ""}\`.`
+      }
+    ])
+    const files = yield* Report.writeReport(out, {
+      markdown,
+      json: {
+        checkpoint: loaded.checkpoint,
+        config: Train.encodeConfig(loaded.config),
+        suite: Schema.encodeSync(SuiteConfig)(suite),
+        evaluation: suiteJson(result),
+        backend: tf.getBackend(),
+        machine: machine(),
+        seconds: (performance.now() - started) / 1000
+      }
+    })
+    yield* Effect.sync(() => console.log(suiteTable(result)))
+    yield* say(`eval: wrote ${rel(files.markdown)} and ${rel(files.json)}`)
+    return files
+  }))
+
+// ---------------------------------------------------------------------------------------------------------------
+// dynamics
+// ---------------------------------------------------------------------------------------------------------------
+
+/** Options of {@link dynamicsJob}. */
+export interface DynamicsOptions {
+  readonly checkpoint: string
+  readonly out?: string
+  readonly samples: number
+  readonly attackSteps: number
+  readonly eps?: number
+  /** solver states to observe (default: the model's budget) */
+  readonly steps?: number
+  readonly batchSize?: number
+}
+
+/** What the dynamics analysis found. */
+export interface DynamicsResult {
+  readonly rows: ReadonlyArray<Report.StateRow>
+  readonly attack: string
+  readonly source: string
+  readonly samples: number
+  readonly seconds: number
+}
+
+/** The dynamics analysis of a loaded DEQ. */
+const analyse = (
+  deq: Dynamics.Deq,
+  readOut: Dynamics.ReadOut,
+  split: Data.Split,
+  o: { readonly steps: number; readonly eps: number; readonly attackSteps: number; readonly batchSize: number; readonly seed: number; readonly source?: Adversary.GradientSource }
+) =>
+  Effect.gen(function*() {
+    const started = performance.now()
+    const source = o.source ?? Adversary.GradientSource.intermediate(o.steps, 5, 0.5)
+    const attack = yield* Adversary.pgd({ eps: o.eps, steps: o.attackSteps })
+    const classifier = Adversary.deqClassifier(deq, { source, readOut, diagnostics: false })
+    const rows = yield* analyseDynamics(deq, split, {
+      steps: o.steps,
+      batchSize: o.batchSize,
+      attack: { attack, classifier }
+    }).pipe(Effect.provide(Rng.seeded(o.seed)))
+    return {
+      rows,
+      attack: `PGD-${o.attackSteps} (eps ${Number(o.eps.toPrecision(4))})`,
+      source: Adversary.GradientSource.label(source),
+      samples: split.count,
+      seconds: (performance.now() - started) / 1000
+    } satisfies DynamicsResult
+  })
+
+/** The dynamics section: the table and the three plots (written into `dir`). */
+const dynamicsSection = (dir: string, result: DynamicsResult, prefix = "") =>
+  Effect.gen(function*() {
+    const files = yield* Report.writeDynamicsPlots(dir, [{ name: "model", rows: result.rows }], {
+      attack: result.attack,
+      prefix
+    })
+    return [
+      `${result.samples} test images; adversarial inputs from ${result.attack} through ${result.source}, made once and ` +
+      "observed along the whole trajectory (each state read out directly, h(z_n)). Residual: ||f(z_n) - z_n|| / ||f(z_n)||.",
+      "",
+      Report.dynamicsTable(result.rows),
+      "",
+      Report.image(files.entropy, "prediction entropy per state"),
+      Report.image(files.accuracy, "accuracy per state"),
+      Report.image(files.residual, "relative residual per step"),
+      "",
+      `Analysis time: ${Report.duration(1000 * result.seconds)}.`
+    ].join("\n")
+  })
+
+/** `deq dynamics`: per-state accuracy (clean and robust), entropy and residual; a table and SVG plots. */
+export const dynamicsJob = (options: DynamicsOptions): Effect.Effect<{ readonly markdown: string; readonly json: string }, JobError> =>
+  Effect.scoped(Effect.gen(function*() {
+    const started = performance.now()
+    const loaded = yield* loadCheckpoint(options.checkpoint)
+    const split = yield* testSubset(loaded.config, options.samples)
+    const steps = options.steps ?? loaded.steps
+    yield* say(`dynamics: ${steps} states on ${split.count} test images`)
+    const result = yield* analyse(loaded.deq, loaded.readOut, split, {
+      steps,
+      eps: options.eps ?? loaded.config.eval.eps ?? loaded.config.attack.eps,
+      attackSteps: options.attackSteps,
+      batchSize: options.batchSize ?? 100,
+      seed: loaded.config.seed
+    })
+    const out = path.resolve(options.out ?? path.join(loaded.runDir, "dynamics"))
+    const section = yield* dynamicsSection(out, result)
+    const markdown = Report.document(`Neural dynamics of ${rel(loaded.runDir)}`, [
+      { title: "Model", body: describeCheckpoint(loaded) },
+      { title: "Per-state accuracy, entropy and residual", body: section },
+      { title: "Provenance", body: `Backend ${tf.getBackend()}, seed ${loaded.config.seed}, ${machine()}; wall time ${Report.duration(performance.now() - started)}.` }
+    ])
+    const files = yield* Report.writeReport(out, {
+      markdown,
+      json: { checkpoint: loaded.checkpoint, ...result, backend: tf.getBackend(), machine: machine() }
+    })
+    yield* Effect.sync(() => console.log(Report.dynamicsTable(result.rows)))
+    yield* say(`dynamics: wrote ${rel(files.markdown)} and the plots in ${rel(out)}`)
+    return files
+  }))
+
+// ---------------------------------------------------------------------------------------------------------------
+// the pipeline (main job)
+// ---------------------------------------------------------------------------------------------------------------
+
+/** Options of {@link pipelineJob}. */
+export interface PipelineOptions {
+  readonly preset: Preset
+  readonly out: string
+  readonly resume: boolean
+  /** the command line to print in the report */
+  readonly command: string
+}
+
+/**
+ * The whole pipeline: train the preset, evaluate the last checkpoint with the suite (with and without the entropy
+ * defence), analyse its dynamics, and write `<out>/report.md` + `report.json` with the tables, plots, the exact
+ * config and the wall time.
+ */
+export const pipelineJob = (options: PipelineOptions): Effect.Effect<{ readonly markdown: string; readonly json: string; readonly seconds: number }, JobError> =>
+  Effect.scoped(Effect.gen(function*() {
+    const started = performance.now()
+    const { preset } = options
+    const out = path.resolve(options.out)
+    yield* say(`main job: preset ${preset.name} (${preset.description}) -> ${rel(out)}`)
+    const trained = yield* trainRun(preset.train, { out, resume: options.resume })
+    const trainSeconds = (performance.now() - started) / 1000
+    const loaded = yield* loadCheckpoint(Train.checkpointDirs(out).last)
+    const suite = preset.suite
+    const evalStarted = performance.now()
+    const evaluation = yield* evaluateLoaded(loaded, suite, new Set<AttackFamily>(["ready-made", "grid", "aa"]), true)
+    const strongest = evaluation.rows.find((r) => r.protocol.startsWith("intermediate state, strongest"))
+    const source = strongest !== undefined ? sourceFromLabel(strongest.result.gradientSource) : undefined
+    yield* say(`dynamics: ${loaded.steps} states on ${suite.dynamicsSamples} test images`)
+    const split = yield* testSubset(loaded.config, suite.dynamicsSamples)
+    const dynamics = yield* analyse(loaded.deq, loaded.readOut, split, {
+      steps: loaded.steps,
+      eps: attackEpsOf(loaded.config, suite),
+      attackSteps: suite.dynamicsAttackSteps,
+      batchSize: suite.batchSize,
+      seed: loaded.config.seed,
+      ...(source !== undefined ? { source } : {})
+    })
+    const evalSeconds = (performance.now() - evalStarted) / 1000
+    // the whole log, so a resumed run's report shows every epoch, not only this invocation's
+    const history = epochRows(yield* Effect.sync(() => readEvents(eventsFile(out), trained.events)))
+    yield* Report.writeSvg(path.join(out, "training.svg"), trainingPlot(history))
+    const dynamicsBody = yield* dynamicsSection(out, dynamics)
+    const seconds = (performance.now() - started) / 1000
+    const c = preset.train
+    const summaryRows: Array<ReadonlyArray<Report.Cell>> = evaluation.rows.map((r) => [
+      r.defence,
+      r.protocol,
+      r.attack,
+      Report.pct(r.result.cleanAccuracy),
+      Report.pct(r.result.robustAccuracy),
+      r.result.samples
+    ])
+    const markdown = Report.document(`effect-deq main job: ${preset.name}`, [
+      {
+        title: "Summary",
+        body: [
+          preset.description,
+          "",
+          `- Wall time: **${Report.duration(1000 * seconds)}** (training ${Report.duration(1000 * trainSeconds)}, ` +
+          `evaluation and dynamics ${Report.duration(1000 * evalSeconds)}).`,
+          `- Machine: ${machine()}; backend ${tf.getBackend()}; seed ${c.seed}.`,
+          `- Command: \`${options.command}\`.`,
+          `- Data: ${c.data.name}, ${c.data.trainSize ?? "all"} training images; evaluation on the first ` +
+          `${suite.samples} test images (${suite.defendedSamples} with the defence).`,
+          `- Model: ${Models.describe(loaded.model).split("\n").join("; ")}.`,
+          `- Training: ${c.method._tag}${c.regularizers.randomStates !== undefined ? " + random intermediate states" : ""}, ` +
+          `${c.epochs} epochs, batch ${c.batchSize}, attack eps ${c.attack.eps} (${c.attack.steps} steps of ${c.attack.stepSize}); ` +
+          `solver ${c.solver._tag} with ${c.solver.maxIter} steps. The evaluated checkpoint is the last one ` +
+          `(\`${rel(loaded.checkpoint)}\`).`,
+          "",
+          Report.table(["defence", "protocol", "attack", "clean %", "robust %", "n"], summaryRows)
+        ].join("\n")
+      },
+      { title: "Training", body: [epochTable(history), "", Report.image("training.svg", "training curves")].join("\n") },
+      { title: "Robustness: paper protocol and adaptive attacks", body: suiteSection(evaluation) },
+      { title: "Neural dynamics", body: dynamicsBody },
+      { title: "Exact config", body: Report.code(JSON.stringify({ train: Train.encodeConfig(c), suite: Schema.encodeSync(SuiteConfig)(suite) }, null, 2), "json") }
+    ])
+    const files = yield* Report.writeReport(out, {
+      markdown,
+      json: {
+        preset: preset.name,
+        command: options.command,
+        seconds,
+        trainSeconds,
+        evalSeconds,
+        machine: machine(),
+        backend: tf.getBackend(),
+        config: Train.encodeConfig(c),
+        suite: Schema.encodeSync(SuiteConfig)(suite),
+        training: { summary: trained.summary, epochs: history },
+        evaluation: suiteJson(evaluation),
+        dynamics
+      }
+    })
+    yield* Effect.sync(() => console.log(Report.table(["defence", "protocol", "attack", "clean %", "robust %", "n"], summaryRows)))
+    yield* say(`main job: wrote ${rel(files.markdown)} (${Report.duration(1000 * seconds)})`)
+    return { ...files, seconds }
+  }))
+
+/** The events of a JSONL log (an incomplete or foreign line is skipped); `fallback` when the log is unreadable. */
+const readEvents = (file: string, fallback: ReadonlyArray<Train.TrainEvent>): ReadonlyArray<Train.TrainEvent> => {
+  try {
+    return fs.readFileSync(file, "utf8").split("\n").flatMap((line) => {
+      try {
+        const e = JSON.parse(line) as { _tag?: unknown }
+        return typeof e._tag === "string" ? [e as Train.TrainEvent] : []
+      } catch {
+        return []
+      }
+    })
+  } catch {
+    return fallback
+  }
+}
+
+/** Parses a grid label "Funroll-4-5" / "Munroll-4-5" back into its source (labels of Intermediate sources only). */
+const sourceFromLabel = (label: string): Adversary.GradientSource | undefined => {
+  const m = /^([FM]|L[\d.]+)unroll-(\d+)-(\d+)$/.exec(label)
+  if (m === null) return undefined
+  const lambda = m[1] === "F" ? 1 : m[1] === "M" ? 0.5 : Number(m[1]!.slice(1))
+  return Adversary.GradientSource.intermediate(Number(m[2]), Number(m[3]), lambda)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// bench
+// ---------------------------------------------------------------------------------------------------------------
+
+/** Options of {@link benchJob}. */
+export interface BenchOptions {
+  readonly quick: boolean
+  readonly peer: boolean
+  readonly out: string
+}
+
+/** `deq bench`: the benchmark suite (bench/suite.ts), printed and written to `<out>/bench.md` + `bench.json`. */
+export const benchJob = (options: BenchOptions): Effect.Effect<{ readonly markdown: string; readonly json: string }, Report.ReportError> =>
+  Effect.gen(function*() {
+    // bench/ is not part of the library's import graph: loaded only when asked for
+    const { runBench } = yield* Effect.promise(() => import("../../../bench/suite.ts"))
+    const result = yield* Effect.promise(() =>
+      runBench({ quick: options.quick, peer: options.peer, onProgress: (m) => process.stderr.write(`bench: ${m}\n`) })
+    )
+    const { markdown, ...json } = result
+    const md = path.join(options.out, "bench.md"), js = path.join(options.out, "bench.json")
+    yield* Report.writeText(md, markdown)
+    yield* Report.writeJson(js, json)
+    yield* Effect.sync(() => console.log(markdown))
+    return { markdown: md, json: js }
+  })

@@ -1,0 +1,130 @@
+/**
+ * The training progress display of `deq train`: a progress bar with ETA, loss and accuracy rewritten in place on
+ * a TTY (plain `\r` + erase-line, no dependency), periodic log lines otherwise (CI logs, pipes).
+ *
+ * @internal
+ */
+import type { TrainEvent } from "../../Train.ts"
+
+/** Where the display writes: a stream with an optional TTY flag and width. */
+export interface ProgressSink {
+  readonly isTTY: boolean
+  readonly columns?: number
+  readonly write: (text: string) => void
+}
+
+/** Options of {@link makeProgress}. */
+export interface ProgressOptions {
+  /** seconds between log lines when the sink is not a TTY (default 15) */
+  readonly logEvery?: number
+  /** the clock in ms (tests) */
+  readonly now?: () => number
+}
+
+/** A progress display: feed it every event; `close` clears the bar. */
+export interface Progress {
+  readonly onEvent: (event: TrainEvent) => void
+  readonly close: () => void
+}
+
+const pct = (x: number | undefined): string => (x === undefined || !Number.isFinite(x) ? "-" : `${(100 * x).toFixed(1)}%`)
+
+/** Seconds as "1h02m", "3m05s", "42s". */
+export const formatEta = (seconds: number): string => {
+  if (!Number.isFinite(seconds) || seconds < 0) return "?"
+  const s = Math.round(seconds)
+  if (s < 60) return `${s}s`
+  const m = Math.floor(s / 60)
+  if (m < 60) return `${m}m${String(s % 60).padStart(2, "0")}s`
+  return `${Math.floor(m / 60)}h${String(m % 60).padStart(2, "0")}m`
+}
+
+/** A text bar of `width` cells, `fraction` filled. */
+export const bar = (fraction: number, width: number): string => {
+  const filled = Math.max(0, Math.min(width, Math.round(fraction * width)))
+  return "#".repeat(filled) + ".".repeat(width - filled)
+}
+
+/**
+ * A progress display over a sink. On a TTY the current line is redrawn on every batch and other events print
+ * above it; otherwise one line per `logEvery` seconds, plus one per epoch, evaluation, checkpoint and the end.
+ */
+export const makeProgress = (sink: ProgressSink, options: ProgressOptions = {}): Progress => {
+  const now = options.now ?? (() => Date.now())
+  const logEvery = (options.logEvery ?? 15) * 1000
+  let total = 0, epochs = 0, firstStep = 0, started = now(), lastLog = -Infinity
+  let barShown = false
+  const clearBar = () => {
+    if (barShown) sink.write("\r\x1b[2K")
+    barShown = false
+  }
+  const line = (text: string) => {
+    clearBar()
+    sink.write(text + "\n")
+  }
+  const status = (e: Extract<TrainEvent, { _tag: "Batch" }>): string => {
+    const done = e.step
+    const elapsed = (now() - started) / 1000
+    const rate = (done - firstStep) / Math.max(elapsed, 1e-3)
+    const eta = rate > 0 ? (total - done) / rate : Number.NaN
+    const fraction = total > 0 ? done / total : 0
+    const adv = e.advAccuracy !== undefined ? ` adv ${pct(e.advAccuracy)}` : ""
+    const phase = e.phase === "pretrain" ? "pretrain " : ""
+    return `${phase}epoch ${e.epoch}/${epochs} batch ${e.batch + 1}/${e.batches} ` +
+      `${(100 * fraction).toFixed(0).padStart(3)}% ETA ${formatEta(eta)} loss ${e.loss.toFixed(4)} acc ${pct(e.accuracy)}${adv}`
+  }
+  const onEvent = (e: TrainEvent): void => {
+    switch (e._tag) {
+      case "Started": {
+        total = e.totalSteps
+        epochs = e.epochs
+        firstStep = e.step
+        started = now()
+        line(
+          `${e.resumed ? "resuming" : "training"}: ${e.method}, read-out ${e.readOut}, attack ${e.attack}, ` +
+            `${e.parameterCount.toLocaleString("en-US")} parameters, ${e.epochs} epochs x ${e.batchesPerEpoch} batches ` +
+            `on ${e.backend}${e.resumed ? ` (from epoch ${e.epoch}, batch ${e.batch})` : ""}`
+        )
+        return
+      }
+      case "Batch": {
+        const text = status(e)
+        if (sink.isTTY) {
+          // a pseudo-terminal without a size reports 0 columns
+          const columns = sink.columns !== undefined && sink.columns > 0 ? sink.columns : 120
+          const width = Math.max(10, Math.min(30, columns - text.length - 4))
+          const fraction = total > 0 ? e.step / total : 0
+          const full = `[${bar(fraction, width)}] ${text}`
+          sink.write("\r\x1b[2K" + full.slice(0, Math.max(20, columns - 1)))
+          barShown = true
+        } else if (now() - lastLog >= logEvery) {
+          lastLog = now()
+          line(text)
+        }
+        return
+      }
+      case "Epoch":
+        line(
+          `epoch ${e.epoch}/${epochs} done in ${formatEta(e.seconds)}: loss ${e.loss.toFixed(4)} acc ${pct(e.accuracy)}` +
+            (e.advAccuracy !== undefined ? ` adv ${pct(e.advAccuracy)}` : "") + ` lr ${e.lr.toExponential(2)}`
+        )
+        return
+      case "Evaluation":
+        line(
+          `  eval on ${e.samples}: clean ${pct(e.clean)}` + (e.robust !== undefined ? ` robust ${pct(e.robust)}` : "") +
+            (e.best ? " (best so far)" : "") + ` [${formatEta(e.seconds)}]`
+        )
+        return
+      case "Checkpoint":
+        line(`  checkpoint (${e.reason}) -> ${e.path}`)
+        return
+      case "Finished":
+        line(
+          `finished in ${formatEta(e.seconds)}` +
+            (e.bestMetric !== undefined ? `; best ${pct(e.bestMetric)} at epoch ${e.bestEpoch}` : "")
+        )
+        return
+    }
+  }
+  return { onEvent, close: clearBar }
+}

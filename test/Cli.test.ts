@@ -1,0 +1,261 @@
+/**
+ * The `deq` command through its real entry point (`node bin/deq.js ...`, as a user runs it): the smoke preset's
+ * whole pipeline, then train / resume, eval, dynamics and bench on its outputs; failures (an unknown config key,
+ * a missing checkpoint, an unknown preset) exit nonzero with one line naming the problem; Ctrl-C during training
+ * saves a checkpoint that `--resume` continues from.
+ */
+import { spawn, spawnSync } from "node:child_process"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import { fileURLToPath } from "node:url"
+import { beforeAll, describe, expect, it } from "vitest"
+import { formatEta, makeProgress } from "../src/internal/cli/progress.ts"
+import type { TrainEvent } from "../src/Train.ts"
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
+const bin = path.join(root, "bin", "deq.js")
+const tsx = path.join(root, "node_modules", "tsx", "dist", "cli.mjs")
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "deq-cli-"))
+const env = { ...process.env, DEQ_BACKEND: "wasm", GLIBC_TUNABLES: "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296" }
+
+const deq = (...args: Array<string>) => {
+  const r = spawnSync(process.execPath, [bin, ...args], { cwd: root, env, encoding: "utf8", timeout: 180_000 })
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr }
+}
+
+const smokeRun = path.join(tmp, "smoke")
+
+beforeAll(() => {
+  const r = deq("main", "--preset", "smoke", "--out", smokeRun)
+  if (r.code !== 0) throw new Error(`deq main --preset smoke failed (${r.code}):\n${r.stderr}`)
+}, 180_000)
+
+describe("deq main (smoke preset: the whole pipeline)", () => {
+  it("writes the report with its tables, plots and exact config, a JSONL log and checkpoints", () => {
+    const md = fs.readFileSync(path.join(smokeRun, "report.md"), "utf8")
+    for (const section of ["## Summary", "## Training", "## Robustness", "## Neural dynamics", "## Exact config"]) {
+      expect(md).toContain(section)
+    }
+    expect(md).toMatch(/Wall time: \*\*[\d.]+ ?(s|ms|m \d+s)\*\*/)
+    for (const protocol of ["intermediate states (grid worst case)", "paper (non-adaptive", "adaptive: BPDA", "adaptive: full differentiation"]) {
+      expect(md).toContain(protocol)
+    }
+    for (const svg of ["entropy.svg", "accuracy.svg", "residual.svg", "training.svg"]) {
+      const text = fs.readFileSync(path.join(smokeRun, svg), "utf8")
+      expect(text.startsWith("<svg")).toBe(true)
+      expect(md).toContain(`](${svg})`)
+    }
+    const json = JSON.parse(fs.readFileSync(path.join(smokeRun, "report.json"), "utf8"))
+    expect(json.config.model.hidden).toBe(32)
+    expect(json.dynamics.rows).toHaveLength(4)
+    for (const row of json.dynamics.rows) {
+      expect(row.cleanAccuracy).toBeGreaterThanOrEqual(0)
+      expect(row.cleanAccuracy).toBeLessThanOrEqual(1)
+      expect(row.robustAccuracy).toBeLessThanOrEqual(row.cleanAccuracy + 1e-9 + 0.5)
+      expect(row.cleanEntropy).toBeLessThanOrEqual(Math.log(10) + 1e-6)
+    }
+    for (const row of json.evaluation.rows) expect(row.result.robustAccuracy).toBeLessThanOrEqual(row.result.cleanAccuracy)
+    const events = fs.readFileSync(path.join(smokeRun, "events.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l))
+    expect(events[0]._tag).toBe("Started")
+    expect(events.at(-1)._tag).toBe("Finished")
+    expect(events.filter((e) => e._tag === "Batch")).toHaveLength(32)
+    expect(fs.existsSync(path.join(smokeRun, "last", "checkpoint.json"))).toBe(true)
+    expect(fs.readdirSync(smokeRun).filter((f) => f.includes(".tmp-"))).toEqual([])
+  })
+})
+
+describe("deq eval / dynamics on a checkpoint", () => {
+  it("eval writes report.md and report.json with the paper protocol and adaptive rows", () => {
+    const out = path.join(tmp, "eval")
+    const r = deq(
+      "eval", "--checkpoint", smokeRun, "--defence", "entropy", "--attacks", "grid",
+      "--samples", "16", "--defended-samples", "8", "--pgd-steps", "2", "--out", out
+    )
+    expect(r.stderr).not.toContain("error")
+    expect(r.code).toBe(0)
+    const md = fs.readFileSync(path.join(out, "report.md"), "utf8")
+    expect(md).toContain("adaptive: BPDA")
+    expect(md).toContain("paper (non-adaptive")
+    const json = JSON.parse(fs.readFileSync(path.join(out, "report.json"), "utf8"))
+    const protocols = json.evaluation.rows.map((row: { protocol: string }) => row.protocol)
+    expect(protocols).toContain("intermediate states (grid worst case)")
+    expect(protocols).toContain("adaptive: full differentiation")
+    expect(protocols.some((p: string) => p.startsWith("ready-made"))).toBe(false)
+    expect(json.evaluation.rows[0].result.samples).toBe(16)
+  })
+
+  it("dynamics writes a per-state table and three SVG plots", () => {
+    const out = path.join(tmp, "dynamics")
+    const r = deq("dynamics", "--checkpoint", path.join(smokeRun, "last"), "--samples", "16", "--attack-steps", "2", "--out", out)
+    expect(r.code).toBe(0)
+    expect(r.stdout).toContain("| state n |")
+    for (const svg of ["entropy.svg", "accuracy.svg", "residual.svg"]) {
+      expect(fs.readFileSync(path.join(out, svg), "utf8")).toContain("aria-roledescription=\"line mark\"")
+    }
+    const json = JSON.parse(fs.readFileSync(path.join(out, "report.json"), "utf8"))
+    expect(json.rows.map((row: { n: number }) => row.n)).toEqual([1, 2, 3, 4])
+  })
+
+  it("a missing checkpoint fails with exit code 1 and names the path", () => {
+    const missing = path.join(tmp, "no-such-run")
+    for (const command of ["eval", "dynamics"]) {
+      const r = deq(command, "--checkpoint", missing)
+      expect(r.code).toBe(1)
+      expect(r.stderr).toContain(`deq ${command}: error: CheckpointError`)
+      expect(r.stderr).toContain(missing)
+    }
+  })
+})
+
+describe("deq train", () => {
+  it("rejects a config with an unknown key, naming the key, with a nonzero exit", () => {
+    const file = path.join(tmp, "bad.json")
+    fs.writeFileSync(file, JSON.stringify({ model: { _tag: "fc", hidden: 8, hiddn: 4 }, data: { name: "synthetic" } }))
+    const r = deq("train", "--config", file, "--out", path.join(tmp, "bad"))
+    expect(r.code).not.toBe(0)
+    expect(r.stderr).toContain("ConfigError")
+    expect(r.stderr).toContain("hiddn")
+    expect(fs.existsSync(path.join(tmp, "bad", "last"))).toBe(false)
+  })
+
+  it("rejects an unknown preset, listing the valid ones", () => {
+    const r = deq("train", "--preset", "no-such-preset")
+    expect(r.code).toBe(1)
+    expect(r.stderr).toContain("unknown preset \"no-such-preset\"")
+    expect(r.stderr).toContain("smoke")
+  })
+
+  it("--resume of a directory without a checkpoint fails and says so", () => {
+    const r = deq("train", "--resume", path.join(tmp, "nothing-here"))
+    expect(r.code).toBe(1)
+    expect(r.stderr).toContain("nothing to resume")
+  })
+
+  it("Ctrl-C saves a checkpoint and exits cleanly; --resume continues to the end", async () => {
+    const out = path.join(tmp, "interrupted")
+    const file = path.join(tmp, "long.json")
+    fs.writeFileSync(file, JSON.stringify({
+      model: { _tag: "fc", hidden: 16, inputShape: [14, 14, 1] },
+      data: { name: "synthetic", height: 14, width: 14, trainSize: 256, testSize: 32 },
+      solver: { _tag: "picard", maxIter: 4, tol: 0.001 },
+      attack: { eps: 0.1, stepSize: 0.05, steps: 2 },
+      eval: { subset: 32, batchSize: 32, steps: 0 },
+      epochs: 12,
+      batchSize: 16,
+      seed: 3
+    }))
+    // the process group gets the signal, as a terminal's Ctrl-C does; started as `npm start` starts it (tsx
+    // src/bin.ts): bin/deq.js's spawnSync wrapper does not wait for its child on SIGINT
+    const child = spawn(process.execPath, [tsx, path.join(root, "src", "bin.ts"), "train", "--config", file, "--out", out], {
+      cwd: root,
+      env,
+      detached: true
+    })
+    let stderr = ""
+    child.stderr.on("data", (d) => (stderr += String(d)))
+    const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)))
+    const log = path.join(out, "events.jsonl")
+    const deadline = Date.now() + 60_000
+    while (Date.now() < deadline) {
+      if (fs.existsSync(log) && fs.readFileSync(log, "utf8").split("\n").filter((l) => l.includes("\"Batch\"")).length >= 3) break
+      await new Promise((r) => setTimeout(r, 100))
+    }
+    process.kill(-child.pid!, "SIGINT")
+    const code = await exited
+    expect(code).toBe(130)
+    expect(stderr).toContain("interrupted: the last checkpoint is in")
+    const events = fs.readFileSync(log, "utf8").trim().split("\n").map((l) => JSON.parse(l))
+    const saved = events.filter((e) => e._tag === "Interrupted")
+    expect(saved).toHaveLength(1)
+    // the checkpoint holds the position of the last finished batch
+    const batches = events.filter((e) => e._tag === "Batch")
+    expect(saved[0].step).toBe(batches.at(-1).step)
+    const manifest = JSON.parse(fs.readFileSync(path.join(out, "last", "checkpoint.json"), "utf8"))
+    expect(manifest.metadata.step).toBe(saved[0].step)
+    expect(events.some((e) => e._tag === "Finished")).toBe(false)
+    // resume with fewer epochs is a different config: the stored one is used when none is given
+    const resumed = spawnSync(process.execPath, [bin, "train", "--resume", out], { cwd: root, env, encoding: "utf8", timeout: 170_000 })
+    expect(resumed.status).toBe(0)
+    const after = fs.readFileSync(log, "utf8").trim().split("\n").map((l) => JSON.parse(l))
+    const started = after.filter((e) => e._tag === "Started")
+    expect(started).toHaveLength(2)
+    expect(started[1].resumed).toBe(true)
+    expect(started[1].step).toBe(saved[0].step)
+    expect(after.at(-1)._tag).toBe("Finished")
+  }, 240_000)
+})
+
+describe("the training progress display", () => {
+  const started: TrainEvent = {
+    _tag: "Started", epoch: 1, step: 0, batch: 0, epochs: 2, batchesPerEpoch: 10, totalSteps: 20, resumed: false,
+    parameterCount: 1234, backend: "wasm", method: "pgd-at", readOut: "final", jacobian: "none", attack: "pgd"
+  }
+  const batch = (step: number): TrainEvent => ({
+    _tag: "Batch", phase: "train", epoch: 1 + Math.floor((step - 1) / 10), step, batch: (step - 1) % 10, batches: 10,
+    loss: 1.5, accuracy: 0.25, advAccuracy: 0.125, solverSteps: 8, residual: 1e-3, lr: 1e-3, gradNorm: 1, seconds: 0.1
+  })
+
+  it("on a TTY rewrites one line in place with the bar, ETA, loss and accuracy", () => {
+    let t = 0
+    const out: Array<string> = []
+    const p = makeProgress({ isTTY: true, columns: 120, write: (s) => out.push(s) }, { now: () => t })
+    p.onEvent(started)
+    t = 5000
+    p.onEvent(batch(5)) // 5 of 20 steps in 5 s: 15 s to go
+    const line = out.at(-1)!
+    expect(line.startsWith("\r\x1b[2K[")).toBe(true)
+    expect(line).not.toContain("\n")
+    expect(line).toContain("ETA 15s")
+    expect(line).toContain("loss 1.5000 acc 25.0% adv 12.5%")
+    expect(line).toContain(" 25% ")
+    p.onEvent({ _tag: "Epoch", epoch: 1, step: 10, batches: 10, loss: 1.2, accuracy: 0.5, lr: 1e-3, seconds: 10 })
+    // the bar is cleared before a full line is printed
+    expect(out.at(-2)).toBe("\r\x1b[2K")
+    expect(out.at(-1)).toMatch(/^epoch 1\/2 done in 10s: loss 1.2000 acc 50.0%/)
+    p.close()
+  })
+
+  it("without a TTY logs a plain line at most every logEvery seconds", () => {
+    let t = 0
+    const out: Array<string> = []
+    const p = makeProgress({ isTTY: false, write: (s) => out.push(s) }, { now: () => t, logEvery: 10 })
+    p.onEvent(started)
+    for (let step = 1; step <= 20; step++) {
+      t = step * 1000
+      p.onEvent(batch(step))
+    }
+    const lines = out.filter((l) => l.startsWith("epoch "))
+    expect(lines).toHaveLength(2) // at 1 s and 11 s
+    for (const l of out) {
+      expect(l.endsWith("\n")).toBe(true)
+      expect(l).not.toContain("\r")
+    }
+    expect(formatEta(3725)).toBe("1h02m")
+    expect(formatEta(Number.NaN)).toBe("?")
+  })
+})
+
+describe("deq bench and deq presets", () => {
+  it("bench --quick prints every section and the PyTorch peer beside ours, or why it was skipped", () => {
+    const out = path.join(tmp, "bench")
+    const r = deq("bench", "--quick", "--out", out)
+    expect(r.code).toBe(0)
+    for (const section of ["## Fixed-point solvers and gradients", "## Attack and training steps", "## PyTorch peer"]) {
+      expect(r.stdout).toContain(section)
+    }
+    expect(r.stdout).toContain("training step (PGD-AT")
+    const torch = spawnSync("/usr/bin/python3", ["-c", "import torch"]).status === 0
+    if (torch) expect(r.stdout).toMatch(/\| fc \(B 16, hidden 64\) \| one f evaluation \| [\d.]+ \| [\d.]+ \| [\d.]+ \|/)
+    else expect(r.stdout).toContain("PyTorch peer skipped")
+    const json = JSON.parse(fs.readFileSync(path.join(out, "bench.json"), "utf8"))
+    expect(json.steps.length).toBeGreaterThanOrEqual(2)
+    expect(json.peer._tag).toBe(torch ? "Ran" : "Skipped")
+  })
+
+  it("presets lists every shipped preset", () => {
+    const r = deq("presets")
+    expect(r.code).toBe(0)
+    for (const name of ["smoke", "mnist-fc-pgdat", "mnist-fc-pgdat-ris", "mnist-conv-trades"]) expect(r.stdout).toContain(name)
+  })
+})
