@@ -11,6 +11,7 @@
 import { pathToFileURL } from "node:url"
 import { registerWasmConvGradients, unregisterWasmConvGradients } from "../src/internal/convGrad.ts"
 import { tf, useBackend } from "../src/Tensor.ts"
+import { median } from "./timing.ts"
 
 /** One measured kernel: what was timed, on which backend and implementation, and the median time. */
 export interface ConvGradRow {
@@ -40,12 +41,6 @@ export interface ConvGradBenchOptions {
 }
 
 type Shape4 = [number, number, number, number]
-
-const median = (xs: ReadonlyArray<number>): number => {
-  const s = [...xs].sort((a, b) => a - b)
-  const m = Math.floor(s.length / 2)
-  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2
-}
 
 /** Median ms of `runs` timed calls after `warmup` untimed ones, and the values of the last output. */
 const time = (f: () => tf.Tensor, warmup: number, runs: number): { ms: number; values: Float32Array } => {

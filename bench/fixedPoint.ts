@@ -17,6 +17,7 @@ import { cpus, loadavg } from "node:os"
 import { pathToFileURL } from "node:url"
 import * as FP from "../src/FixedPoint.ts"
 import { tf, useBackend } from "../src/Tensor.ts"
+import { median, timeIt } from "./timing.ts"
 
 /** One solver row of a cell. */
 export interface SolverRow {
@@ -65,23 +66,6 @@ export interface FixedPointBenchOptions {
   readonly fcRuns?: number
   /** skip the conv cell (e.g. on the slow cpu backend) */
   readonly skipConv?: boolean
-}
-
-const median = (xs: ReadonlyArray<number>): number => {
-  const s = [...xs].sort((a, b) => a - b)
-  const m = Math.floor(s.length / 2)
-  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2
-}
-
-const timeIt = (f: () => void, warmup: number, runs: number): number => {
-  for (let i = 0; i < warmup; i++) f()
-  const ms: Array<number> = []
-  for (let i = 0; i < runs; i++) {
-    const start = performance.now()
-    f()
-    ms.push(performance.now() - start)
-  }
-  return median(ms)
 }
 
 interface Cell {

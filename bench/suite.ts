@@ -24,6 +24,7 @@ import * as Models from "../src/Models.ts"
 import { stream, tf } from "../src/Tensor.ts"
 import { convGradTable, runConvGradBench } from "./convGrad.ts"
 import { runFixedPointBench, type FixedPointBenchResult } from "./fixedPoint.ts"
+import { timeIt } from "./timing.ts"
 
 /** The GLIBC_TUNABLES the peer (and `npm run bench` / `npm start`) run with. */
 export const glibcTunables = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296"
@@ -77,23 +78,6 @@ export interface BenchResult {
   readonly peer: PeerResult
   readonly seconds: number
   readonly markdown: string
-}
-
-const median = (xs: ReadonlyArray<number>): number => {
-  const s = [...xs].sort((a, b) => a - b)
-  const m = Math.floor(s.length / 2)
-  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2
-}
-
-const timeIt = (f: () => void, warmup: number, runs: number): number => {
-  for (let i = 0; i < warmup; i++) f()
-  const ms: Array<number> = []
-  for (let i = 0; i < runs; i++) {
-    const start = performance.now()
-    f()
-    ms.push(performance.now() - start)
-  }
-  return median(ms)
 }
 
 const peerScript = path.join(path.dirname(fileURLToPath(import.meta.url)), "peer.py")
