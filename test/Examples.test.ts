@@ -135,3 +135,21 @@ describe("examples (smoke size)", () => {
     for (let k = 0; k < 3; k++) expect(r.rows[k + 3]!.accuracy).toBeLessThanOrEqual(r.rows[k]!.accuracy)
   })
 })
+
+describe("compose (the README's program)", () => {
+  it("trains both arms of the ablation from layers and evaluates them", async () => {
+    const { main } = await import("../examples/compose.ts")
+    const before = tf.memory().numTensors
+    const table = await Effect.runPromise(main)
+    expect(tf.memory().numTensors).toBe(before)
+    const rows = table.split("\n").filter((l) => l.startsWith("| PGD-AT"))
+    expect(rows.length).toBe(6)
+    for (const row of rows) {
+      const cells = row.split("|").map((c) => c.trim())
+      const clean = Number(cells[9]), robust = Number(cells[10])
+      // well above chance (25%) after training; robust never above clean
+      expect(clean).toBeGreaterThan(60)
+      expect(robust).toBeLessThanOrEqual(clean)
+    }
+  }, 120_000)
+})
