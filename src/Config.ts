@@ -74,6 +74,16 @@ export const decode = <S extends Schema.Decoder<unknown>>(schema: S, prefix = ""
   )
 
 /**
+ * {@link withDefault} in data-first form, so the schema's type checks the value: `defaulted(Schema.Int, 30)`.
+ *
+ * @category combinators
+ */
+export const defaulted = <S extends Schema.Top & Schema.WithoutConstructorDefault>(
+  self: S,
+  value: S["Type"] & S["Encoded"]
+) => withDefault<S>(value)(self)
+
+/**
  * Synchronous {@link decode} for code that is not inside an Effect (tests, examples); throws the ConfigError.
  *
  * @category decoding

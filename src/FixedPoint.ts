@@ -22,7 +22,7 @@
  * @since 0.1.0
  */
 import { Cause, Context, Effect, Layer, Schema, Scope } from "effect"
-import { decode, withDefault } from "./Config.ts"
+import { decode, defaulted } from "./Config.ts"
 import { ConfigError } from "./Errors.ts"
 import { andersonMethod } from "./internal/anderson.ts"
 import { attachImplicit, attachPhantom, attachUnrolled, detach as detachTensor } from "./internal/backward.ts"
@@ -59,20 +59,20 @@ export interface Linearization {
  * @category config
  */
 export class SolveOptions extends Schema.Class<SolveOptions>("SolveOptions")({
-  maxIter: Schema.Int.check(Schema.isGreaterThanOrEqualTo(1)).pipe(withDefault<any>(30)),
-  tol: Schema.Number.check(Schema.isGreaterThanOrEqualTo(0)).pipe(withDefault<any>(1e-4)),
+  maxIter: defaulted(Schema.Int.check(Schema.isGreaterThanOrEqualTo(1)), 30),
+  tol: defaulted(Schema.Number.check(Schema.isGreaterThanOrEqualTo(0)), 1e-4),
   /** "abs": ||f(z)-z||, "rel": ||f(z)-z|| / ||f(z)|| */
-  stopMode: Schema.Literals(["abs", "rel"]).pipe(withDefault<any>("rel")),
+  stopMode: defaulted(Schema.Literals(["abs", "rel"]), "rel"),
   /** return the "last" iterate or the "best" (lowest residual) one */
-  returnMode: Schema.Literals(["best", "last"]).pipe(withDefault<any>("best")),
+  returnMode: defaulted(Schema.Literals(["best", "last"]), "best"),
   /** "batch": stop when the batch-wide residual is below tol (the paper's code); "sample": per sample */
-  stopping: Schema.Literals(["batch", "sample"]).pipe(withDefault<any>("batch")),
+  stopping: defaulted(Schema.Literals(["batch", "sample"]), "batch"),
   /** keep every iterate z_1..z_n */
-  recordTrajectory: Schema.Boolean.pipe(withDefault<any>(false)),
+  recordTrajectory: defaulted(Schema.Boolean, false),
   /** "fail": `solve` fails with NotConverged when tol is not reached; "return": it returns the result */
-  onNotConverged: Schema.Literals(["return", "fail"]).pipe(withDefault<any>("return")),
+  onNotConverged: defaulted(Schema.Literals(["return", "fail"]), "return"),
   /** return the solver's resumable memory in `result.state` (Broyden; the caller owns it) */
-  returnState: Schema.Boolean.pipe(withDefault<any>(false))
+  returnState: defaulted(Schema.Boolean, false)
 }) {}
 
 /**
@@ -83,7 +83,7 @@ export class SolveOptions extends Schema.Class<SolveOptions>("SolveOptions")({
 export class PicardOptions extends Schema.Class<PicardOptions>("PicardOptions")({
   ...SolveOptions.fields,
   /** damping in (0, 1]; 1 is the plain iteration z <- f(z) */
-  tau: Schema.Number.check(Schema.isGreaterThan(0), Schema.isLessThanOrEqualTo(1)).pipe(withDefault<any>(1))
+  tau: defaulted(Schema.Number.check(Schema.isGreaterThan(0), Schema.isLessThanOrEqualTo(1)), 1)
 }) {}
 
 /**
@@ -94,14 +94,14 @@ export class PicardOptions extends Schema.Class<PicardOptions>("PicardOptions")(
 export class AndersonOptions extends Schema.Class<AndersonOptions>("AndersonOptions")({
   ...SolveOptions.fields,
   /** memory: how many past iterates the least-squares mixes */
-  m: Schema.Int.check(Schema.isGreaterThanOrEqualTo(1), Schema.isLessThanOrEqualTo(64)).pipe(withDefault<any>(5)),
+  m: defaulted(Schema.Int.check(Schema.isGreaterThanOrEqualTo(1), Schema.isLessThanOrEqualTo(64)), 5),
   /**
    * ridge added to the Gram matrix, relative to its scale (lambda * max_i ||G_i||^2; TorchDEQ adds an absolute
    * lambda, which stalls near small tolerances). 0 allows exactly singular systems.
    */
-  lambda: Schema.Number.check(Schema.isGreaterThanOrEqualTo(0)).pipe(withDefault<any>(1e-4)),
+  lambda: defaulted(Schema.Number.check(Schema.isGreaterThanOrEqualTo(0)), 1e-4),
   /** mixing: 1 mixes f-values only; < 1 mixes in the iterates themselves */
-  beta: Schema.Number.check(Schema.isGreaterThan(0), Schema.isLessThanOrEqualTo(1)).pipe(withDefault<any>(1))
+  beta: defaulted(Schema.Number.check(Schema.isGreaterThan(0), Schema.isLessThanOrEqualTo(1)), 1)
 }) {}
 
 /**
@@ -112,9 +112,7 @@ export class AndersonOptions extends Schema.Class<AndersonOptions>("AndersonOpti
 export class BroydenOptions extends Schema.Class<BroydenOptions>("BroydenOptions")({
   ...SolveOptions.fields,
   /** capacity of the low-rank inverse Jacobian (rank-1 pairs); when full the oldest pair is overwritten */
-  memory: Schema.Int.check(Schema.isGreaterThanOrEqualTo(1), Schema.isLessThanOrEqualTo(256)).pipe(
-    withDefault<any>(30)
-  )
+  memory: defaulted(Schema.Int.check(Schema.isGreaterThanOrEqualTo(1), Schema.isLessThanOrEqualTo(256)), 30)
 }) {}
 
 /** Input of a Schema class: every field optional (defaults fill the rest). */

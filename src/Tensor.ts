@@ -21,7 +21,7 @@
  */
 import * as tf from "@tensorflow/tfjs"
 import { Config, Context, Effect, Layer, Schema, Scope } from "effect"
-import { withDefault } from "./Config.ts"
+import { defaulted } from "./Config.ts"
 import { ConfigError, TensorLeak } from "./Errors.ts"
 import { registerWasmConvGradients } from "./internal/convGrad.ts"
 
@@ -50,7 +50,7 @@ export type BackendName = typeof backendNames[number]
  * @category config
  */
 export class BackendConfig extends Schema.Class<BackendConfig>("BackendConfig")({
-  name: Schema.Literals(["auto", ...backendNames]).pipe(withDefault<any>("auto"))
+  name: defaulted(Schema.Literals(["auto", ...backendNames]), "auto")
 }) {}
 
 /**

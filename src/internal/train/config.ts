@@ -5,14 +5,13 @@
  * @internal
  */
 import { Schema } from "effect"
-import { withDefault } from "../../Config.ts"
+import { defaulted } from "../../Config.ts"
 import { DatasetConfig } from "../../Data.ts"
 import { AndersonOptions, BroydenOptions, PicardOptions } from "../../FixedPoint.ts"
 import { ModelConfig } from "../../Models.ts"
 
 /** a field default typed by its schema */
-const dflt = <S extends Schema.Top & Schema.WithoutConstructorDefault>(self: S, value: S["Type"] & S["Encoded"]) =>
-  withDefault<S>(value)(self)
+const dflt = defaulted
 
 const PositiveInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(1))
 const NonNegativeInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
