@@ -9,6 +9,7 @@ import {
   col4,
   direction,
   dlrTargeted,
+  firstSuccess,
   keyedNoise,
   l2Norm4,
   logitsArePrediction,
@@ -91,23 +92,11 @@ export const apgdRun = (
   let eta = tf.fill([n], 2 * s.eps) as tf.Tensor1D
   const lossBest = Float32Array.from(state.loss.dataSync())
   let lossPrev = Float32Array.from(lossBest)
-  const found = new Uint8Array(n)
-  let xBestAdv = x.clone()
+  const best = firstSuccess(x)
+  const recordWrong = best.record
   const swap = <T extends tf.Tensor>(old: T, next: T): T => {
     if (old !== next) old.dispose()
     return next
-  }
-  const recordWrong = (wrong: Uint8Array, at: tf.Tensor4D) => {
-    const newly = new Uint8Array(n)
-    let any = false
-    for (let i = 0; i < n; i++) {
-      if (wrong[i] === 1 && found[i] === 0) {
-        newly[i] = 1
-        found[i] = 1
-        any = true
-      }
-    }
-    if (any) xBestAdv = swap(xBestAdv, tf.tidy(() => whereRows(maskTensor(newly), at, xBestAdv)))
   }
   recordWrong(wrongAt(xk, state.logits, 0), xk)
   state.loss.dispose()
@@ -171,9 +160,9 @@ export const apgdRun = (
       next++
     }
   }
-  const xAdv = tf.tidy(() => whereRows(maskTensor(found), xBestAdv, xBest))
-  for (const t of [xk, xPrev, g, gradBest, xBest, eta, xBestAdv]) t.dispose()
-  return { xAdv, success: found, loss: lossBest }
+  const xAdv = best.finish(xBest)
+  for (const t of [xk, xPrev, g, gradBest, xBest, eta]) t.dispose()
+  return { xAdv, success: best.found, loss: lossBest }
 }
 
 /** APGD-CE / APGD-DLR with restarts on the samples still unbroken. */

@@ -107,6 +107,40 @@ export const whereRows = <T extends tf.Tensor>(mask: tf.Tensor1D, a: T, b: T): T
 /** A bool mask tensor from a JS 0/1 array. */
 export const maskTensor = (m: ArrayLike<number>): tf.Tensor1D => tf.tensor1d(Array.from(m), "bool")
 
+/**
+ * Keeps, per sample, the first input at which the prediction went wrong (samples never broken keep x), so more
+ * steps can never weaken an attack. `found` marks the broken samples; `finish(fallback)` returns the kept rows
+ * for broken samples and `fallback`'s rows for the others, and frees the kept tensor.
+ */
+export const firstSuccess = (x: tf.Tensor4D) => {
+  const n = x.shape[0]
+  const found = new Uint8Array(n)
+  let kept = x.clone()
+  return {
+    found,
+    record: (wrong: Uint8Array, at: tf.Tensor4D): void => {
+      const newly = new Uint8Array(n)
+      let any = false
+      for (let i = 0; i < n; i++) {
+        if (wrong[i] === 1 && found[i] === 0) {
+          newly[i] = 1
+          found[i] = 1
+          any = true
+        }
+      }
+      if (!any) return
+      const next = tf.tidy(() => whereRows(maskTensor(newly), at, kept))
+      kept.dispose()
+      kept = next
+    },
+    finish: (fallback: tf.Tensor4D): tf.Tensor4D => {
+      const out = tf.tidy(() => whereRows(maskTensor(found), kept, fallback))
+      kept.dispose()
+      return out
+    }
+  }
+}
+
 /** Rows `idx` of t. */
 export const gatherRows = <T extends tf.Tensor>(t: T, idx: ArrayLike<number>): T =>
   tf.tidy(() => tf.gather(t, tf.tensor1d(Int32Array.from(idx), "int32")) as T)

@@ -7,6 +7,7 @@ import {
   crossEntropy,
   direction,
   dlr,
+  firstSuccess,
   gatherRows,
   indicesWhere,
   keyedNoise,
@@ -112,27 +113,10 @@ const argmaxWrong = (logits: tf.Tensor2D, y: tf.Tensor1D): Uint8Array =>
 const pgdRun = (o: PgdOptions, loss: LossFor) => (env: Env, x: tf.Tensor4D, y: tf.Tensor1D, r: number): RunOut => {
   const alpha = o.stepSize ?? (2.5 * o.eps) / o.steps
   const lossFn = loss(y)
-  const n = x.shape[0]
   const fromLogits = logitsArePrediction(env.classifier)
   let xa = o.randomStart ? randomStart(env, x, o.eps, o.norm, o.randomStartClamp, r) : x.clone()
-  const found = new Uint8Array(n)
-  let kept = x.clone()
-  const record = (wrong: Uint8Array, at: tf.Tensor4D) => {
-    const newly = new Uint8Array(n)
-    let any = false
-    for (let i = 0; i < n; i++) {
-      if (wrong[i] === 1 && found[i] === 0) {
-        newly[i] = 1
-        found[i] = 1
-        any = true
-      }
-    }
-    if (any) {
-      const next = tf.tidy(() => whereRows(maskTensor(newly), at, kept))
-      kept.dispose()
-      kept = next
-    }
-  }
+  const best = firstSuccess(x)
+  const record = best.record
   for (let t = 0; t < o.steps; t++) {
     const { next, wrong } = tf.tidy(() => {
       const p = probe(env, xa, lossFn, o.eot, "restart", r, "step", t)
@@ -152,10 +136,9 @@ const pgdRun = (o: PgdOptions, loss: LossFor) => (env: Env, x: tf.Tensor4D, y: t
     return { wrong: argmaxWrong(pl, y), lossValue: lossFn(pl).dataSync() as Float32Array }
   })
   record(wrong, xa)
-  const xAdv = tf.tidy(() => whereRows(maskTensor(found), kept, xa))
-  kept.dispose()
+  const xAdv = best.finish(xa)
   xa.dispose()
-  return { xAdv, success: found, loss: lossValue }
+  return { xAdv, success: best.found, loss: lossValue }
 }
 
 /** PGD with restarts: each restart runs on the samples no earlier restart fooled. */
