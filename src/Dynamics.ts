@@ -29,7 +29,7 @@
  */
 import { Effect, type Scope } from "effect"
 import { attach, type Backward, type FixedPointMap, type Linearization, Solver, type SolveOptions, type SolveStats } from "./FixedPoint.ts"
-import { type Stream, tf, untaped } from "./Tensor.ts"
+import { acquire, type Stream, tf, untaped } from "./Tensor.ts"
 
 // ---------------------------------------------------------------------------------------------------------------
 // The model contract
@@ -375,8 +375,7 @@ export const logitsScoped = (
   x: tf.Tensor4D,
   r: ReadOut,
   options: LogitsOptions = {}
-): Effect.Effect<tf.Tensor2D, never, Scope.Scope> =>
-  Effect.acquireRelease(Effect.sync(() => logits(deq, x, r, options)), (t) => Effect.sync(() => t.dispose()))
+): Effect.Effect<tf.Tensor2D, never, Scope.Scope> => acquire(() => logits(deq, x, r, options))
 
 // ---------------------------------------------------------------------------------------------------------------
 // Trajectories

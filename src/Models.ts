@@ -21,7 +21,7 @@
  * @since 0.1.0
  */
 import { Effect, Schema, type Scope } from "effect"
-import { decode, withDefault } from "./Config.ts"
+import { decode, defaulted } from "./Config.ts"
 import type { DeqModel, Param } from "./Dynamics.ts"
 import { ConfigError } from "./Errors.ts"
 import { convCore, convModelSpecs } from "./internal/models/conv.ts"
@@ -35,16 +35,22 @@ import { Rng, type tf, variable } from "./Tensor.ts"
 // Configs
 // ---------------------------------------------------------------------------------------------------------------
 
-/** a field default typed by its schema (`withDefault` needs its schema type spelled out otherwise) */
-const dflt = <S extends Schema.Top & Schema.WithoutConstructorDefault>(self: S, value: S["Type"] & S["Encoded"]) =>
-  withDefault<S>(value)(self)
-
 const PositiveInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(1))
 const InputShape = Schema.Tuple([PositiveInt, PositiveInt, PositiveInt])
 const Classes = Schema.Int.check(Schema.isBetween({ minimum: 2, maximum: 100_000 }))
 const Dropout = Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 1, exclusiveMaximum: true }))
 const StemStride = Schema.Literals([1, 2])
 const StemNorm = Schema.Literals(["group", "none"])
+
+/** the fields the conv and multiscale DEQs share besides their input, classes and channels */
+const convFields = {
+  expansion: defaulted(PositiveInt, 2),
+  groups: defaulted(PositiveInt, 4),
+  weightNorm: defaulted(Schema.Boolean, true),
+  dropout: defaulted(Dropout, 0),
+  stemStride: defaulted(StemStride, 2),
+  stemNorm: defaulted(StemNorm, "group")
+}
 
 /**
  * Fully connected DEQ: z' = act(norm(W z + U x + b)) on flattened images, with a linear head. Fast: the default
@@ -57,13 +63,13 @@ const StemNorm = Schema.Literals(["group", "none"])
  * @category config
  */
 export class FcConfig extends Schema.TaggedClass<FcConfig>("FcConfig")("fc", {
-  inputShape: dflt(InputShape, [28, 28, 1]),
-  classes: dflt(Classes, 10),
-  hidden: dflt(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 8192 })), 128),
-  norm: dflt(Schema.Literals(["layer", "none"]), "layer"),
-  act: dflt(Schema.Literals(["relu", "tanh"]), "relu"),
-  dropout: dflt(Dropout, 0),
-  wScale: dflt(Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 10, exclusiveMinimum: true })), 0.25)
+  inputShape: defaulted(InputShape, [28, 28, 1]),
+  classes: defaulted(Classes, 10),
+  hidden: defaulted(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 8192 })), 128),
+  norm: defaulted(Schema.Literals(["layer", "none"]), "layer"),
+  act: defaulted(Schema.Literals(["relu", "tanh"]), "relu"),
+  dropout: defaulted(Dropout, 0),
+  wScale: defaulted(Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 10, exclusiveMinimum: true })), 0.25)
 }) {}
 
 /**
@@ -78,15 +84,10 @@ export class FcConfig extends Schema.TaggedClass<FcConfig>("FcConfig")("fc", {
  * @category config
  */
 export class ConvConfig extends Schema.TaggedClass<ConvConfig>("ConvConfig")("conv", {
-  inputShape: dflt(InputShape, [28, 28, 1]),
-  classes: dflt(Classes, 10),
-  channels: dflt(PositiveInt, 8),
-  expansion: dflt(PositiveInt, 2),
-  groups: dflt(PositiveInt, 4),
-  weightNorm: dflt(Schema.Boolean, true),
-  dropout: dflt(Dropout, 0),
-  stemStride: dflt(StemStride, 2),
-  stemNorm: dflt(StemNorm, "group")
+  inputShape: defaulted(InputShape, [28, 28, 1]),
+  classes: defaulted(Classes, 10),
+  channels: defaulted(PositiveInt, 8),
+  ...convFields
 }) {}
 
 /**
@@ -98,15 +99,10 @@ export class ConvConfig extends Schema.TaggedClass<ConvConfig>("ConvConfig")("co
  * @category config
  */
 export class MultiscaleConfig extends Schema.TaggedClass<MultiscaleConfig>("MultiscaleConfig")("multiscale", {
-  inputShape: dflt(InputShape, [28, 28, 1]),
-  classes: dflt(Classes, 10),
-  channels: dflt(Schema.Tuple([PositiveInt, PositiveInt]), [8, 16]),
-  expansion: dflt(PositiveInt, 2),
-  groups: dflt(PositiveInt, 4),
-  weightNorm: dflt(Schema.Boolean, true),
-  dropout: dflt(Dropout, 0),
-  stemStride: dflt(StemStride, 2),
-  stemNorm: dflt(StemNorm, "group")
+  inputShape: defaulted(InputShape, [28, 28, 1]),
+  classes: defaulted(Classes, 10),
+  channels: defaulted(Schema.Tuple([PositiveInt, PositiveInt]), [8, 16]),
+  ...convFields
 }) {}
 
 /**
@@ -188,12 +184,12 @@ export const kinds: {
 } = {
   fc: {
     specs: (c, seed) => fcSpecs(c, makeInit(seed)),
-    core: (c, params) => fcCore(c, params),
+    core: fcCore,
     validate: () => []
   },
   conv: {
     specs: (c, seed) => convModelSpecs(c, makeInit(seed)),
-    core: (c, params) => convCore(c, params),
+    core: convCore,
     validate: (c) => [
       ...divides("groups", c.groups, c.channels, "channels"),
       ...divides("groups", c.groups, c.channels * c.expansion, "channels * expansion")
@@ -201,7 +197,7 @@ export const kinds: {
   },
   multiscale: {
     specs: (c, seed) => multiscaleSpecs(c, makeInit(seed)),
-    core: (c, params) => multiscaleCore(c, params),
+    core: multiscaleCore,
     validate: (c) => {
       const post = Math.max(1, Math.floor(c.groups / 2))
       const [[h0, w0]] = branchSizes(c)

@@ -31,7 +31,7 @@
  * @since 0.1.0
  */
 import { Context, Effect, Layer, Schema } from "effect"
-import { decode, withDefault } from "./Config.ts"
+import { decode, defaulted } from "./Config.ts"
 import * as Dynamics from "./Dynamics.ts"
 import type { ConfigError } from "./Errors.ts"
 import type { FixedPointMap } from "./FixedPoint.ts"
@@ -264,8 +264,7 @@ export const jacobian = (options: JacobianOptions = {}): Layer.Layer<JacobianPen
  */
 export const noJacobian: Layer.Layer<JacobianPenalty> = Layer.sync(JacobianPenalty, () => ({
   ...makeJacobian({ weight: 0, probability: 0 }),
-  name: "none",
-  enabled: false
+  name: "none"
 }))
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -275,8 +274,6 @@ export const noJacobian: Layer.Layer<JacobianPenalty> = Layer.sync(JacobianPenal
 const PositiveInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(1))
 const NonNegativeInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
 const NonNegative = Schema.Finite.check(Schema.isGreaterThanOrEqualTo(0))
-const dflt = <S extends Schema.Top & Schema.WithoutConstructorDefault>(self: S, value: S["Type"] & S["Encoded"]) =>
-  withDefault<S>(value)(self)
 
 /**
  * Settings of input entropy reduction (method.md 6.1; defaults are the paper's CIFAR-10 values):
@@ -293,17 +290,17 @@ const dflt = <S extends Schema.Top & Schema.WithoutConstructorDefault>(self: S, 
  * @category config
  */
 export class EntropyReductionOptions extends Schema.Class<EntropyReductionOptions>("EntropyReductionOptions")({
-  rounds: dflt(PositiveInt, 4),
-  solverSteps: dflt(PositiveInt, 2),
-  inputSteps: dflt(NonNegativeInt, 10),
-  alpha: dflt(NonNegative, 2 / 255),
-  eps: dflt(NonNegative, 8 / 255),
+  rounds: defaulted(PositiveInt, 4),
+  solverSteps: defaulted(PositiveInt, 2),
+  inputSteps: defaulted(NonNegativeInt, 10),
+  alpha: defaulted(NonNegative, 2 / 255),
+  eps: defaulted(NonNegative, 8 / 255),
   state: Schema.optional(PositiveInt),
-  readOut: dflt(Schema.Literals(["state", "tail"]), "state"),
-  warmStart: dflt(Schema.Literals(["best", "last"]), "best"),
-  lift: dflt(Schema.Boolean, true),
-  tailK: dflt(NonNegativeInt, 5),
-  tailLambda: dflt(Schema.Finite.check(Schema.isBetween({ minimum: 0, maximum: 1, exclusiveMinimum: true })), 0.5)
+  readOut: defaulted(Schema.Literals(["state", "tail"]), "state"),
+  warmStart: defaulted(Schema.Literals(["best", "last"]), "best"),
+  lift: defaulted(Schema.Boolean, true),
+  tailK: defaulted(NonNegativeInt, 5),
+  tailLambda: defaulted(Schema.Finite.check(Schema.isBetween({ minimum: 0, maximum: 1, exclusiveMinimum: true })), 0.5)
 }) {}
 
 /**

@@ -79,6 +79,20 @@ export const affineOf = (get: Get, prefix: string) => ({ gamma: get(`${prefix}/g
 // ---------------------------------------------------------------------------------------------------------------
 
 /**
+ * The settings the conv and multiscale DEQs share (everything of their configs but `channels`).
+ */
+export interface ConvCommonSettings {
+  readonly inputShape: readonly [number, number, number]
+  readonly classes: number
+  readonly expansion: number
+  readonly groups: number
+  readonly weightNorm: boolean
+  readonly dropout: number
+  readonly stemStride: 1 | 2
+  readonly stemNorm: "group" | "none"
+}
+
+/**
  * Settings of the injection stem.
  */
 export interface StemSettings {
@@ -88,6 +102,17 @@ export interface StemSettings {
   readonly norm: "group" | "none"
   readonly groups: number
 }
+
+/**
+ * The stem of a conv model whose first branch has `channels` channels.
+ */
+export const stemSettings = (c: ConvCommonSettings, channels: number): StemSettings => ({
+  inChannels: c.inputShape[2],
+  channels,
+  stride: c.stemStride,
+  norm: c.stemNorm,
+  groups: c.groups
+})
 
 /**
  * Stem: conv3x3 (stride 1 or 2) -> GN -> ReLU -> conv3x3 -> GN. MDEQ uses BatchNorm here; we use GroupNorm (or no
@@ -124,6 +149,16 @@ export interface BlockSettings {
   readonly groups: number
   readonly weightNorm: boolean
 }
+
+/**
+ * The residual block of a conv model's branch with `channels` channels.
+ */
+export const blockSettings = (c: ConvCommonSettings, channels: number): BlockSettings => ({
+  channels,
+  inner: channels * c.expansion,
+  groups: c.groups,
+  weightNorm: c.weightNorm
+})
 
 /**
  * Specs of the MDEQ BasicBlock `prefix`: conv1 (C -> inner), gn1, conv2 (inner -> C), gn2, gn3.
@@ -165,3 +200,22 @@ export const block = (
     const r = tf.add(groupNorm(c, b.groups, affineOf(get, `${prefix}/gn2`)), z) as tf.Tensor4D
     return groupNorm(tf.relu(r), b.groups, affineOf(get, `${prefix}/gn3`))
   })
+
+/**
+ * The `prepare` of a conv model: the weight-normed `filters` computed once per forward call, and the dropout masks
+ * when a dropout seed is given.
+ */
+export const prepareContext = (
+  get: Get,
+  filters: ReadonlyArray<string>,
+  weightNormed: boolean,
+  mask: ((batch: number, seed: number) => ReadonlyArray<tf.Tensor>) | undefined
+) =>
+(o: { readonly batch: number; readonly dropoutSeed?: number }): CellContext => {
+  const weights: Record<string, tf.Tensor> = {}
+  if (weightNormed) for (const p of filters) weights[p] = filter(get, p, true)
+  return {
+    weights,
+    ...(mask !== undefined && o.dropoutSeed !== undefined ? { dropoutMask: mask(o.batch, o.dropoutSeed) } : {})
+  }
+}

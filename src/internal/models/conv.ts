@@ -5,39 +5,29 @@
  */
 import * as tf from "@tensorflow/tfjs"
 import type { CellContext } from "../../Dynamics.ts"
-import { block, blockFilters, blockSpecs, type BlockSettings, filter, stem, stemSpecs, type StemSettings } from "./block.ts"
+import {
+  block,
+  blockFilters,
+  blockSettings,
+  blockSpecs,
+  type ConvCommonSettings,
+  prepareContext,
+  stem,
+  stemSettings,
+  stemSpecs
+} from "./block.ts"
 import { type ModelCore, type ParamSpec, lookup } from "./core.ts"
 import { dropoutMask, type Init, spatialMean, strided } from "./layers.ts"
 
 /**
  * The settings the conv internals need (a structural view of `Models.ConvConfig`).
  */
-export interface ConvSettings {
-  readonly inputShape: readonly [number, number, number]
-  readonly classes: number
+export interface ConvSettings extends ConvCommonSettings {
   readonly channels: number
-  readonly expansion: number
-  readonly groups: number
-  readonly weightNorm: boolean
-  readonly dropout: number
-  readonly stemStride: 1 | 2
-  readonly stemNorm: "group" | "none"
 }
 
-const stemOf = (c: ConvSettings): StemSettings => ({
-  inChannels: c.inputShape[2],
-  channels: c.channels,
-  stride: c.stemStride,
-  norm: c.stemNorm,
-  groups: c.groups
-})
-
-const blockOf = (c: ConvSettings): BlockSettings => ({
-  channels: c.channels,
-  inner: c.channels * c.expansion,
-  groups: c.groups,
-  weightNorm: c.weightNorm
-})
+const stemOf = (c: ConvSettings) => stemSettings(c, c.channels)
+const blockOf = (c: ConvSettings) => blockSettings(c, c.channels)
 
 /**
  * Parameters of the conv DEQ: stem, block, head (head N(0, 1/C)).
@@ -78,13 +68,6 @@ export const convCore = (c: ConvSettings, params: ReadonlyMap<string, tf.Variabl
     head: (z) => tf.tidy(() => tf.add(tf.matMul(spatialMean(z as tf.Tensor4D), Wh), bh) as tf.Tensor2D),
     initState: (u) => tf.zerosLike(u),
     ...(mask === undefined ? {} : { dropoutMask: mask }),
-    prepare: (o) => {
-      const weights: Record<string, tf.Tensor> = {}
-      if (c.weightNorm) for (const p of blockFilters("conv/cell")) weights[p] = filter(get, p, true)
-      return {
-        weights,
-        ...(mask !== undefined && o.dropoutSeed !== undefined ? { dropoutMask: mask(o.batch, o.dropoutSeed) } : {})
-      }
-    }
+    prepare: prepareContext(get, blockFilters("conv/cell"), c.weightNorm, mask)
   }
 }

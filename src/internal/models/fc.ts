@@ -63,6 +63,12 @@ export const fcCore = (c: FcSettings, params: ReadonlyMap<string, tf.Variable>):
   const derivative = (y: tf.Tensor): tf.Tensor =>
     c.act === "relu" ? tf.step(y) : tf.sub(1, tf.square(tf.tanh(y)))
 
+  // W z (times the dropout mask) + u: what f applies its norm and activation to
+  const preActivation = (z: tf.Tensor, u: tf.Tensor, m: tf.Tensor | undefined): tf.Tensor2D => {
+    const wz = tf.matMul(z as tf.Tensor2D, W)
+    return tf.add(m === undefined ? wz : tf.mul(wz, m), u) as tf.Tensor2D
+  }
+
   const mask = c.dropout > 0 ?
     (batch: number, seed: number): ReadonlyArray<tf.Tensor> => [dropoutMask([batch, c.hidden], c.dropout, seed)] :
     undefined
@@ -74,10 +80,7 @@ export const fcCore = (c: FcSettings, params: ReadonlyMap<string, tf.Variable>):
     inject: (x) => tf.tidy(() => tf.add(tf.matMul(tf.reshape(x, [x.shape[0], d]), U), b)),
     cell: (z, u, ctx?: CellContext) =>
       tf.tidy(() => {
-        let wz: tf.Tensor = tf.matMul(z as tf.Tensor2D, W)
-        const m = ctx?.dropoutMask?.[0]
-        if (m !== undefined) wz = tf.mul(wz, m)
-        const pre = tf.add(wz, u) as tf.Tensor2D
+        const pre = preActivation(z, u, ctx?.dropoutMask?.[0])
         return act(affine === undefined ? pre : layerNorm(pre, affine))
       }),
     head: (z) => tf.tidy(() => tf.add(tf.matMul(z as tf.Tensor2D, Wh), bh) as tf.Tensor2D),
@@ -85,9 +88,7 @@ export const fcCore = (c: FcSettings, params: ReadonlyMap<string, tf.Variable>):
       // what f computes at z, kept for the whole backward solve: act'(y), and LayerNorm's xhat and 1/sigma
       const m = ctx?.dropoutMask?.[0]
       const saved = tf.tidy(() => {
-        let wz: tf.Tensor = tf.matMul(z as tf.Tensor2D, W)
-        if (m !== undefined) wz = tf.mul(wz, m)
-        const pre = tf.add(wz, u) as tf.Tensor2D
+        const pre = preActivation(z, u, m)
         if (affine === undefined) return { dact: derivative(pre) }
         const { mean, variance } = tf.moments(pre, -1, true)
         const invStd = tf.rsqrt(tf.add(variance, 1e-5))

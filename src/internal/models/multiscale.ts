@@ -11,14 +11,16 @@ import {
   affineOf,
   block,
   blockFilters,
+  blockSettings,
   blockSpecs,
-  type BlockSettings,
+  type ConvCommonSettings,
   convSpecs,
   filter,
   normSpecs,
+  prepareContext,
   stem,
-  stemSpecs,
-  type StemSettings
+  stemSettings,
+  stemSpecs
 } from "./block.ts"
 import { type ModelCore, type ParamSpec, lookup } from "./core.ts"
 import { dropoutMask, groupNorm, type Init, spatialMean, strided, upsampleNearest } from "./layers.ts"
@@ -26,34 +28,14 @@ import { dropoutMask, groupNorm, type Init, spatialMean, strided, upsampleNeares
 /**
  * The settings the multiscale internals need (a structural view of `Models.MultiscaleConfig`).
  */
-export interface MultiscaleSettings {
-  readonly inputShape: readonly [number, number, number]
-  readonly classes: number
+export interface MultiscaleSettings extends ConvCommonSettings {
   readonly channels: readonly [number, number]
-  readonly expansion: number
-  readonly groups: number
-  readonly weightNorm: boolean
-  readonly dropout: number
-  readonly stemStride: 1 | 2
-  readonly stemNorm: "group" | "none"
 }
 
 const P = "ms"
 
-const stemOf = (c: MultiscaleSettings): StemSettings => ({
-  inChannels: c.inputShape[2],
-  channels: c.channels[0],
-  stride: c.stemStride,
-  norm: c.stemNorm,
-  groups: c.groups
-})
-
-const blockOf = (c: MultiscaleSettings, i: 0 | 1): BlockSettings => ({
-  channels: c.channels[i],
-  inner: c.channels[i] * c.expansion,
-  groups: c.groups,
-  weightNorm: c.weightNorm
-})
+const stemOf = (c: MultiscaleSettings) => stemSettings(c, c.channels[0])
+const blockOf = (c: MultiscaleSettings, i: 0 | 1) => blockSettings(c, c.channels[i])
 
 /**
  * Spatial sizes of the two branches.
@@ -155,13 +137,6 @@ export const multiscaleCore = (c: MultiscaleSettings, params: ReadonlyMap<string
       }),
     initState: (u) => tf.zeros([u.shape[0], n0 + n1]),
     ...(mask === undefined ? {} : { dropoutMask: mask }),
-    prepare: (o) => {
-      const weights: Record<string, tf.Tensor> = {}
-      if (c.weightNorm) for (const p of filters) weights[p] = filter(get, p, true)
-      return {
-        weights,
-        ...(mask !== undefined && o.dropoutSeed !== undefined ? { dropoutMask: mask(o.batch, o.dropoutSeed) } : {})
-      }
-    }
+    prepare: prepareContext(get, filters, c.weightNorm, mask)
   }
 }

@@ -33,9 +33,9 @@ export const meanEntropy = (logits: tf.Tensor): tf.Scalar =>
     return tf.mean(tf.neg(tf.sum(tf.mul(tf.exp(logp), logp), -1))) as tf.Scalar
   })
 
-/** x' clipped to the eps-ball around x and to [0, 1] (differentiable w.r.t. both) */
-const project = (xp: tf.Tensor4D, x: tf.Tensor4D, eps: number): tf.Tensor4D =>
-  tf.clipByValue(tf.minimum(tf.maximum(xp, tf.sub(x, eps)), tf.add(x, eps)), 0, 1) as tf.Tensor4D
+/** x' clipped to the eps-ball [lo, hi] = [x - eps, x + eps] and to [0, 1] (differentiable w.r.t. all three) */
+const project = (xp: tf.Tensor4D, lo: tf.Tensor, hi: tf.Tensor): tf.Tensor4D =>
+  tf.clipByValue(tf.minimum(tf.maximum(xp, lo), hi), 0, 1) as tf.Tensor4D
 
 /**
  * Runs the defence on a batch. Tensors computed on the tape: the injections of the purified inputs, the
@@ -60,6 +60,8 @@ export const runEntropyReduction = (s: EntropySettings, deq: Deq, x: tf.Tensor4D
     let z = z0
     let memory: SolverState | undefined
     const states: Array<tf.Tensor> = []
+    // the ball's bounds, once per call rather than per input step
+    const lo = tf.sub(x, s.eps), hi = tf.add(x, s.eps)
     try {
       for (let r = 0; r < s.rounds && states.length < want; r++) {
         const result = noGrad(() =>
@@ -88,7 +90,7 @@ export const runEntropyReduction = (s: EntropySettings, deq: Deq, x: tf.Tensor4D
               tf.sign(tf.grad((xx: tf.Tensor) => meanEntropy(model.head(model.cell(zc, model.inject(xx as tf.Tensor4D), ctx))))(xc))
             )
           )
-          xp = project(tf.sub(xp, tf.mul(sign, s.alpha)) as tf.Tensor4D, x, s.eps)
+          xp = project(tf.sub(xp, tf.mul(sign, s.alpha)) as tf.Tensor4D, lo, hi)
         }
         u = model.inject(xp)
         f = mapOf(model, u, ctx)
