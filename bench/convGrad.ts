@@ -10,6 +10,7 @@
  */
 import { pathToFileURL } from "node:url"
 import { registerWasmConvGradients, unregisterWasmConvGradients } from "../src/internal/convGrad.ts"
+import * as Report from "../src/Report.ts"
 import { tf, useBackend } from "../src/Tensor.ts"
 import { median } from "./timing.ts"
 
@@ -151,14 +152,18 @@ export const runConvGradBench = async (options: ConvGradBenchOptions = {}): Prom
 
 /** The rows as a Markdown table. */
 export const convGradTable = (rows: ReadonlyArray<ConvGradRow>): string =>
-  [
-    "| op | batch | backend | kernel | runs | median ms | rel. error vs |",
-    "|---|---|---|---|---|---|---|",
-    ...rows.map((r) =>
-      `| ${r.op} | ${r.batch} | ${r.backend} | ${r.kernel} | ${r.runs} | ${r.medianMs.toFixed(1)} | ` +
-      `${r.relErr === undefined ? "" : `${r.relErr.toExponential(1)} (${r.reference})`} |`
-    )
-  ].join("\n")
+  Report.table(
+    ["op", "batch", "backend", "kernel", "runs", "median ms", "rel. error vs"],
+    rows.map((r) => [
+      r.op,
+      r.batch,
+      r.backend,
+      r.kernel,
+      r.runs,
+      r.medianMs.toFixed(1),
+      r.relErr === undefined ? "" : `${r.relErr.toExponential(1)} (${r.reference})`
+    ])
+  )
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const rows = await runConvGradBench()

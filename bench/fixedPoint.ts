@@ -16,6 +16,7 @@
 import { cpus, loadavg } from "node:os"
 import { pathToFileURL } from "node:url"
 import * as FP from "../src/FixedPoint.ts"
+import * as Report from "../src/Report.ts"
 import { tf, useBackend } from "../src/Tensor.ts"
 import { median, timeIt } from "./timing.ts"
 
@@ -275,27 +276,33 @@ export const runFixedPointBench = (options: FixedPointBenchOptions = {}): FixedP
       "Median wall times in ms; overhead = median over interleaved rounds of per-iteration cost / f - 1.",
     ""
   )
-  lines.push("| cell | f (ms) | solver | iterations | solve (ms) | per iteration (ms) | overhead vs f |")
-  lines.push("|---|---|---|---|---|---|---|")
-  for (const r of solvers) {
-    lines.push(
-      `| ${r.cell} | ${fmt(fMs[r.cell]!, 2)} | ${r.solver} | ${r.iterations} | ${fmt(r.solveMs)} | ${fmt(r.perIterationMs, 2)} | ${
-        fmt(r.overhead * 100)
-      }% |`
-    )
-  }
+  lines.push(Report.table(
+    ["cell", "f (ms)", "solver", "iterations", "solve (ms)", "per iteration (ms)", "overhead vs f"],
+    solvers.map((r) => [
+      r.cell,
+      fmt(fMs[r.cell]!, 2),
+      r.solver,
+      r.iterations,
+      fmt(r.solveMs),
+      fmt(r.perIterationMs, 2),
+      `${fmt(r.overhead * 100)}%`
+    ])
+  ))
   lines.push(
     "",
-    "| cell | gradient | w.r.t. | forward solve (ms) | forward + backward (ms) | backward incl. attach (ms) | adjoint iterations |"
-  )
-  lines.push("|---|---|---|---|---|---|---|")
-  for (const g of gradients) {
-    lines.push(
-      `| ${g.cell} | ${g.mode} | ${g.wrt} | ${fmt(g.forwardMs)} | ${g.totalMs !== undefined ? fmt(g.totalMs) : g.note} | ${
-        g.backwardMs !== undefined ? fmt(g.backwardMs) : "-"
-      } | ${g.backwardIterations ?? "-"} |`
+    Report.table(
+      ["cell", "gradient", "w.r.t.", "forward solve (ms)", "forward + backward (ms)", "backward incl. attach (ms)", "adjoint iterations"],
+      gradients.map((g) => [
+        g.cell,
+        g.mode,
+        g.wrt,
+        fmt(g.forwardMs),
+        g.totalMs !== undefined ? fmt(g.totalMs) : g.note,
+        g.backwardMs !== undefined ? fmt(g.backwardMs) : "-",
+        g.backwardIterations ?? "-"
+      ])
     )
-  }
+  )
   return { backend: tf.getBackend(), fMs, solvers, gradients, markdown: lines.join("\n") }
 }
 

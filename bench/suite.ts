@@ -21,6 +21,7 @@ import { Effect } from "effect"
 import * as Dynamics from "../src/Dynamics.ts"
 import { makePicard } from "../src/FixedPoint.ts"
 import * as Models from "../src/Models.ts"
+import * as Report from "../src/Report.ts"
 import { stream, tf } from "../src/Tensor.ts"
 import { convGradTable, runConvGradBench } from "./convGrad.ts"
 import { runFixedPointBench, type FixedPointBenchResult } from "./fixedPoint.ts"
@@ -217,10 +218,9 @@ const peerTable = (fp: FixedPointBenchResult, peer: PeerResult): string => {
     `PyTorch ${peer.torch} on CPU (${python}, GLIBC_TUNABLES set), same cells and iteration counts, run in the same ` +
     `process tree right after ours (${fmt(peer.seconds, 0)} s). ratio = ours / the faster torch column. Torch with 2 ` +
     "threads suffers most when other processes share the 2 cores (its worker threads spin).",
-    "",
-    "| cell | workload | effect-deq (ms) | torch 1 thread (ms) | torch 2 threads (ms) | ratio |",
-    "|---|---|---|---|---|---|"
+    ""
   ]
+  const rows: Array<ReadonlyArray<string>> = []
   const workloads: ReadonlyArray<readonly [string, string, keyof PeerRow]> = [
     ["f", "one f evaluation", "fMs"],
     ["picard", "Picard solve", "picardMs"],
@@ -234,14 +234,18 @@ const peerTable = (fp: FixedPointBenchResult, peer: PeerResult): string => {
       const t2 = torch(cell, 2)?.[field] as number | undefined
       const o = ours(cell, key)
       const iterations = torch(cell, 1)?.iterations
-      lines.push(
-        `| ${cell} | ${label}${key === "f" ? "" : ` (${iterations} it.)`} | ${fmt(o)} | ${fmt(t1)} | ${fmt(t2)} | ${
-          o !== undefined && t1 !== undefined && t2 !== undefined ? `${fmt(o / Math.min(t1, t2))}x` : "-"
-        } |`
-      )
+      rows.push([
+        cell,
+        `${label}${key === "f" ? "" : ` (${iterations} it.)`}`,
+        fmt(o),
+        fmt(t1),
+        fmt(t2),
+        o !== undefined && t1 !== undefined && t2 !== undefined ? `${fmt(o / Math.min(t1, t2))}x` : "-"
+      ])
     }
   }
   lines.push(
+    Report.table(["cell", "workload", "effect-deq (ms)", "torch 1 thread (ms)", "torch 2 threads (ms)", "ratio"], rows),
     "",
     "Notes: the peer's implicit backward runs 20 Picard adjoint iterations through autograd VJPs; ours runs Anderson " +
       "adjoint iterations to tol 1e-6 (at most 20). wasm here is single-threaded."
@@ -309,9 +313,7 @@ export const runBench = async (options: BenchOptions = {}): Promise<BenchResult>
     "",
     "## Attack and training steps",
     "",
-    "| workload | model | batch | median ms | runs |",
-    "|---|---|---|---|---|",
-    ...steps.map((s) => `| ${s.workload} | ${s.model} | ${s.batch} | ${fmt(s.medianMs)} | ${s.runs} |`),
+    Report.table(["workload", "model", "batch", "median ms", "runs"], steps.map((s) => [s.workload, s.model, s.batch, fmt(s.medianMs), s.runs])),
     "",
     "## PyTorch peer",
     "",

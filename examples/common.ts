@@ -1,11 +1,10 @@
 /**
  * The set-up the examples share: sizes per mode, embedded MNIST, building and training an FC DEQ from layers,
- * DEQ classifiers, PGD evaluation, Markdown helpers, the atomic JSON write and the script entry point.
+ * DEQ classifiers, PGD evaluation, Markdown helpers, the JSON output and the script entry point.
  *
  * Every example composes layers in code (Solver, TrainReadOut, JacobianPenalty, Attack, Rng) and calls
  * `Train.fit`; nothing here goes through config strings except the schedule/method part of a `TrainConfig`.
  */
-import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { pathToFileURL } from "node:url"
 import { NodeRuntime } from "@effect/platform-node"
@@ -18,6 +17,7 @@ import * as Dynamics from "../src/Dynamics.ts"
 import * as FixedPoint from "../src/FixedPoint.ts"
 import * as Models from "../src/Models.ts"
 import * as Regularizers from "../src/Regularizers.ts"
+import * as Report from "../src/Report.ts"
 import { Rng, tf, useBackend } from "../src/Tensor.ts"
 import * as Train from "../src/Train.ts"
 
@@ -280,23 +280,17 @@ export const pct = (x: number | undefined): string => (x === undefined || !Numbe
 export const num = (x: number | undefined, digits = 3): string =>
   x === undefined || !Number.isFinite(x) ? "-" : x.toFixed(digits)
 
-/** A Markdown table (Adversary's helper: `|` is escaped). */
+/** A Markdown table (Report's: `|` is escaped). */
 export const table = (headers: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<string | number>>): string =>
-  Adversary.markdownTable(headers, rows.map((r) => r.map(String)))
+  Report.table(headers, rows)
 
 /** Where an example writes its JSON: `<name>.json` for full runs, `<name>.quick.json` / `<name>.smoke.json` otherwise
  * (so a quick run or the test never overwrites the documented full results). */
 export const outputFile = (name: string, mode: Mode = "full"): string =>
   path.join("runs", "examples", `${name}${mode === "full" ? "" : `.${mode}`}.json`)
 
-/** Writes JSON atomically (temp file in the same directory, then rename), creating the directory. */
-export const writeJson = (file: string, value: unknown): Effect.Effect<void> =>
-  Effect.promise(async () => {
-    await fs.mkdir(path.dirname(file), { recursive: true })
-    const temp = `${file}.${process.pid}.${Date.now()}.tmp`
-    await fs.writeFile(temp, JSON.stringify(value, null, 2) + "\n")
-    await fs.rename(temp, file)
-  })
+/** Writes JSON atomically (Report.writeJson), creating the directory; a failed write is a defect. */
+export const writeJson = (file: string, value: unknown): Effect.Effect<void> => Effect.orDie(Report.writeJson(file, value))
 
 /** The record every example writes: what ran, where, how long, and its own payload. */
 export interface ExampleOutput<A> {
