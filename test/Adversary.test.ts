@@ -8,7 +8,7 @@ import { afterAll, beforeAll } from "vitest"
 import * as Adversary from "../src/Adversary.ts"
 import type { Classifier } from "../src/Adversary.ts"
 import { ConfigError } from "../src/Errors.ts"
-import { leakCheck, noLeaks, Rng, stream, tf, useBackend } from "../src/Tensor.ts"
+import { acquire, leakCheck, noLeaks, Rng, stream, tf, useBackend } from "../src/Tensor.ts"
 import { make, perturbSync } from "./support.ts"
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -82,7 +82,6 @@ afterAll(() => {
 
 const seeded = <A, E>(self: Effect.Effect<A, E, Rng>, seed = 0) => Effect.provide(self, Rng.seeded(seed))
 
-/** Runs an attack synchronously and copies x_adv out before its Scope closes. */
 // ---------------------------------------------------------------------------------------------------------------
 
 describe("attack invariants", () => {
@@ -297,12 +296,8 @@ describe("evaluation", () => {
         logits: (x, context) =>
           tf.tidy(() => trained.net(tf.add(x, tf.randomNormal(x.shape, 0, 0.05, "float32", context?.seed ?? 0))))
       }
-      const x = yield* Effect.acquireRelease(
-        Effect.sync(() => tf.tensor4d(test.x.slice(0, 8 * D), [8, 8, 8, 1])),
-        (t) => Effect.sync(() => t.dispose())
-      )
-      const y = yield* Effect.acquireRelease(Effect.sync(() => tf.tensor1d(test.y.slice(0, 8), "int32")), (t) =>
-        Effect.sync(() => t.dispose()))
+      const x = yield* acquire(() => tf.tensor4d(test.x.slice(0, 8 * D), [8, 8, 8, 1]))
+      const y = yield* acquire(() => tf.tensor1d(test.y.slice(0, 8), "int32"))
       const one = yield* Effect.scoped(Effect.map((yield* Adversary.fgsm({ eps: 0.1 })).perturb(noisy, x, y), (r) => r.queries))
       const four = yield* Effect.scoped(Effect.map((yield* Adversary.fgsm({ eps: 0.1, eot: 4 })).perturb(noisy, x, y), (r) => r.queries))
       // one gradient draw (8 queries) or four (32), plus the success check (8)
@@ -425,8 +420,8 @@ describe("configuration", () => {
       const attack = yield* Adversary.apgdTargeted({ eps: 0.1, steps: 2 })
       const threeClasses: Classifier = { name: "k3", logits: (x) => tf.tidy(() => trained.net(x).slice([0, 0], [-1, 3])) }
       const exit = yield* Effect.exit(Effect.scoped(Effect.gen(function*() {
-        const x = yield* Effect.acquireRelease(Effect.sync(() => tf.zeros([2, 8, 8, 1]) as tf.Tensor4D), (t) => Effect.sync(() => t.dispose()))
-        const y = yield* Effect.acquireRelease(Effect.sync(() => tf.tensor1d([0, 1], "int32")), (t) => Effect.sync(() => t.dispose()))
+        const x = yield* acquire(() => tf.zeros([2, 8, 8, 1]) as tf.Tensor4D)
+        const y = yield* acquire(() => tf.tensor1d([0, 1], "int32"))
         return yield* attack.perturb(threeClasses, x, y)
       })))
       expect(Exit.isFailure(exit)).toBe(true)
@@ -438,10 +433,8 @@ describe("configuration", () => {
       const aa = yield* Adversary.ensemble(yield* Adversary.autoAttack({ eps: 0.3, steps: 10, queries: 50, targets: 3 }))
       expect(aa.name).toBe("apgd-ce+apgd-t+square")
       const r = yield* Effect.scoped(Effect.gen(function*() {
-        const x = yield* Effect.acquireRelease(Effect.sync(() => tf.tensor4d(test.x.slice(0, 16 * D), [16, 8, 8, 1])), (t) =>
-          Effect.sync(() => t.dispose()))
-        const y = yield* Effect.acquireRelease(Effect.sync(() => tf.tensor1d(test.y.slice(0, 16), "int32")), (t) =>
-          Effect.sync(() => t.dispose()))
+        const x = yield* acquire(() => tf.tensor4d(test.x.slice(0, 16 * D), [16, 8, 8, 1]))
+        const y = yield* acquire(() => tf.tensor1d(test.y.slice(0, 16), "int32"))
         const out = yield* aa.run(model, x, y)
         const check = tf.tidy(() => tf.notEqual(tf.argMax(model.logits(out.xAdv), 1), y).dataSync())
         return { out, check: Array.from(check), brokenAt: Array.from(out.brokenAt) }

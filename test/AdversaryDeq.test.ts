@@ -14,9 +14,8 @@ import { GradientSource } from "../src/Adversary.ts"
 import * as Data from "../src/Data.ts"
 import * as Dynamics from "../src/Dynamics.ts"
 import { makePicard } from "../src/FixedPoint.ts"
-import { noGrad } from "../src/internal/tape.ts"
 import * as Models from "../src/Models.ts"
-import { leakCheck, noLeaks, Rng, tf, useBackend } from "../src/Tensor.ts"
+import { leakCheck, noLeaks, Rng, tf, untaped, useBackend } from "../src/Tensor.ts"
 import { cosine, make, perturbSync } from "./support.ts"
 
 const K = 4
@@ -82,7 +81,6 @@ const inputGradient = (c: Adversary.Classifier, x: tf.Tensor4D, y: tf.Tensor1D, 
     })(x).dataSync() as Float32Array
   )
 
-/** Runs an attack synchronously and copies x_adv out before its Scope closes. */
 // ---------------------------------------------------------------------------------------------------------------
 // test defences
 // ---------------------------------------------------------------------------------------------------------------
@@ -105,7 +103,7 @@ const entropyDefence = (steps = 3, alpha = 0.02, eps = 0.06): Dynamics.Defence =
       let xp = x
       for (let t = 0; t < steps; t++) {
         const xc = xp
-        const sign = noGrad(() =>
+        const sign = untaped(() =>
           tf.tidy(() => tf.sign(tf.grad((xx: tf.Tensor) => meanEntropy(Dynamics.logits(d, xx as tf.Tensor4D, final)))(xc)))
         )
         const moved = tf.sub(xp, tf.mul(sign, alpha))

@@ -14,10 +14,11 @@ import {
   l2Norm4,
   logitsArePrediction,
   maskTensor,
-  predictLogits,
+  misclassified,
   probe,
   project,
-  whereRows
+  whereRows,
+  wrongOf
 } from "./common.ts"
 import type { Core, Env } from "./common.ts"
 import type { ApgdOptions, ApgdTargetedOptions } from "./options.ts"
@@ -75,9 +76,7 @@ export const apgdRun = (
   const n = x.shape[0]
   const fromLogits = logitsArePrediction(env.classifier)
   const wrongAt = (xa: tf.Tensor4D, logits: tf.Tensor2D, t: number): Uint8Array =>
-    tf.tidy(() =>
-      tf.notEqual(tf.argMax(fromLogits ? logits : predictLogits(env, xa, ...path, "step", t), 1), y).dataSync() as Uint8Array
-    )
+    fromLogits ? wrongOf(logits, y) : misclassified(env, xa, y, ...path, "step", t)
   // loop state; tensors are replaced (and the old ones disposed) each step
   const state = tf.tidy(() => {
     const x0 = start(env, x, s.eps, s.norm, ...path)

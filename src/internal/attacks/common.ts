@@ -202,9 +202,13 @@ export const predictLogits = (env: Env, x: tf.Tensor4D, ...path: ReadonlyArray<s
   return tf.tidy(() => (c.predict ?? c.logits)(x, { seed: env.rng.seed(env.attack, "predict", ...path) }))
 }
 
+/** Per sample: 1 when the argmax of `logits` is not the label. */
+export const wrongOf = (logits: tf.Tensor2D, y: tf.Tensor1D): Uint8Array =>
+  tf.tidy(() => tf.notEqual(tf.argMax(logits, 1), y).dataSync() as Uint8Array)
+
 /** Per sample: 1 when the prediction at x is wrong. */
 export const misclassified = (env: Env, x: tf.Tensor4D, y: tf.Tensor1D, ...path: ReadonlyArray<string | number>) =>
-  tf.tidy(() => tf.notEqual(tf.argMax(predictLogits(env, x, ...path), 1), y).dataSync() as Uint8Array)
+  tf.tidy(() => wrongOf(predictLogits(env, x, ...path), y))
 
 /** True when success can be read from the gradient call's logits instead of a separate `predict` call. */
 export const logitsArePrediction = (c: Classifier): boolean => c.predict === undefined && c.randomized !== true

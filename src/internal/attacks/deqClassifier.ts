@@ -10,13 +10,13 @@
  */
 import * as Dynamics from "../../Dynamics.ts"
 import { Backward, type SolveStats } from "../../FixedPoint.ts"
-import { tf } from "../../Tensor.ts"
-import { noGrad } from "../tape.ts"
+import { tf, untaped } from "../../Tensor.ts"
 import { crossEntropy } from "./common.ts"
 import {
   budgetOf,
   describe as describeSource,
   type GradientSource,
+  identityTail,
   label as labelOf,
   readOutLogits,
   sourceLogits,
@@ -72,12 +72,6 @@ export interface DeqClassifier extends Classifier {
   readonly description: string
 }
 
-/**
- * Runs `f` with the tape off and the enclosing gradient's tape restored afterwards: a defence may call `tf.grad`
- * itself, which would otherwise drop the tape of the attack's gradient.
- */
-export const offTape = <A>(f: () => A): A => noGrad(f)
-
 /** The label of a (source, defence, mode) combination. */
 export const classifierLabel = (source: GradientSource, defence?: Dynamics.Defence, mode?: DefenceMode): string =>
   defence === undefined ? labelOf(source) : mode === "full" ? "full" : `${mode ?? "bpda"}:${labelOf(source)}`
@@ -87,10 +81,10 @@ const finalReadOut = Dynamics.readOut.final
 /** The forward solve's per-sample convergence on x, with the deq's own options (budget and tolerance). */
 const forwardConvergence = (deq: Dynamics.Deq, x: tf.Tensor4D, tol: number | undefined): Uint8Array => {
   let stats: SolveStats | undefined
-  offTape(() =>
+  untaped(() =>
     tf.tidy(() => {
       // identity tail: a Final read-out that always solves (an Unrolled deq would skip the solve)
-      Dynamics.logits({ ...deq, backward: Backward.phantom(0, 1) }, x, finalReadOut, { onStats: (s) => (stats = s) })
+      Dynamics.logits({ ...deq, backward: identityTail }, x, finalReadOut, { onStats: (s) => (stats = s) })
     })
   )
   const s = stats!
@@ -153,11 +147,12 @@ export const deqClassifier = (deq: Dynamics.Deq, options: DeqClassifierOptions):
   const { source, defence } = options
   const mode = defence === undefined ? undefined : options.mode ?? "bpda"
   const seedOf = (context?: CallContext) => context?.seed ?? 0
+  // off the tape, a defence runs inside `untaped`: it may call tf.grad itself, which would drop the attack's tape
   const runDefence = (x: tf.Tensor4D, context?: CallContext) => defence!.run(deq, x, { seed: seedOf(context) })
 
   /** x_p = x + stopGradient(purified - x): the purified input, with an identity backward pass */
   const bpdaInput = (x: tf.Tensor4D, context?: CallContext): tf.Tensor4D => {
-    const delta = offTape(() => tf.tidy(() => tf.sub(runDefence(x, context).purified, x)))
+    const delta = untaped(() => tf.tidy(() => tf.sub(runDefence(x, context).purified, x)))
     return tf.add(x, delta) as tf.Tensor4D
   }
   /** the point the source is evaluated at */
@@ -169,7 +164,7 @@ export const deqClassifier = (deq: Dynamics.Deq, options: DeqClassifierOptions):
   const predict = (x: tf.Tensor4D, context?: CallContext): tf.Tensor2D =>
     defence === undefined ?
       tf.tidy(() => readOutLogits(deq, x, r)) :
-      offTape(() => tf.tidy(() => runDefence(x, context).logits))
+      untaped(() => tf.tidy(() => runDefence(x, context).logits))
 
   const diagOptions = options.diagnostics === false ? undefined : options.diagnostics === true || options.diagnostics === undefined ? {} : options.diagnostics
   const diagnostics = diagOptions === undefined ? undefined : (x: tf.Tensor4D): Diagnostics => ({

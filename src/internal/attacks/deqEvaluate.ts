@@ -10,7 +10,7 @@ import { decode } from "../../Config.ts"
 import { type DefenceMode, deqClassifier, type DiagnosticsOptions } from "./deqClassifier.ts"
 import { budgetOf, type GradientSource, implicit, intermediate, label as labelOf, phantom } from "./deqSource.ts"
 import { flatten } from "./ensemble.ts"
-import { evaluate, type EvaluationData, type EvaluationResult, type StageSummary } from "./evaluation.ts"
+import { eotOf, evaluate, type EvaluationData, type EvaluationResult, type StageSummary } from "./evaluation.ts"
 import { type Flag, maskingFlags, type MaskingStats } from "./flags.ts"
 import { EvaluateOptions } from "./options.ts"
 import type { AttackError, AttackShape, ResumeError } from "./types.ts"
@@ -212,9 +212,6 @@ export const combineWorst = (
   return { worst, brokenBy }
 }
 
-const eotOf = (attacks: AttackShape | ReadonlyArray<AttackShape>): number =>
-  Math.max(1, ...flatten(attacks).map((s) => (typeof s.settings.options["eot"] === "number" ? s.settings.options["eot"] : 1)))
-
 const list = (vs: ReadonlyArray<number>) => `{${vs.join(", ")}}`
 
 /** The label of a grid's worst case, e.g. "worst of 12: lambda {1, 0.5} x i {0, 4, 7} x K_a {1, 5}". */
@@ -261,7 +258,7 @@ export const evaluateGrid = (
       grid,
       options: decoded,
       classifier: classifierFlags,
-      eot: eotOf(attacks),
+      eot: eotOf(flatten(attacks)),
       label: gridLabel(grid, prefix)
     })
     return { grid, points, worst, brokenBy }

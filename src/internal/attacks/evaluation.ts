@@ -74,11 +74,23 @@ interface Loader {
 const labelsOf = (y: tf.Tensor1D | ArrayLike<number>): Int32Array =>
   y instanceof tf.Tensor ? Int32Array.from(y.dataSync()) : Int32Array.from(y)
 
+/** Consecutive batches of `batchSize` over labels `y`; `images(start, n)` makes the images of rows start..start+n. */
+const batched = (y: Int32Array, batchSize: number, images: (start: number, n: number) => tf.Tensor4D): Loader => ({
+  total: y.length,
+  batches: Math.ceil(y.length / batchSize),
+  load: (i) => {
+    const start = i * batchSize
+    const n = Math.min(batchSize, y.length - start)
+    return { x: images(start, n), y: y.slice(start, start + n), start }
+  }
+})
+
 const loader = (data: EvaluationData, batchSize: number): Effect.Effect<Loader, ConfigError> =>
   Effect.gen(function*() {
     const bad = (path: string, message: string) => new ConfigError({ path: `data.${path}`, message })
     if ("batches" in data) {
       const starts: Array<number> = []
+      const labels: Array<Int32Array> = []
       let total = 0
       for (let i = 0; i < data.batches.length; i++) {
         const b = data.batches[i]!
@@ -88,12 +100,13 @@ const loader = (data: EvaluationData, batchSize: number): Effect.Effect<Loader, 
           return yield* bad(`batches[${i}].y`, `${y.length} labels for ${b.x.shape[0]} images`)
         }
         starts.push(total)
+        labels.push(y)
         total += y.length
       }
       return {
         total,
         batches: data.batches.length,
-        load: (i) => ({ x: data.batches[i]!.x.clone(), y: labelsOf(data.batches[i]!.y), start: starts[i]! })
+        load: (i) => ({ x: data.batches[i]!.x.clone(), y: labels[i]!, start: starts[i]! })
       }
     }
     const y = labelsOf(data.y)
@@ -104,28 +117,12 @@ const loader = (data: EvaluationData, batchSize: number): Effect.Effect<Loader, 
         return yield* bad("x", `${data.x.length} values are not ${y.length} images of shape [${h}, ${w}, ${c}]`)
       }
       const x = data.x
-      return {
-        total: y.length,
-        batches: Math.ceil(y.length / batchSize),
-        load: (i) => {
-          const start = i * batchSize
-          const n = Math.min(batchSize, y.length - start)
-          return { x: tf.tensor4d(x.slice(start * d, (start + n) * d), [n, h, w, c]), y: y.slice(start, start + n), start }
-        }
-      }
+      return batched(y, batchSize, (start, n) => tf.tensor4d(x.slice(start * d, (start + n) * d), [n, h, w, c]))
     }
     const x = data.x as tf.Tensor4D
     if (x.rank !== 4) return yield* bad("x", `expected NHWC images, got shape [${x.shape}]`)
     if (x.shape[0] !== y.length) return yield* bad("y", `${y.length} labels for ${x.shape[0]} images`)
-    return {
-      total: y.length,
-      batches: Math.ceil(y.length / batchSize),
-      load: (i) => {
-        const start = i * batchSize
-        const n = Math.min(batchSize, y.length - start)
-        return { x: tf.slice(x, [start, 0, 0, 0], [n, -1, -1, -1]), y: y.slice(start, start + n), start }
-      }
-    }
+    return batched(y, batchSize, (start, n) => tf.slice(x, [start, 0, 0, 0], [n, -1, -1, -1]))
   })
 
 const bits = (a: ArrayLike<number>): Array<number> => Array.from(a, (v) => (v ? 1 : 0))
@@ -195,7 +192,8 @@ const runBatch = (
     }
   })
 
-const eotOf = (stages: ReadonlyArray<AttackShape>): number =>
+/** The largest `eot` option among the stages (1 when none sets it). */
+export const eotOf = (stages: ReadonlyArray<AttackShape>): number =>
   Math.max(1, ...stages.map((s) => (typeof s.settings.options["eot"] === "number" ? s.settings.options["eot"] : 1)))
 
 /** Summarises batch records (in index order) into a result. */

@@ -2,11 +2,7 @@
  * Attack and evaluation options as Schema classes (decoded strictly by src/Config.ts `decode`).
  */
 import { Schema } from "effect"
-import { withDefault } from "../../Config.ts"
-
-/** A default for both decoding (key missing) and construction, with the field type inferred. */
-const def = <S extends Schema.Top & Schema.WithoutConstructorDefault>(self: S, value: S["Type"] & S["Encoded"]) =>
-  withDefault<S>(value)(self)
+import { defaulted as def } from "../../Config.ts"
 
 const NonNegative = Schema.Number.check(Schema.isGreaterThanOrEqualTo(0))
 const Positive = Schema.Number.check(Schema.isGreaterThan(0))

@@ -15,12 +15,14 @@ import {
   l2Norm4,
   logitsArePrediction,
   maskTensor,
+  misclassified,
   predictLogits,
   probe,
   project,
   scatterRows,
   subEnv,
-  whereRows
+  whereRows,
+  wrongOf
 } from "./common.ts"
 import type { Core, Env } from "./common.ts"
 import type { FgsmOptions, PgdOptions } from "./options.ts"
@@ -106,9 +108,6 @@ export const fgsmCore = (o: FgsmOptions): Core => (env, x, y) =>
     return project(tf.add(x, tf.mul(direction(p.grad, o.norm), o.eps)) as tf.Tensor4D, x, o.eps, o.norm)
   })
 
-const argmaxWrong = (logits: tf.Tensor2D, y: tf.Tensor1D): Uint8Array =>
-  tf.tidy(() => tf.notEqual(tf.argMax(logits, 1), y).dataSync() as Uint8Array)
-
 /** One PGD run from one random start. */
 const pgdRun = (o: PgdOptions, loss: LossFor) => (env: Env, x: tf.Tensor4D, y: tf.Tensor1D, r: number): RunOut => {
   const alpha = o.stepSize ?? (2.5 * o.eps) / o.steps
@@ -121,19 +120,19 @@ const pgdRun = (o: PgdOptions, loss: LossFor) => (env: Env, x: tf.Tensor4D, y: t
     const { next, wrong } = tf.tidy(() => {
       const p = probe(env, xa, lossFn, o.eot, "restart", r, "step", t)
       // the start (t = 0) is not a candidate: unclamped it may lie outside the box
-      const wrong = o.keepBest && t > 0 && fromLogits ? argmaxWrong(p.logits, y) : undefined
+      const wrong = o.keepBest && t > 0 && fromLogits ? wrongOf(p.logits, y) : undefined
       const next = project(tf.add(xa, tf.mul(direction(p.grad, o.norm), alpha)) as tf.Tensor4D, x, o.eps, o.norm)
       return { next, wrong }
     })
     if (o.keepBest && t > 0) {
-      record(wrong ?? tf.tidy(() => argmaxWrong(predictLogits(env, xa, "restart", r, "step", t), y)), xa)
+      record(wrong ?? misclassified(env, xa, y, "restart", r, "step", t), xa)
     }
     xa.dispose()
     xa = next
   }
   const { wrong, lossValue } = tf.tidy(() => {
     const pl = predictLogits(env, xa, "restart", r, "final")
-    return { wrong: argmaxWrong(pl, y), lossValue: lossFn(pl).dataSync() as Float32Array }
+    return { wrong: wrongOf(pl, y), lossValue: lossFn(pl).dataSync() as Float32Array }
   })
   record(wrong, xa)
   const xAdv = best.finish(xa)

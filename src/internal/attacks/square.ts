@@ -6,7 +6,7 @@
  * Each sample draws from its own keyed stream (window, signs), so its result does not depend on its batch.
  */
 import { tf } from "../../Tensor.ts"
-import { predictLogits } from "./common.ts"
+import { indicesWhere, keyedStreams, predictLogits, subEnv } from "./common.ts"
 import type { Core, Env } from "./common.ts"
 import type { SquareOptions } from "./options.ts"
 
@@ -74,10 +74,9 @@ export const squareCore = (o: SquareOptions): Core => (env, x, y) => {
   const bestLoss = new Float64Array(b).fill(Infinity)
   const done = new Uint8Array(b)
   for (let r = 0; r < o.restarts; r++) {
-    const rows: Array<number> = []
-    for (let i = 0; i < b; i++) if (done[i] === 0) rows.push(i)
+    const rows = Array.from(indicesWhere(done, 0))
     if (rows.length === 0) break
-    const streams = rows.map((i) => env.rng.stream(env.attack, "restart", r, "key", env.keys[i]!))
+    const streams = keyedStreams(subEnv(env, rows), "restart", r)
     const m = rows.length
     // vertical stripes: one sign per (column, channel)
     const cur = new Float32Array(m * d)
@@ -94,7 +93,7 @@ export const squareCore = (o: SquareOptions): Core => (env, x, y) => {
         }
       }
     }
-    let { margin, loss } = score(env, o, cur, [m, h, w, c], rows.map((i) => labels[i]!), "restart", r, "init")
+    const { margin, loss } = score(env, o, cur, [m, h, w, c], rows.map((i) => labels[i]!), "restart", r, "init")
     for (let it = 1; it < o.queries; it++) {
       const active: Array<number> = []
       for (let j = 0; j < m; j++) if (margin[j]! > 0) active.push(j)
@@ -136,8 +135,6 @@ export const squareCore = (o: SquareOptions): Core => (env, x, y) => {
         }
       }
       const scored = score(env, o, cand, [active.length, h, w, c], active.map((j) => labels[rows[j]!]!), "restart", r, "it", it)
-      margin = Float64Array.from(margin)
-      loss = Float64Array.from(loss)
       for (let a = 0; a < active.length; a++) {
         const j = active[a]!
         if (scored.loss[a]! < loss[j]!) {
