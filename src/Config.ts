@@ -68,8 +68,8 @@ export const decode = <S extends Schema.Decoder<unknown>>(schema: S, prefix = ""
 (input: unknown): Effect.Effect<S["Type"], ConfigError, S["DecodingServices"]> =>
   Schema.decodeUnknownEffect(schema)(input, { onExcessProperty: "error", errors: "all" }).pipe(
     Effect.mapError((error) => {
-      const path = formatPath(firstPath(error.issue), prefix)
-      return new ConfigError({ path: path.length > 0 ? path : "<root>", message: `${path.length > 0 ? path : "<root>"}: ${error.message}` })
+      const path = formatPath(firstPath(error.issue), prefix) || "<root>"
+      return new ConfigError({ path, message: `${path}: ${error.message}` })
     })
   )
 

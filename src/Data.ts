@@ -456,6 +456,9 @@ export const makeSplit = (fields: Omit<Split, "count">): Split => {
 
 const pixelsOf = (split: Split): number => split.height * split.width * split.channels
 
+/** How many leading images "the first n" means: n floored and clamped to 0..count. */
+const clampCount = (split: Split, n: number): number => Math.max(0, Math.min(split.count, Math.floor(n)))
+
 /**
  * The images and labels at `indices`, copied into fresh arrays (`x` NHWC, image after image).
  *
@@ -492,7 +495,7 @@ export const select = (split: Split, indices: ArrayLike<number>): Split => {
  * @category splits
  */
 export const take = (split: Split, n: number): Split => {
-  const count = Math.max(0, Math.min(split.count, Math.floor(n)))
+  const count = clampCount(split, n)
   return {
     ...split,
     images: split.images.slice(0, count * pixelsOf(split)),
@@ -507,7 +510,7 @@ export const take = (split: Split, n: number): Split => {
  * @category splits
  */
 export const sample = (split: Split, n: number, seed: number): Split => {
-  const count = Math.max(0, Math.min(split.count, Math.floor(n)))
+  const count = clampCount(split, n)
   const chosen = stream(seed).permutation(split.count).subarray(0, count).sort()
   return select(split, chosen)
 }
@@ -576,7 +579,7 @@ export const toTensors = (split: Split, indices: ArrayLike<number>): { x: tf.Ten
 
 /** How many leading images of the split the options use. */
 const usedCount = (split: Split, options: BatchOptions): number =>
-  options.subset === undefined ? split.count : Math.max(0, Math.min(split.count, Math.floor(options.subset)))
+  options.subset === undefined ? split.count : clampCount(split, options.subset)
 
 const planOf = (split: Split, options: BatchOptions): Array<Int32Array> =>
   batchIndices(

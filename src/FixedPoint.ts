@@ -21,8 +21,8 @@
  *
  * @since 0.1.0
  */
-import { Cause, Context, Effect, Layer, Schema, Scope } from "effect"
-import { decode, defaulted } from "./Config.ts"
+import { Context, Effect, Layer, Schema, Scope } from "effect"
+import { decodeSync, defaulted } from "./Config.ts"
 import { ConfigError } from "./Errors.ts"
 import { andersonMethod } from "./internal/anderson.ts"
 import { attachImplicit, attachPhantom, attachUnrolled, detach as detachTensor } from "./internal/backward.ts"
@@ -282,13 +282,6 @@ export class SingularSystem extends Schema.TaggedError<SingularSystem>()("Singul
 // Solvers
 // ---------------------------------------------------------------------------------------------------------------
 
-/** Strict synchronous decoding that throws the ConfigError itself (not a wrapper). */
-const decodeOptions = <A>(schema: unknown, prefix: string, input: unknown): A => {
-  const exit = Effect.runSyncExit(decode(schema as Schema.Decoder<unknown>, prefix)(input))
-  if (exit._tag === "Success") return exit.value as A
-  throw Cause.squash(exit.cause)
-}
-
 const solveKeys = [
   "maxIter",
   "tol",
@@ -418,7 +411,7 @@ const fromMethod = (method: Method, options: SolveOptions): Solver["Service"] =>
  * @category constructors
  */
 export const makePicard = (options?: PicardOptionsInput): Solver["Service"] => {
-  const o = decodeOptions<PicardOptions>(PicardOptions, "picard", options ?? {})
+  const o = decodeSync(PicardOptions, "picard")(options ?? {})
   return fromMethod(picardMethod(o.tau), o)
 }
 
@@ -428,7 +421,7 @@ export const makePicard = (options?: PicardOptionsInput): Solver["Service"] => {
  * @category constructors
  */
 export const makeAnderson = (options?: AndersonOptionsInput): Solver["Service"] => {
-  const o = decodeOptions<AndersonOptions>(AndersonOptions, "anderson", options ?? {})
+  const o = decodeSync(AndersonOptions, "anderson")(options ?? {})
   return fromMethod(andersonMethod(o.m, o.lambda, o.beta), o)
 }
 
@@ -438,7 +431,7 @@ export const makeAnderson = (options?: AndersonOptionsInput): Solver["Service"] 
  * @category constructors
  */
 export const makeBroyden = (options?: BroydenOptionsInput): Solver["Service"] => {
-  const o = decodeOptions<BroydenOptions>(BroydenOptions, "broyden", options ?? {})
+  const o = decodeSync(BroydenOptions, "broyden")(options ?? {})
   return fromMethod(broydenMethod(o.memory), o)
 }
 

@@ -79,12 +79,12 @@ export const andersonMethod = (m: number, lambda: number, beta: number): Method 
         pending = undefined
         insert(next, p.slot, p.dots, p.others)
       },
-      propose: (cur, _step, active) => {
+      propose: (_cur, _step, active) => {
         const slots = occupied()
         const n = slots.length
         if (n === 1) {
-          // one pair: alpha = [1], the damped Picard step
-          return beta === 1 ? share(cur.fz) : tf.sub(cur.fz, tf.mul(cur.g, 1 - beta))
+          // one pair (the current iterate): alpha = [1], the damped Picard step, already stored as its P
+          return share(P[slots[0]!]!)
         }
         const alpha = new Float32Array(n * B) // column-major by slot: alpha[i * B + b]
         const size = n + 1

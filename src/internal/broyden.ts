@@ -108,7 +108,6 @@ const withSlot = (X: tf.Tensor | undefined, i: number, x: tf.Tensor): tf.Tensor 
 const isState = (u: unknown): u is BroydenStateValue =>
   typeof u === "object" && u !== null && (u as { _tag?: unknown })._tag === "BroydenState"
 
-
 /** sum_i xs[i] * cs[i] (cs are [B, 1] columns), or undefined for an empty sum. */
 const combine = (xs: ReadonlyArray<tf.Tensor>, cs: ReadonlyArray<tf.Tensor>): tf.Tensor | undefined =>
   xs.length === 0 ? undefined : xs.length === 1 ? tf.mul(xs[0]!, cs[0]!) : tf.addN(xs.map((x, i) => tf.mul(x, cs[i]!)))
@@ -192,10 +191,7 @@ export const broydenMethod = (memory: number): Method => ({
         const v = pv === undefined ? tf.neg(sdz) : tf.sub(pv, sdz)
         const denom = dotCol(v, sdg)
         // u = NaN/Inf (v^T dg = 0, e.g. a frozen sample) -> 0, as locuslab/deq does
-        const inv = tf.tidy(() => {
-          const r = tf.div(1, denom)
-          return tf.where(tf.isFinite(r), r, tf.zerosLike(r))
-        })
+        const inv = zeroNonFinite(tf.div(1, denom))
         const u = tf.mul(numerator, inv)
         const cNew = dotCol(v, next.g)
         if (full) {
