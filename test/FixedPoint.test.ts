@@ -5,7 +5,7 @@
  * Every random problem is built in plain JS from a seeded stream, so references can be computed in float64.
  */
 import { beforeAll, describe, expect, it } from "@effect/vitest"
-import { Effect, Exit, Layer, Schema } from "effect"
+import { Effect, Layer, Schema } from "effect"
 import fc from "fast-check"
 import { decode } from "../src/Config.ts"
 import { ConfigError } from "../src/Errors.ts"
@@ -790,7 +790,11 @@ describe("Effect seam", () => {
     }))
 
   it("Layer.succeed-style composition: Solver layers build without a Backend", () => {
-    const layer = Layer.mergeAll(FP.Solver.picard())
-    expect(Exit.isSuccess(Effect.runSyncExit(Effect.provide(getSolver, layer)))).toBe(true)
+    const layer = Layer.mergeAll(FP.Solver.picard({ tau: 0.5 }))
+    const solver = Effect.runSync(Effect.provide(getSolver, layer))
+    expect(solver.name).toBe("picard")
+    // defaults filled by the schema, the given option kept
+    expect(solver.options.maxIter).toBe(30)
+    expect((solver.options as FP.PicardOptions).tau).toBe(0.5)
   })
 })
