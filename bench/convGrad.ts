@@ -9,7 +9,7 @@
  * Run: `npx tsx bench/convGrad.ts`
  */
 import { pathToFileURL } from "node:url"
-import { registerWasmConvGradients, unregisterWasmConvGradients } from "../src/internal/convGrad.ts"
+import { registerWasmConvGradients, unregisterWasmConvGradients } from "../src/internal/tensor/convGrad.ts"
 import * as Report from "../src/Report.ts"
 import { tf, useBackend } from "../src/Tensor.ts"
 import { median } from "./timing.ts"

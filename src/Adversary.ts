@@ -36,11 +36,13 @@
 import { Context, Effect, Layer } from "effect"
 import { decode } from "./Config.ts"
 import { ConfigError } from "./Errors.ts"
-import { apgdCore, apgdTargetedCore, checkpoints as apgdCheckpoints } from "./internal/attacks/apgd.ts"
-import * as common from "./internal/attacks/common.ts"
-import { makeEnsemble } from "./internal/attacks/ensemble.ts"
-import type { EnsembleShape } from "./internal/attacks/ensemble.ts"
-import * as evaluation from "./internal/attacks/evaluation.ts"
+import { apgdCore, apgdTargetedCore, checkpoints as apgdCheckpoints } from "./internal/adversary/apgd.ts"
+import * as geometry from "./internal/adversary/geometry.ts"
+import * as lossFns from "./internal/adversary/losses.ts"
+import { type Core, makeAttack } from "./internal/adversary/run.ts"
+import { makeEnsemble } from "./internal/adversary/ensemble.ts"
+import type { EnsembleShape } from "./internal/adversary/ensemble.ts"
+import * as evaluation from "./internal/adversary/evaluation.ts"
 import {
   ApgdOptions,
   ApgdTargetedOptions,
@@ -49,14 +51,14 @@ import {
   FgsmOptions,
   PgdOptions,
   SquareOptions
-} from "./internal/attacks/options.ts"
-import { fgsmCore, pgdCore } from "./internal/attacks/pgd.ts"
-import * as deqClassifierModule from "./internal/attacks/deqClassifier.ts"
-import * as deqEvaluate from "./internal/attacks/deqEvaluate.ts"
-import * as deqSource from "./internal/attacks/deqSource.ts"
-import * as report from "./internal/attacks/report.ts"
-import { squareCore } from "./internal/attacks/square.ts"
-import type { AttackError, AttackShape, Classifier, ResumeError } from "./internal/attacks/types.ts"
+} from "./internal/adversary/options.ts"
+import { fgsmCore, pgdCore } from "./internal/adversary/pgd.ts"
+import * as deqClassifierModule from "./internal/adversary/deq/classifier.ts"
+import * as deqEvaluate from "./internal/adversary/deq/evaluate.ts"
+import * as deqSource from "./internal/adversary/deq/source.ts"
+import * as report from "./internal/adversary/report.ts"
+import { squareCore } from "./internal/adversary/square.ts"
+import type { AttackError, AttackShape, Classifier, ResumeError } from "./internal/adversary/types.ts"
 import type { Deq } from "./Dynamics.ts"
 import type { Rng } from "./Tensor.ts"
 
@@ -82,7 +84,7 @@ export {
   AttackError,
   /** A resume file is unreadable or belongs to another evaluation. */
   ResumeError
-} from "./internal/attacks/types.ts"
+} from "./internal/adversary/types.ts"
 
 export type {
   /** What an attack returns; `xAdv` is owned by the caller's Scope. */
@@ -99,7 +101,7 @@ export type {
   Norm,
   /** Per-sample keys of an attack call. */
   PerturbContext
-} from "./internal/attacks/types.ts"
+} from "./internal/adversary/types.ts"
 
 export type {
   /** An ensemble: an attack that also reports its stages. */
@@ -108,7 +110,7 @@ export type {
   EnsembleResult,
   /** What one stage of an ensemble did on one batch. */
   StageOutcome
-} from "./internal/attacks/ensemble.ts"
+} from "./internal/adversary/ensemble.ts"
 
 export type {
   /** A gradient-masking flag. */
@@ -117,7 +119,7 @@ export type {
   FlagKind,
   /** The measurements behind the flags. */
   MaskingStats
-} from "./internal/attacks/flags.ts"
+} from "./internal/adversary/flags.ts"
 
 export type {
   /** A dataset to evaluate on. */
@@ -126,14 +128,14 @@ export type {
   EvaluationResult,
   /** One stage of an evaluation, summarised. */
   StageSummary
-} from "./internal/attacks/evaluation.ts"
+} from "./internal/adversary/evaluation.ts"
 
 export type {
   /** The synchronous core of a custom attack. */
   Core,
   /** What a custom attack's core closes over (classifier, keyed Rng, query counter). */
   Env
-} from "./internal/attacks/common.ts"
+} from "./internal/adversary/run.ts"
 
 // ---------------------------------------------------------------------------------------------------------------
 // the service
@@ -183,8 +185,8 @@ export class Attack extends Context.Service<Attack, AttackShape>()("effect-deq/A
  *
  * @category constructors
  */
-export const make: (name: string, settings: Attack["Service"]["settings"], core: common.Core) => Attack["Service"] =
-  common.makeAttack
+export const make: (name: string, settings: Attack["Service"]["settings"], core: Core) => Attack["Service"] =
+  makeAttack
 
 /**
  * FGSM (Linf) / FGM (L2): one step of size eps. Options are decoded strictly (unknown keys are a ConfigError).
@@ -193,7 +195,7 @@ export const make: (name: string, settings: Attack["Service"]["settings"], core:
  */
 export const fgsm = (options: typeof FgsmOptions.Encoded): Effect.Effect<Attack["Service"], ConfigError> =>
   Effect.map(decode(FgsmOptions, "fgsm")(options), (o) =>
-    common.makeAttack(o.norm === "Linf" ? "fgsm" : "fgm-l2", {
+    makeAttack(o.norm === "Linf" ? "fgsm" : "fgm-l2", {
       kind: "white-box",
       norm: o.norm,
       eps: o.eps,
@@ -211,7 +213,7 @@ export const fgsm = (options: typeof FgsmOptions.Encoded): Effect.Effect<Attack[
  */
 export const pgd = (options: typeof PgdOptions.Encoded): Effect.Effect<Attack["Service"], ConfigError> =>
   Effect.map(decode(PgdOptions, "pgd")(options), (o) =>
-    common.makeAttack(o.norm === "Linf" ? "pgd" : "pgd-l2", {
+    makeAttack(o.norm === "Linf" ? "pgd" : "pgd-l2", {
       kind: "white-box",
       norm: o.norm,
       eps: o.eps,
@@ -228,7 +230,7 @@ export const pgd = (options: typeof PgdOptions.Encoded): Effect.Effect<Attack["S
  */
 export const apgd = (options: typeof ApgdOptions.Encoded): Effect.Effect<Attack["Service"], ConfigError> =>
   Effect.map(decode(ApgdOptions, "apgd")(options), (o) =>
-    common.makeAttack(`apgd-${o.loss}`, {
+    makeAttack(`apgd-${o.loss}`, {
       kind: "white-box",
       norm: o.norm,
       eps: o.eps,
@@ -246,7 +248,7 @@ export const apgdTargeted = (
   options: typeof ApgdTargetedOptions.Encoded
 ): Effect.Effect<Attack["Service"], ConfigError> =>
   Effect.map(decode(ApgdTargetedOptions, "apgdTargeted")(options), (o) =>
-    common.makeAttack("apgd-t", {
+    makeAttack("apgd-t", {
       kind: "white-box",
       norm: o.norm,
       eps: o.eps,
@@ -262,7 +264,7 @@ export const apgdTargeted = (
  */
 export const square = (options: typeof SquareOptions.Encoded): Effect.Effect<Attack["Service"], ConfigError> =>
   Effect.map(decode(SquareOptions, "square")(options), (o) =>
-    common.makeAttack("square", {
+    makeAttack("square", {
       kind: "black-box",
       norm: o.norm,
       eps: o.eps,
@@ -319,10 +321,10 @@ export const autoAttack = (
  * @category losses
  */
 export const losses = {
-  crossEntropy: common.crossEntropy,
-  margin: common.margin,
-  dlr: common.dlr,
-  dlrTargeted: common.dlrTargeted
+  crossEntropy: lossFns.crossEntropy,
+  margin: lossFns.margin,
+  dlr: lossFns.dlr,
+  dlrTargeted: lossFns.dlrTargeted
 } as const
 
 /**
@@ -330,7 +332,7 @@ export const losses = {
  *
  * @category geometry
  */
-export const project = common.project
+export const project = geometry.project
 
 /**
  * APGD's checkpoint iterations for a budget of `steps`.
@@ -454,7 +456,7 @@ export type {
   DeqClassifierOptions,
   /** Settings of a DEQ classifier's diagnostics (samples, reference gradient, convergence tolerance). */
   DiagnosticsOptions
-} from "./internal/attacks/deqClassifier.ts"
+} from "./internal/adversary/deq/classifier.ts"
 
 /**
  * A DEQ as an attack Classifier. `predict` is the evaluated prediction: the read-out (Final h(z*), early-exit
@@ -502,7 +504,7 @@ export type {
   GridPoint,
   /** The per-point evaluations and the per-sample worst case of a grid search. */
   GridResult
-} from "./internal/attacks/deqEvaluate.ts"
+} from "./internal/adversary/deq/evaluate.ts"
 
 /**
  * Worst case over a grid of intermediate-state surrogates: runs `attacks` once per grid point (default

@@ -32,7 +32,7 @@ import * as fs from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
 import { Effect, Schema, type Scope } from "effect"
-import { decode } from "./Config.ts"
+import { decode, NonNegativeInt } from "./Config.ts"
 import { CheckpointError } from "./Errors.ts"
 import { build, decodeConfig, encodeConfig, type Model, type ModelConfig } from "./Models.ts"
 import { tf } from "./Tensor.ts"
@@ -48,7 +48,6 @@ const VERSION = 1
 // Schemas
 // ---------------------------------------------------------------------------------------------------------------
 
-const NonNegativeInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
 
 /**
  * Training metadata stored with a checkpoint. `backend`, `libraryVersion` and `createdAt` are filled in by

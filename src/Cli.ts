@@ -32,44 +32,9 @@ import { Command, Flag } from "effect/cli"
 import { ConfigError } from "./Errors.ts"
 import { benchJob, dynamicsJob, evalJob, pipelineJob } from "./internal/cli/jobs.ts"
 import { loadConfigFile, loadPreset, mainPreset, type Preset, presetNames } from "./internal/cli/presets.ts"
-import { attackFamilies as families, type AttackFamily as Family } from "./internal/cli/suite.ts"
+import { attackFamilies as families, type AttackFamily as Family } from "./Evaluation.ts"
 import { resumableConfig, say, trainRun } from "./internal/cli/train.ts"
 import { Backend } from "./Tensor.ts"
-
-// ---------------------------------------------------------------------------------------------------------------
-// analysis shared with examples/
-// ---------------------------------------------------------------------------------------------------------------
-
-export {
-  /** Per-state clean and adversarial accuracy, entropy and residual of a DEQ over a split (`deq dynamics`). */
-  analyseDynamics,
-  /** Options of {@link analyseDynamics}. */
-  type AnalysisOptions
-} from "./internal/cli/dynamics.ts"
-
-export {
-  /** The attack families of the evaluation suite. */
-  attackFamilies,
-  /** One attack family. */
-  type AttackFamily,
-  /** The evaluation suite (`deq eval`): ready-made, intermediate-state grid and ensemble attacks, defended rows. */
-  runSuite,
-  /** Settings of the evaluation suite. */
-  SuiteConfig,
-  /** What the suite measured. */
-  type SuiteResult,
-  /** One row of the suite. */
-  type SuiteRow
-} from "./internal/cli/suite.ts"
-
-export {
-  /** The machine a run happened on (CPU, memory, OS, Node), for reports. */
-  machine,
-  /** The suite's rows as a Markdown table. */
-  suiteTable,
-  /** The suite's rows as JSON-safe data. */
-  suiteJson
-} from "./internal/cli/reports.ts"
 
 // ---------------------------------------------------------------------------------------------------------------
 // errors

@@ -90,3 +90,43 @@ export const defaulted = <S extends Schema.Top & Schema.WithoutConstructorDefaul
  */
 export const decodeSync = <S extends Schema.Decoder<unknown, never>>(schema: S, prefix = "") =>
 (input: unknown): S["Type"] => Effect.runSync(decode(schema, prefix)(input))
+
+// ---------------------------------------------------------------------------------------------------------------
+// numeric schemas shared by every config
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * An integer >= 1 (counts, sizes, steps).
+ *
+ * @category schemas
+ */
+export const PositiveInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(1))
+
+/**
+ * An integer >= 0.
+ *
+ * @category schemas
+ */
+export const NonNegativeInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
+
+/**
+ * A finite number > 0 (radii, step sizes, learning rates).
+ *
+ * @category schemas
+ */
+export const Positive = Schema.Finite.check(Schema.isGreaterThan(0))
+
+/**
+ * A finite number >= 0.
+ *
+ * @category schemas
+ */
+export const NonNegative = Schema.Finite.check(Schema.isGreaterThanOrEqualTo(0))
+
+/**
+ * A finite number in [0, 1] (probabilities, fractions).
+ *
+ * @category schemas
+ */
+export const Probability = Schema.Finite.check(Schema.isBetween({ minimum: 0, maximum: 1 }))
+

@@ -29,11 +29,11 @@
 import { Cause, Channel, Effect, Schema, Scope, Stream } from "effect"
 import { createRequire } from "node:module"
 import * as path from "node:path"
-import { withDefault } from "./Config.ts"
+import { PositiveInt, withDefault } from "./Config.ts"
 import { DatasetError } from "./Errors.ts"
-import { exists, readBytes, requireDirectory, resolveMaybeGz } from "./internal/dataFiles.ts"
-import { prototypes, type SyntheticParams, syntheticSplit } from "./internal/dataSynthetic.ts"
-import { checkCifarBatch, cifarSplit, idxSplit } from "./internal/idx.ts"
+import { exists, readBytes, requireDirectory, resolveMaybeGz } from "./internal/data/files.ts"
+import { prototypes, type SyntheticParams, syntheticSplit } from "./internal/data/synthetic.ts"
+import { checkCifarBatch, cifarSplit, idxSplit } from "./internal/data/idx.ts"
 import { stream, tf } from "./Tensor.ts"
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -121,7 +121,6 @@ export interface BatchOptions {
 // Config
 // ---------------------------------------------------------------------------------------------------------------
 
-const PositiveInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(1))
 
 const syntheticKeys = ["classes", "height", "width", "channels", "noise", "seed"] as const
 

@@ -24,11 +24,11 @@
 import { Context, Effect, Layer, Schema, Scope } from "effect"
 import { decodeSync, defaulted } from "./Config.ts"
 import { ConfigError } from "./Errors.ts"
-import { andersonMethod } from "./internal/anderson.ts"
-import { attachImplicit, attachPhantom, attachUnrolled, detach as detachTensor } from "./internal/backward.ts"
-import { broydenMethod, liftBroydenState, type BroydenStateData } from "./internal/broyden.ts"
-import { picardMethod } from "./internal/picard.ts"
-import { runCore, type CoreOptions, type CoreStats, type Method } from "./internal/solverCore.ts"
+import { andersonMethod } from "./internal/fixedPoint/anderson.ts"
+import { attachImplicit, attachPhantom, attachUnrolled, detach as detachTensor } from "./internal/fixedPoint/backward.ts"
+import { broydenMethod, liftBroydenState, type BroydenStateData } from "./internal/fixedPoint/broyden.ts"
+import { picardMethod } from "./internal/fixedPoint/picard.ts"
+import { runCore, type CoreOptions, type CoreStats, type Method } from "./internal/fixedPoint/iteration.ts"
 import { own, tf } from "./Tensor.ts"
 
 /**

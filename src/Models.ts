@@ -21,11 +21,11 @@
  * @since 0.1.0
  */
 import { Effect, Schema, type Scope } from "effect"
-import { decode, defaulted } from "./Config.ts"
+import { decode, defaulted, PositiveInt } from "./Config.ts"
 import type { DeqModel, Param } from "./Dynamics.ts"
 import { ConfigError } from "./Errors.ts"
 import { convCore, convModelSpecs } from "./internal/models/conv.ts"
-import type { ModelCore, ParamSpec } from "./internal/models/core.ts"
+import type { ModelCore, ParamSpec } from "./internal/models/spec.ts"
 import { fcCore, fcSpecs } from "./internal/models/fc.ts"
 import { makeInit } from "./internal/models/layers.ts"
 import { branchSizes, multiscaleCore, multiscaleSpecs } from "./internal/models/multiscale.ts"
@@ -35,7 +35,6 @@ import { Rng, type tf, variable } from "./Tensor.ts"
 // Configs
 // ---------------------------------------------------------------------------------------------------------------
 
-const PositiveInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(1))
 const InputShape = Schema.Tuple([PositiveInt, PositiveInt, PositiveInt])
 const Classes = Schema.Int.check(Schema.isBetween({ minimum: 2, maximum: 100_000 }))
 const Dropout = Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 1, exclusiveMaximum: true }))

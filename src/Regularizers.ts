@@ -31,7 +31,7 @@
  * @since 0.1.0
  */
 import { Context, Effect, Layer, Schema } from "effect"
-import { decode, defaulted } from "./Config.ts"
+import { decode, defaulted, NonNegative, NonNegativeInt, PositiveInt } from "./Config.ts"
 import * as Dynamics from "./Dynamics.ts"
 import type { ConfigError } from "./Errors.ts"
 import type { FixedPointMap } from "./FixedPoint.ts"
@@ -271,9 +271,6 @@ export const noJacobian: Layer.Layer<JacobianPenalty> = Layer.sync(JacobianPenal
 // Input entropy reduction
 // ---------------------------------------------------------------------------------------------------------------
 
-const PositiveInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(1))
-const NonNegativeInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
-const NonNegative = Schema.Finite.check(Schema.isGreaterThanOrEqualTo(0))
 
 /**
  * Settings of input entropy reduction (method.md 6.1; defaults are the paper's CIFAR-10 values):

@@ -25,6 +25,7 @@
  */
 import { randomBytes } from "node:crypto"
 import * as fs from "node:fs/promises"
+import * as os from "node:os"
 import * as path from "node:path"
 import { Effect, Schema } from "effect"
 import * as vega from "vega"
@@ -169,6 +170,17 @@ export const num = (x: number | undefined | null, digits = 3): string =>
     : Math.abs(x) !== 0 && (Math.abs(x) < 1e-3 || Math.abs(x) >= 1e5)
     ? x.toExponential(Math.max(0, digits - 1))
     : x.toFixed(digits)
+
+/**
+ * The machine a run happened on (CPU count and model, memory, OS, Node), for the header of a report.
+ *
+ * @category formatting
+ */
+export const machine = (): string => {
+  const cpu = os.cpus()
+  return `${cpu.length} vCPU ${cpu[0]?.model.trim() ?? "unknown CPU"}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, ` +
+    `${os.type()} ${os.release()}, Node ${process.version}`
+}
 
 /**
  * Milliseconds as a human duration ("3m 12s", "850 ms").

@@ -23,7 +23,7 @@ import * as tf from "@tensorflow/tfjs"
 import { Config, Context, Effect, Layer, Schema, Scope } from "effect"
 import { defaulted } from "./Config.ts"
 import { ConfigError, TensorLeak } from "./Errors.ts"
-import { registerWasmConvGradients } from "./internal/convGrad.ts"
+import { registerWasmConvGradients } from "./internal/tensor/convGrad.ts"
 
 export { tf }
 

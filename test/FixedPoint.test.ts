@@ -10,7 +10,7 @@ import fc from "fast-check"
 import { decode } from "../src/Config.ts"
 import { ConfigError } from "../src/Errors.ts"
 import * as FP from "../src/FixedPoint.ts"
-import { solveDense } from "../src/internal/linalg.ts"
+import { solveDense } from "../src/internal/fixedPoint/linalg.ts"
 import { leakCheck, noLeaks, stream, tf, useBackend } from "../src/Tensor.ts"
 import { cosine } from "./support.ts"
 

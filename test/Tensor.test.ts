@@ -11,7 +11,7 @@ import {
   registerWasmConvGradients,
   unregisterWasmConvGradients,
   wasmConvGradientsRegistered
-} from "../src/internal/convGrad.ts"
+} from "../src/internal/tensor/convGrad.ts"
 import {
   acquire,
   Backend,

@@ -12,15 +12,14 @@ import { decode } from "../../Config.ts"
 import type * as Data from "../../Data.ts"
 import type * as Dynamics from "../../Dynamics.ts"
 import type { CheckpointError, ConfigError, DatasetError } from "../../Errors.ts"
+import { analyseDynamics, type AttackFamily, runSuite, SuiteConfig, type SuiteResult, suiteFlags, suiteJson, suiteTable } from "../../Evaluation.ts"
 import * as Models from "../../Models.ts"
 import * as Report from "../../Report.ts"
 import { Rng, tf } from "../../Tensor.ts"
 import * as Train from "../../Train.ts"
-import { analyseDynamics } from "./dynamics.ts"
 import { loadCheckpoint, type Loaded, testSubset } from "./load.ts"
 import { type Preset } from "./presets.ts"
-import { epochRows, epochTable, machine, suiteFlags, suiteJson, suiteTable, trainingPlot } from "./reports.ts"
-import { type AttackFamily, runSuite, SuiteConfig, type SuiteResult } from "./suite.ts"
+import { epochRows, epochTable, trainingPlot } from "./reports.ts"
 import { eventsFile, say, trainRun } from "./train.ts"
 
 /** The errors a job can end with. */
@@ -94,7 +93,7 @@ export const evalJob = (options: EvalOptions): Effect.Effect<{ readonly markdown
       { title: "Robustness", body: suiteSection(result) },
       {
         title: "Provenance",
-        body: `Backend ${tf.getBackend()}, seed ${loaded.config.seed}, ${machine()}; wall time ` +
+        body: `Backend ${tf.getBackend()}, seed ${loaded.config.seed}, ${Report.machine()}; wall time ` +
           `${Report.duration(performance.now() - started)}. Command: \`deq eval --checkpoint ${rel(options.checkpoint)}` +
           `${options.defence ? " --defence entropy" : ""}\`.`
       }
@@ -107,7 +106,7 @@ export const evalJob = (options: EvalOptions): Effect.Effect<{ readonly markdown
         suite: Schema.encodeSync(SuiteConfig)(suite),
         evaluation: suiteJson(result),
         backend: tf.getBackend(),
-        machine: machine(),
+        machine: Report.machine(),
         seconds: (performance.now() - started) / 1000
       }
     })
@@ -208,11 +207,11 @@ export const dynamicsJob = (options: DynamicsOptions): Effect.Effect<{ readonly 
     const markdown = Report.document(`Neural dynamics of ${rel(loaded.runDir)}`, [
       { title: "Model", body: describeCheckpoint(loaded) },
       { title: "Per-state accuracy, entropy and residual", body: section },
-      { title: "Provenance", body: `Backend ${tf.getBackend()}, seed ${loaded.config.seed}, ${machine()}; wall time ${Report.duration(performance.now() - started)}.` }
+      { title: "Provenance", body: `Backend ${tf.getBackend()}, seed ${loaded.config.seed}, ${Report.machine()}; wall time ${Report.duration(performance.now() - started)}.` }
     ])
     const files = yield* Report.writeReport(out, {
       markdown,
-      json: { checkpoint: loaded.checkpoint, ...result, backend: tf.getBackend(), machine: machine() }
+      json: { checkpoint: loaded.checkpoint, ...result, backend: tf.getBackend(), machine: Report.machine() }
     })
     yield* Effect.sync(() => console.log(Report.dynamicsTable(result.rows)))
     yield* say(`dynamics: wrote ${rel(files.markdown)} and the plots in ${rel(out)}`)
@@ -284,7 +283,7 @@ export const pipelineJob = (options: PipelineOptions): Effect.Effect<{ readonly 
           "",
           `- Wall time: **${Report.duration(1000 * seconds)}** (training ${Report.duration(1000 * trainSeconds)}, ` +
           `evaluation and dynamics ${Report.duration(1000 * evalSeconds)}).`,
-          `- Machine: ${machine()}; backend ${tf.getBackend()}; seed ${c.seed}.`,
+          `- Machine: ${Report.machine()}; backend ${tf.getBackend()}; seed ${c.seed}.`,
           `- Command: \`${options.command}\`.`,
           `- Data: ${c.data.name}, ${c.data.trainSize ?? "all"} training images; evaluation on the first ` +
           `${suite.samples} test images (${suite.defendedSamples} with the defence).`,
@@ -310,7 +309,7 @@ export const pipelineJob = (options: PipelineOptions): Effect.Effect<{ readonly 
         seconds,
         trainSeconds,
         evalSeconds,
-        machine: machine(),
+        machine: Report.machine(),
         backend: tf.getBackend(),
         config: Train.encodeConfig(c),
         suite: Schema.encodeSync(SuiteConfig)(suite),

@@ -13,7 +13,7 @@ import { Effect, Schema } from "effect"
 import { decode } from "../../Config.ts"
 import { ConfigError } from "../../Errors.ts"
 import * as Train from "../../Train.ts"
-import { SuiteConfig } from "./suite.ts"
+import { SuiteConfig } from "../../Evaluation.ts"
 
 /** The directory of the shipped presets. */
 export const presetsDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "presets")

@@ -1,70 +1,10 @@
 /**
- * The Markdown and JSON documents of the CLI: the evaluation suite's table, the dynamics section, the training
- * summary, and the main job's report.
+ * The training summary of the CLI's reports: per-epoch rows from a run's events, their table and plot.
  *
  * @internal
  */
-import * as os from "node:os"
-import type * as Adversary from "../../Adversary.ts"
 import * as Report from "../../Report.ts"
 import type * as Train from "../../Train.ts"
-import type { SuiteResult } from "./suite.ts"
-
-/** The machine a run happened on, for reports. */
-export const machine = (): string => {
-  const cpu = os.cpus()
-  return `${cpu.length} vCPU ${cpu[0]?.model.trim() ?? "unknown CPU"}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, ` +
-    `${os.type()} ${os.release()}, Node ${process.version}`
-}
-
-const flagKinds = (r: Adversary.EvaluationResult): string =>
-  r.flags.length === 0 ? "none" : [...new Set(r.flags.map((f) => f.kind))].join(", ")
-
-/** The suite's rows as one Markdown table (accuracies in %). */
-export const suiteTable = (suite: SuiteResult): string =>
-  Report.table(
-    ["defence", "protocol", "attack", "gradient source", "n", "clean %", "robust %", "after each stage %", "flags", "seconds"],
-    suite.rows.map((row) => [
-      row.defence,
-      row.protocol,
-      row.attack,
-      row.result.gradientSource,
-      row.result.samples,
-      Report.pct(row.result.cleanAccuracy),
-      Report.pct(row.result.robustAccuracy),
-      row.result.stages.length > 1 && row.result.stages.length <= 4
-        ? row.result.stages.map((s) => `${s.name} ${Report.pct(s.robustAccuracy)}`).join(", ")
-        : row.result.stages.length > 4
-        ? `${row.result.stages.length} grid points`
-        : "-",
-      flagKinds(row.result),
-      row.seconds > 0 ? row.seconds.toFixed(0) : "(in the grid)"
-    ])
-  )
-
-/** The distinct flag messages of the suite, as a Markdown list. */
-export const suiteFlags = (suite: SuiteResult): string => {
-  const seen = new Map<string, string>()
-  for (const row of suite.rows) {
-    for (const f of row.result.flags) {
-      const key = `${f.kind}: ${f.message}`
-      if (!seen.has(key)) seen.set(key, `- **${f.kind}** (${row.defence}, ${row.protocol}): ${f.message}`)
-    }
-  }
-  return seen.size === 0 ? "No gradient-masking flags were raised." : [...seen.values()].join("\n")
-}
-
-/** The suite as JSON-safe data (per-sample arrays dropped: they are large and live in the evaluation itself). */
-export const suiteJson = (suite: SuiteResult): unknown => ({
-  eps: suite.eps,
-  strongest: suite.strongest,
-  seconds: suite.seconds,
-  notes: suite.notes,
-  rows: suite.rows.map((row) => {
-    const { perSample: _, ...result } = row.result
-    return { defence: row.defence, protocol: row.protocol, attack: row.attack, seconds: row.seconds, result }
-  })
-})
 
 /** The per-epoch training history from a run's events. */
 export interface EpochRow {

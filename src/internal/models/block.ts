@@ -6,7 +6,7 @@
  */
 import * as tf from "@tensorflow/tfjs"
 import type { CellContext } from "../../Dynamics.ts"
-import type { ParamSpec } from "./core.ts"
+import type { ParamSpec } from "./spec.ts"
 import { groupNorm, type Init, weightNorm } from "./layers.ts"
 
 /**

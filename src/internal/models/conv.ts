@@ -16,7 +16,7 @@ import {
   stemSettings,
   stemSpecs
 } from "./block.ts"
-import { type ModelCore, type ParamSpec, lookup } from "./core.ts"
+import { type ModelCore, type ParamSpec, lookup } from "./spec.ts"
 import { dropoutMask, type Init, spatialMean, strided } from "./layers.ts"
 
 /**

@@ -5,7 +5,7 @@
  */
 import * as tf from "@tensorflow/tfjs"
 import type { CellContext } from "../../Dynamics.ts"
-import { type ModelCore, type ParamSpec, lookup } from "./core.ts"
+import { type ModelCore, type ParamSpec, lookup } from "./spec.ts"
 import { dropoutMask, type Init, layerNorm } from "./layers.ts"
 
 /**

@@ -22,7 +22,7 @@ import {
   stemSettings,
   stemSpecs
 } from "./block.ts"
-import { type ModelCore, type ParamSpec, lookup } from "./core.ts"
+import { type ModelCore, type ParamSpec, lookup } from "./spec.ts"
 import { dropoutMask, groupNorm, type Init, spatialMean, strided, upsampleNearest } from "./layers.ts"
 
 /**

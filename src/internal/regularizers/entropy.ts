@@ -6,7 +6,7 @@
 import * as tf from "@tensorflow/tfjs"
 import { applyGradient, type Deq, type DefenceOutput, mapOf, unroll } from "../../Dynamics.ts"
 import { detach, liftBroyden, type SolverState } from "../../FixedPoint.ts"
-import { noGrad } from "../tape.ts"
+import { untaped } from "../../Tensor.ts"
 
 /** The resolved settings of one defence. */
 export interface EntropySettings {
@@ -56,7 +56,7 @@ export const runEntropyReduction = (s: EntropySettings, deq: Deq, x: tf.Tensor4D
     let xp = x
     let u = model.inject(x)
     let f = mapOf(model, u, ctx)
-    const z0 = noGrad(() => model.initState(u))
+    const z0 = untaped(() => model.initState(u))
     let z = z0
     let memory: SolverState | undefined
     const states: Array<tf.Tensor> = []
@@ -64,7 +64,7 @@ export const runEntropyReduction = (s: EntropySettings, deq: Deq, x: tf.Tensor4D
     const lo = tf.sub(x, s.eps), hi = tf.add(x, s.eps)
     try {
       for (let r = 0; r < s.rounds && states.length < want; r++) {
-        const result = noGrad(() =>
+        const result = untaped(() =>
           deq.solver.run(f, z, {
             ...deq.solveOptions,
             maxIter: s.solverSteps,
@@ -85,7 +85,7 @@ export const runEntropyReduction = (s: EntropySettings, deq: Deq, x: tf.Tensor4D
         for (let t = 0; t < s.inputSteps; t++) {
           const xc = xp
           // the sign of the entropy gradient has zero derivative: computed off the tape, a constant
-          const sign = noGrad(() =>
+          const sign = untaped(() =>
             tf.tidy(() =>
               tf.sign(tf.grad((xx: tf.Tensor) => meanEntropy(model.head(model.cell(zc, model.inject(xx as tf.Tensor4D), ctx))))(xc))
             )
@@ -96,8 +96,8 @@ export const runEntropyReduction = (s: EntropySettings, deq: Deq, x: tf.Tensor4D
         f = mapOf(model, u, ctx)
         if (s.lift && memory !== undefined && memory._tag === "BroydenState") {
           const fNew = f
-          const gNew = noGrad(() => tf.tidy(() => tf.reshape(tf.sub(fNew(zc), zc), [batch, -1])))
-          const lifted = noGrad(() => liftBroyden(memory!, gNew))
+          const gNew = untaped(() => tf.tidy(() => tf.reshape(tf.sub(fNew(zc), zc), [batch, -1])))
+          const lifted = untaped(() => liftBroyden(memory!, gNew))
           memory.dispose()
           memory = lifted
         }
@@ -114,6 +114,6 @@ export const runEntropyReduction = (s: EntropySettings, deq: Deq, x: tf.Tensor4D
     const logits = s.readOut === "tail" ?
       tail :
       // value h(z_k) exactly (tail - detach(tail) is 0), gradient that of the tail
-      (tf.add(noGrad(() => model.head(zk)), tf.sub(tail, detach(tail))) as tf.Tensor2D)
+      (tf.add(untaped(() => model.head(zk)), tf.sub(tail, detach(tail))) as tf.Tensor2D)
     return { logits, purified: xp === x ? (x.clone() as tf.Tensor4D) : xp }
   })

@@ -5,7 +5,7 @@
  * @internal
  */
 import { Schema } from "effect"
-import { defaulted } from "../../Config.ts"
+import { defaulted, NonNegative, NonNegativeInt, Positive, PositiveInt, Probability } from "../../Config.ts"
 import { DatasetConfig } from "../../Data.ts"
 import { AndersonOptions, BroydenOptions, PicardOptions } from "../../FixedPoint.ts"
 import { ModelConfig } from "../../Models.ts"
@@ -13,11 +13,6 @@ import { ModelConfig } from "../../Models.ts"
 /** a field default typed by its schema */
 const dflt = defaulted
 
-const PositiveInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(1))
-const NonNegativeInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
-const Positive = Schema.Finite.check(Schema.isGreaterThan(0))
-const NonNegative = Schema.Finite.check(Schema.isGreaterThanOrEqualTo(0))
-const Probability = Schema.Finite.check(Schema.isBetween({ minimum: 0, maximum: 1 }))
 
 // ---------------------------------------------------------------------------------------------------------------
 // solver

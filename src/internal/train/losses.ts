@@ -4,7 +4,7 @@
  * @internal
  */
 import * as tf from "@tensorflow/tfjs"
-import { noGrad } from "../tape.ts"
+import { untaped } from "../../Tensor.ts"
 
 /** Mean cross-entropy of logits [B, C] against int labels [B]. */
 export const crossEntropy = (logits: tf.Tensor2D, y: tf.Tensor1D): tf.Scalar =>
@@ -45,7 +45,7 @@ export const tradesAttack = (
   x: tf.Tensor4D,
   s: TradesAttackSettings
 ): tf.Tensor4D =>
-  noGrad(() =>
+  untaped(() =>
     tf.tidy(() => {
       let xa = (s.start === "normal" ?
         tf.add(x, tf.mul(tf.randomNormal(x.shape, 0, 1, "float32", s.seed), 0.001)) :

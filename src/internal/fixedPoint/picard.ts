@@ -4,8 +4,8 @@
  * @internal
  */
 import * as tf from "@tensorflow/tfjs"
-import type { Method } from "./solverCore.ts"
-import { share } from "./solverCore.ts"
+import type { Method } from "./iteration.ts"
+import { share } from "./iteration.ts"
 
 /** The Picard method with damping `tau` in (0, 1]. */
 export const picardMethod = (tau: number): Method => ({

@@ -3,17 +3,17 @@
  * evaluation per gradient source and defence mode with the DEQ flags spelled out.
  */
 import { Effect } from "effect"
-import type * as Dynamics from "../../Dynamics.ts"
-import { ConfigError } from "../../Errors.ts"
-import type { Rng } from "../../Tensor.ts"
-import { decode } from "../../Config.ts"
-import { type DefenceMode, deqClassifier, type DiagnosticsOptions } from "./deqClassifier.ts"
-import { budgetOf, type GradientSource, implicit, intermediate, label as labelOf, phantom } from "./deqSource.ts"
-import { flatten } from "./ensemble.ts"
-import { eotOf, evaluate, type EvaluationData, type EvaluationResult, type StageSummary } from "./evaluation.ts"
-import { type Flag, maskingFlags, type MaskingStats } from "./flags.ts"
-import { EvaluateOptions } from "./options.ts"
-import type { AttackError, AttackShape, ResumeError } from "./types.ts"
+import type * as Dynamics from "../../../Dynamics.ts"
+import { ConfigError } from "../../../Errors.ts"
+import type { Rng } from "../../../Tensor.ts"
+import { decode } from "../../../Config.ts"
+import { type DefenceMode, deqClassifier, type DiagnosticsOptions } from "./classifier.ts"
+import { budgetOf, type GradientSource, implicit, intermediate, label as labelOf, phantom } from "./source.ts"
+import { flatten } from "../ensemble.ts"
+import { eotOf, evaluate, type EvaluationData, type EvaluationResult, type StageSummary } from "../evaluation.ts"
+import { type Flag, maskingFlags, type MaskingStats } from "../flags.ts"
+import { EvaluateOptions } from "../options.ts"
+import type { AttackError, AttackShape, ResumeError } from "../types.ts"
 
 /** Evaluation options a DEQ evaluation passes on to each `evaluate` (the gradient-source label is set per run). */
 export type EvaluateSettings = Omit<typeof EvaluateOptions.Encoded, "gradientSource">

@@ -11,8 +11,8 @@
  * @internal
  */
 import * as tf from "@tensorflow/tfjs"
-import type { Iterate, Method, Reducer, Stepper } from "./solverCore.ts"
-import { share } from "./solverCore.ts"
+import type { Iterate, Method, Reducer, Stepper } from "./iteration.ts"
+import { share } from "./iteration.ts"
 
 /** Broyden's resumable memory (tensors owned by whoever holds the state). */
 export interface BroydenStateData {

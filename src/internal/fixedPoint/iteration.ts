@@ -9,7 +9,7 @@
  * @internal
  */
 import * as tf from "@tensorflow/tfjs"
-import { noGrad } from "./tape.ts"
+import { untaped } from "../../Tensor.ts"
 
 /** The resolved options of one solve (plain values; the Schema classes live in FixedPoint.ts). */
 export interface CoreOptions {
@@ -183,7 +183,7 @@ export const runCore = (
   options: CoreOptions,
   imported?: unknown
 ): CoreResult =>
-  noGrad(() => {
+  untaped(() => {
     const shape = z0.shape
     const B = shape[0] ?? 1
     const N = B === 0 ? 0 : z0.size / B

@@ -2,29 +2,12 @@
  * FGSM and PGD (Linf / L2) with random starts and restarts that keep the per-sample worst case.
  */
 import { tf } from "../../Tensor.ts"
-import {
-  col4,
-  crossEntropy,
-  direction,
-  dlr,
-  firstSuccess,
-  gatherRows,
-  indicesWhere,
-  keyedNoise,
-  keyedStreams,
-  l2Norm4,
-  logitsArePrediction,
-  maskTensor,
-  misclassified,
-  predictLogits,
-  probe,
-  project,
-  scatterRows,
-  subEnv,
-  whereRows,
-  wrongOf
-} from "./common.ts"
-import type { Core, Env } from "./common.ts"
+import { col4, direction, l2Norm4, project } from "./geometry.ts"
+import { crossEntropy, dlr } from "./losses.ts"
+import { firstSuccess, gatherRows, indicesWhere, maskTensor, scatterRows, whereRows } from "./rows.ts"
+import { keyedNoise, keyedStreams } from "./randomness.ts"
+import { logitsArePrediction, misclassified, predictLogits, probe, subEnv, wrongOf } from "./run.ts"
+import type { Core, Env } from "./run.ts"
 import type { FgsmOptions, PgdOptions } from "./options.ts"
 import type { Norm } from "./types.ts"
 

@@ -16,18 +16,13 @@
  */
 import { Effect, Schema } from "effect"
 import * as Adversary from "../../Adversary.ts"
-import { withDefault } from "../../Config.ts"
+import { defaulted, NonNegativeInt, Positive, PositiveInt } from "../../Config.ts"
 import type * as Data from "../../Data.ts"
 import type * as Dynamics from "../../Dynamics.ts"
 import type { ConfigError } from "../../Errors.ts"
 import * as Regularizers from "../../Regularizers.ts"
 import type { Rng } from "../../Tensor.ts"
 
-const dflt = <S extends Schema.Top & Schema.WithoutConstructorDefault>(self: S, value: S["Type"] & S["Encoded"]) =>
-  withDefault<S>(value)(self)
-const PositiveInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(1))
-const NonNegativeInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
-const Positive = Schema.Finite.check(Schema.isGreaterThan(0))
 
 /** The attack families of the suite (`deq eval --attacks`). */
 export const attackFamilies = ["ready-made", "grid", "aa"] as const
@@ -49,18 +44,18 @@ export type AttackFamily = typeof attackFamilies[number]
  * - `eot`: EOT draws of the adaptive attack on a randomized defence.
  */
 export class SuiteConfig extends Schema.Class<SuiteConfig>("SuiteConfig")({
-  samples: dflt(PositiveInt, 500),
-  defendedSamples: dflt(PositiveInt, 200),
-  batchSize: dflt(PositiveInt, 100),
+  samples: defaulted(PositiveInt, 500),
+  defendedSamples: defaulted(PositiveInt, 200),
+  batchSize: defaulted(PositiveInt, 100),
   eps: Schema.optional(Positive),
-  pgdSteps: dflt(PositiveInt, 20),
-  grid: dflt(Schema.Literals(["small", "paper", "none"]), "small"),
-  apgdSteps: dflt(PositiveInt, 50),
-  squareQueries: dflt(PositiveInt, 1000),
-  targets: dflt(PositiveInt, 3),
-  defendedApgdSteps: dflt(PositiveInt, 10),
-  defendedTargets: dflt(PositiveInt, 2),
-  defendedSquareQueries: dflt(NonNegativeInt, 50),
+  pgdSteps: defaulted(PositiveInt, 20),
+  grid: defaulted(Schema.Literals(["small", "paper", "none"]), "small"),
+  apgdSteps: defaulted(PositiveInt, 50),
+  squareQueries: defaulted(PositiveInt, 1000),
+  targets: defaulted(PositiveInt, 3),
+  defendedApgdSteps: defaulted(PositiveInt, 10),
+  defendedTargets: defaulted(PositiveInt, 2),
+  defendedSquareQueries: defaulted(NonNegativeInt, 50),
   defence: Schema.optional(Schema.Struct({
     rounds: Schema.optional(PositiveInt),
     solverSteps: Schema.optional(PositiveInt),
@@ -68,9 +63,9 @@ export class SuiteConfig extends Schema.Class<SuiteConfig>("SuiteConfig")({
     alpha: Schema.optional(Positive),
     eps: Schema.optional(Positive)
   })),
-  eot: dflt(PositiveInt, 4),
-  dynamicsSamples: dflt(PositiveInt, 200),
-  dynamicsAttackSteps: dflt(PositiveInt, 10)
+  eot: defaulted(PositiveInt, 4),
+  dynamicsSamples: defaulted(PositiveInt, 200),
+  dynamicsAttackSteps: defaulted(PositiveInt, 10)
 }) {}
 
 /** One row of the suite: which defence, which protocol, which attack, and the evaluation. */

@@ -6,7 +6,7 @@
  *
  * @internal
  */
-import { DatasetError } from "../Errors.ts"
+import { DatasetError } from "../../Errors.ts"
 
 /**
  * A parsed IDX file of unsigned bytes: its dimensions (first = count) and a view of its data.

@@ -2,12 +2,8 @@
  * Attack and evaluation options as Schema classes (decoded strictly by src/Config.ts `decode`).
  */
 import { Schema } from "effect"
-import { defaulted as def } from "../../Config.ts"
+import { defaulted as def, NonNegative, Positive, PositiveInt, Probability } from "../../Config.ts"
 
-const NonNegative = Schema.Number.check(Schema.isGreaterThanOrEqualTo(0))
-const Positive = Schema.Number.check(Schema.isGreaterThan(0))
-const PositiveInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(1))
-const Fraction = Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 1 }))
 const NormField = def(Schema.Literals(["Linf", "L2"]), "Linf")
 const Eot = def(PositiveInt, 1)
 
@@ -47,9 +43,9 @@ export class ApgdOptions extends Schema.Class<ApgdOptions>("ApgdOptions")({
   restarts: def(PositiveInt, 1),
   loss: def(Schema.Literals(["ce", "dlr"]), "ce"),
   /** fraction of increasing steps required between checkpoints to keep the step size */
-  rho: def(Fraction, 0.75),
+  rho: def(Probability, 0.75),
   /** weight of the new step (1 - momentum weight of the previous one) */
-  momentum: def(Fraction, 0.75),
+  momentum: def(Probability, 0.75),
   eot: Eot
 }) {}
 
@@ -60,8 +56,8 @@ export class ApgdTargetedOptions extends Schema.Class<ApgdTargetedOptions>("Apgd
   steps: def(PositiveInt, 100),
   restarts: def(PositiveInt, 1),
   targets: def(PositiveInt, 9),
-  rho: def(Fraction, 0.75),
-  momentum: def(Fraction, 0.75),
+  rho: def(Probability, 0.75),
+  momentum: def(Probability, 0.75),
   eot: Eot
 }) {}
 
@@ -72,7 +68,7 @@ export class SquareOptions extends Schema.Class<SquareOptions>("SquareOptions")(
   /** query budget per sample and restart (the initialisation counts as one) */
   queries: def(PositiveInt, 5000),
   /** initial fraction of pixels changed per query, halved on the paper's schedule */
-  pInit: def(Fraction, 0.8),
+  pInit: def(Probability, 0.8),
   restarts: def(PositiveInt, 1),
   loss: def(Schema.Literals(["margin", "ce"]), "margin")
 }) {}
@@ -102,13 +98,13 @@ export class EvaluateOptions extends Schema.Class<EvaluateOptions>("EvaluateOpti
   /** evaluate at most this many new batches, then return a partial result (`complete: false`) */
   maxBatches: Schema.optional(PositiveInt),
   /** flag when more than this fraction of samples has an all-zero input gradient */
-  zeroGradientFraction: def(Fraction, 0.1),
+  zeroGradientFraction: def(Probability, 0.1),
   /** flag when more than this fraction of forward solves (on x or x_adv) did not converge */
-  notConvergedFraction: def(Fraction, 0),
+  notConvergedFraction: def(Probability, 0),
   /** flag when the backward residual exceeds this */
   backwardResidual: def(NonNegative, 1e-2),
   /** flag when the gradient cosine falls below this */
   gradientCosine: def(Schema.Number, 0.5),
   /** flag when black-box stages break more than this fraction of samples that survived the white-box stages */
-  blackBoxFraction: def(Fraction, 0)
+  blackBoxFraction: def(Probability, 0)
 }) {}

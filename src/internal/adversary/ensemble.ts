@@ -5,7 +5,7 @@
 import { Effect } from "effect"
 import { acquire, own, Rng, tf } from "../../Tensor.ts"
 import { ConfigError } from "../../Errors.ts"
-import { gatherRows, indicesWhere, maskTensor, scatterRows, whereRows } from "./common.ts"
+import { gatherRows, indicesWhere, maskTensor, scatterRows, whereRows } from "./rows.ts"
 import { AttackError } from "./types.ts"
 import type { AttackResult, AttackShape, Classifier, PerturbContext } from "./types.ts"
 import type { Scope } from "effect"

@@ -4,9 +4,9 @@
  * @internal
  */
 import * as tf from "@tensorflow/tfjs"
-import type { CoreOptions, CoreStats, Method } from "./solverCore.ts"
-import { runCore, share } from "./solverCore.ts"
-import { noGrad } from "./tape.ts"
+import type { CoreOptions, CoreStats, Method } from "./iteration.ts"
+import { runCore, share } from "./iteration.ts"
+import { untaped } from "../../Tensor.ts"
 
 /** The parts of a fixed-point map the backward pass needs (structurally the public FixedPointMap). */
 export interface MapLike {
@@ -22,13 +22,13 @@ export interface ImplicitSettings {
 }
 
 /** A copy of `z` that is not connected to any tape (tfjs has no stopGradient op). */
-export const detach = (z: tf.Tensor): tf.Tensor => noGrad(() => share(z))
+export const detach = (z: tf.Tensor): tf.Tensor => untaped(() => share(z))
 
 /**
  * Solves g = v + J^T g (the adjoint fixed point) with `vjp(u) = J^T u`, and returns g.
  */
 export const adjointSolve = (vjp: (u: tf.Tensor) => tf.Tensor, v: tf.Tensor, settings: ImplicitSettings): tf.Tensor =>
-  noGrad(() => {
+  untaped(() => {
     const h = (g: tf.Tensor): tf.Tensor => tf.add(v, vjp(g))
     const result = runCore(settings.method, h, v, settings.options)
     settings.onStats?.(result.stats)
@@ -119,7 +119,7 @@ export const attachImplicit = (f: MapLike, zStar: tf.Tensor, settings: ImplicitS
   const z1 = f(zs)
   let vjp: (u: tf.Tensor) => tf.Tensor
   if (f.linearize !== undefined) {
-    const lin = noGrad(() => f.linearize!(zs))
+    const lin = untaped(() => f.linearize!(zs))
     let alive = true
     const release = () => {
       if (alive) lin.dispose()

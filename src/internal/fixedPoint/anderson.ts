@@ -14,8 +14,8 @@
  */
 import * as tf from "@tensorflow/tfjs"
 import { solveDense } from "./linalg.ts"
-import type { Iterate, Method, Reducer, Stepper } from "./solverCore.ts"
-import { share } from "./solverCore.ts"
+import type { Iterate, Method, Reducer, Stepper } from "./iteration.ts"
+import { share } from "./iteration.ts"
 
 /** Anderson with memory m, ridge lambda, mixing beta. */
 export const andersonMethod = (m: number, lambda: number, beta: number): Method => ({

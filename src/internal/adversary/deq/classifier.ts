@@ -8,10 +8,10 @@
  * - "full": the defence's own logits, differentiated through the whole defence;
  * - "bpda": the source at the purified input, with the purification's backward pass replaced by the identity.
  */
-import * as Dynamics from "../../Dynamics.ts"
-import { Backward, type SolveStats } from "../../FixedPoint.ts"
-import { tf, untaped } from "../../Tensor.ts"
-import { crossEntropy } from "./common.ts"
+import * as Dynamics from "../../../Dynamics.ts"
+import { Backward, type SolveStats } from "../../../FixedPoint.ts"
+import { tf, untaped } from "../../../Tensor.ts"
+import { crossEntropy } from "../losses.ts"
 import {
   budgetOf,
   describe as describeSource,
@@ -21,8 +21,8 @@ import {
   readOutLogits,
   sourceLogits,
   sourceObjective
-} from "./deqSource.ts"
-import type { CallContext, Classifier, Diagnostics } from "./types.ts"
+} from "./source.ts"
+import type { CallContext, Classifier, Diagnostics } from "../types.ts"
 
 /** How an attack treats an inference-time defence (see the module comment). */
 export type DefenceMode = "paper" | "full" | "bpda"

@@ -9,7 +9,7 @@ import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { promisify } from "node:util"
 import * as zlib from "node:zlib"
-import { DatasetError } from "../Errors.ts"
+import { DatasetError } from "../../Errors.ts"
 
 const gunzip = promisify(zlib.gunzip)
 

@@ -7,7 +7,7 @@
  *
  * @internal
  */
-import { deriveSeed, stream } from "../Tensor.ts"
+import { deriveSeed, stream } from "../../Tensor.ts"
 
 /**
  * Parameters of the synthetic dataset (already validated).

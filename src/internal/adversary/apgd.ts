@@ -5,22 +5,12 @@
  * APGD-T runs the targeted DLR loss towards each of the most likely wrong classes in turn.
  */
 import { tf } from "../../Tensor.ts"
-import {
-  col4,
-  direction,
-  dlrTargeted,
-  firstSuccess,
-  keyedNoise,
-  l2Norm4,
-  logitsArePrediction,
-  maskTensor,
-  misclassified,
-  probe,
-  project,
-  whereRows,
-  wrongOf
-} from "./common.ts"
-import type { Core, Env } from "./common.ts"
+import { col4, direction, l2Norm4, project } from "./geometry.ts"
+import { dlrTargeted } from "./losses.ts"
+import { firstSuccess, maskTensor, whereRows } from "./rows.ts"
+import { keyedNoise } from "./randomness.ts"
+import { logitsArePrediction, misclassified, probe, wrongOf } from "./run.ts"
+import type { Core, Env } from "./run.ts"
 import type { ApgdOptions, ApgdTargetedOptions } from "./options.ts"
 import { untargetedLoss, worstCase } from "./pgd.ts"
 import type { RunOut } from "./pgd.ts"

@@ -6,8 +6,10 @@
  * Each sample draws from its own keyed stream (window, signs), so its result does not depend on its batch.
  */
 import { tf } from "../../Tensor.ts"
-import { indicesWhere, keyedStreams, predictLogits, subEnv } from "./common.ts"
-import type { Core, Env } from "./common.ts"
+import { indicesWhere } from "./rows.ts"
+import { keyedStreams } from "./randomness.ts"
+import { predictLogits, subEnv } from "./run.ts"
+import type { Core, Env } from "./run.ts"
 import type { SquareOptions } from "./options.ts"
 
 /** The fraction of pixels changed at iteration `it` of `budget` (the paper's piecewise-constant schedule). */

@@ -7,9 +7,9 @@
  * Everything here is plain synchronous tfjs; the caller owns the returned tensors (and usually wraps the call in
  * `tf.tidy` or a gradient).
  */
-import * as Dynamics from "../../Dynamics.ts"
-import { Backward, type SolveStats } from "../../FixedPoint.ts"
-import { tf, untaped } from "../../Tensor.ts"
+import * as Dynamics from "../../../Dynamics.ts"
+import { Backward, type SolveStats } from "../../../FixedPoint.ts"
+import { tf, untaped } from "../../../Tensor.ts"
 
 // ---------------------------------------------------------------------------------------------------------------
 // the type and its constructors
