@@ -253,37 +253,68 @@ export const applyGradient = (f: FixedPointMap, z: tf.Tensor, gradient: Gradient
   })
 }
 
-/** the solve options of an exact n-step solve */
-const exactSteps = (deq: Deq, n: number, record: boolean): Partial<SolveOptions> => ({
+/**
+ * The solve options of exactly `n` solver steps on top of the deq's own: tol 0, the last iterate, never a
+ * NotConverged failure. `trajectory` keeps z_1..z_n; `state` returns the solver's resumable memory.
+ *
+ * @category read-outs
+ */
+export const exactSteps = (
+  deq: Deq,
+  n: number,
+  options: { readonly trajectory?: boolean; readonly state?: boolean } = {}
+): Partial<SolveOptions> => ({
   ...deq.solveOptions,
   maxIter: n,
   tol: 0,
   returnMode: "last",
-  recordTrajectory: record,
+  recordTrajectory: options.trajectory === true,
+  ...(options.state === true ? { returnState: true } : {}),
   onNotConverged: "return"
 })
 
-interface Prepared {
+/**
+ * The deq's step budget N: its own `maxIter`, else its solver's.
+ *
+ * @category read-outs
+ */
+export const budget = (deq: Deq): number => deq.solveOptions.maxIter ?? deq.solver.options.maxIter
+
+/**
+ * The per-call context of a model for a batch: its `prepare` (precomputed weights; dropout masks when
+ * `dropoutSeed` is given), else dropout masks alone, else none. Tensors belong to the caller's tidy.
+ *
+ * @category models
+ */
+export const contextOf = (model: DeqModel, batch: number, dropoutSeed?: number): CellContext | undefined =>
+  model.prepare !== undefined ?
+    model.prepare(dropoutSeed === undefined ? { batch } : { batch, dropoutSeed }) :
+    dropoutSeed !== undefined && model.dropoutMask !== undefined ?
+    { dropoutMask: model.dropoutMask(batch, dropoutSeed) } :
+    undefined
+
+/**
+ * What one forward call of a DEQ prepares: the map f (cell with u = inject(x) and the per-call context) and z_0.
+ *
+ * @category models
+ */
+export interface Prepared {
   readonly f: FixedPointMap
   readonly z0: tf.Tensor
 }
 
 /**
- * Context, injection (once), f and z0 of one call; tensors belong to the caller's tidy. (FixedPoint's implicit
- * hook prepares its VJP while attaching, so f is never re-run after this call's tidy has freed u and the context.)
+ * Context, injection (computed once), f and z_0 of one forward call; tensors belong to the caller's tidy.
+ * (FixedPoint's implicit hook prepares its VJP while attaching, so f is never re-run after this call's tidy has
+ * freed u and the context.)
+ *
+ * @category models
  */
-const prepare = (deq: Deq, x: tf.Tensor4D, dropoutSeed: number | undefined): Prepared => {
+export const prepare = (deq: Deq, x: tf.Tensor4D, dropoutSeed?: number): Prepared => {
   const model = deq.model
-  const batch = x.shape[0]
-  const options = dropoutSeed === undefined ? { batch } : { batch, dropoutSeed }
-  const ctx: CellContext | undefined = model.prepare !== undefined ?
-    model.prepare(options) :
-    dropoutSeed !== undefined && model.dropoutMask !== undefined ?
-    { dropoutMask: model.dropoutMask(batch, dropoutSeed) } :
-    undefined
   const u = model.inject(x)
   const z0 = untaped(() => model.initState(u))
-  return { f: mapOf(model, u, ctx), z0 }
+  return { f: mapOf(model, u, contextOf(model, x.shape[0], dropoutSeed)), z0 }
 }
 
 /** runs the solver off the tape; trajectory tensors stay with the caller's tidy */
@@ -328,12 +359,12 @@ export const logits = (deq: Deq, x: tf.Tensor4D, r: ReadOut, options: LogitsOpti
       }
       case "State": {
         const n = positiveInt(r.n, "State.n")
-        return fromState(solveOffTape(deq, p, exactSteps(deq, n, false), options.onStats).z)
+        return fromState(solveOffTape(deq, p, exactSteps(deq, n), options.onStats).z)
       }
       case "Ensemble": {
         const from = positiveInt(r.from, "Ensemble.from"), to = positiveInt(r.to, "Ensemble.to")
         if (from > to) throw new RangeError(`effect-deq Dynamics: Ensemble.from (${from}) > Ensemble.to (${to})`)
-        const states = solveOffTape(deq, p, exactSteps(deq, to, true), options.onStats).trajectory ?? []
+        const states = solveOffTape(deq, p, exactSteps(deq, to, { trajectory: true }), options.onStats).trajectory ?? []
         if (states.length < to) throw new Error(`effect-deq Dynamics: the solver returned ${states.length} states, expected ${to}`)
         const all: Array<tf.Tensor2D> = []
         for (let n = from; n <= to; n++) all.push(fromState(states[n - 1]!))
@@ -346,14 +377,14 @@ export const logits = (deq: Deq, x: tf.Tensor4D, r: ReadOut, options: LogitsOpti
         if (r.perSample !== true) {
           const n = stream.int(1, max)
           options.onDraw?.(n)
-          return fromState(solveOffTape(deq, p, exactSteps(deq, n, false), options.onStats).z)
+          return fromState(solveOffTape(deq, p, exactSteps(deq, n), options.onStats).z)
         }
         const batch = x.shape[0]
         const ns = new Int32Array(batch)
         for (let b = 0; b < batch; b++) ns[b] = stream.int(1, max)
         options.onDraw?.(ns)
         const top = ns.reduce((a, b) => Math.max(a, b), 1)
-        const states = solveOffTape(deq, p, exactSteps(deq, top, true), options.onStats).trajectory ?? []
+        const states = solveOffTape(deq, p, exactSteps(deq, top, { trajectory: true }), options.onStats).trajectory ?? []
         if (states.length < top) throw new Error(`effect-deq Dynamics: the solver returned ${states.length} states, expected ${top}`)
         const picked = untaped(() => {
           const stacked = tf.stack(states.slice(0, top) as Array<tf.Tensor>) // [top, B, ...]
@@ -449,14 +480,14 @@ const labelsOf = (y: tf.Tensor): Int32Array => {
  * @category trajectories
  */
 export const trajectory = (deq: Deq, x: tf.Tensor4D, y?: tf.Tensor, options: TrajectoryOptions = {}): Trajectory => {
-  const steps = positiveInt(options.steps ?? deq.solveOptions.maxIter ?? deq.solver.options.maxIter, "steps")
+  const steps = positiveInt(options.steps ?? budget(deq), "steps")
   const batch = x.shape[0]
   let stats: SolveStats | undefined
   // stats leave the tidy through a closure: tidy walks returned values, and typed arrays are slow to walk
   const out = untaped(() =>
     tf.tidy(() => {
-      const p = prepare(deq, x, undefined)
-      const r = solveOffTape(deq, p, { ...exactSteps(deq, steps, true), ...options.solve, recordTrajectory: true })
+      const p = prepare(deq, x)
+      const r = solveOffTape(deq, p, { ...exactSteps(deq, steps, { trajectory: true }), ...options.solve, recordTrajectory: true })
       const states = r.trajectory ?? []
       const ent: Array<tf.Tensor> = [], rel: Array<tf.Tensor> = [], abs: Array<tf.Tensor> = []
       const pred: Array<tf.Tensor> = [], logitsList: Array<tf.Tensor2D> = []

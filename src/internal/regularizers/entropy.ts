@@ -4,7 +4,7 @@
  * @internal
  */
 import * as tf from "@tensorflow/tfjs"
-import { applyGradient, type Deq, type DefenceOutput, mapOf, unroll } from "../../Dynamics.ts"
+import { applyGradient, contextOf, type Deq, type DefenceOutput, exactSteps, mapOf, unroll } from "../../Dynamics.ts"
 import { detach, liftBroyden, type SolverState } from "../../FixedPoint.ts"
 import { untaped } from "../../Tensor.ts"
 
@@ -52,7 +52,7 @@ export const runEntropyReduction = (s: EntropySettings, deq: Deq, x: tf.Tensor4D
       throw new RangeError(`entropy reduction: state ${want} is not in 1..${total} (rounds x solverSteps)`)
     }
     // eval mode: no dropout masks; precomputed weights (weight norm) when the model has them
-    const ctx = model.prepare?.({ batch })
+    const ctx = contextOf(model, batch)
     let xp = x
     let u = model.inject(x)
     let f = mapOf(model, u, ctx)
@@ -66,13 +66,8 @@ export const runEntropyReduction = (s: EntropySettings, deq: Deq, x: tf.Tensor4D
       for (let r = 0; r < s.rounds && states.length < want; r++) {
         const result = untaped(() =>
           deq.solver.run(f, z, {
-            ...deq.solveOptions,
-            maxIter: s.solverSteps,
-            tol: 0,
-            returnMode: s.warmStart,
-            recordTrajectory: true,
-            returnState: true,
-            onNotConverged: "return"
+            ...exactSteps(deq, s.solverSteps, { trajectory: true, state: true }),
+            returnMode: s.warmStart
           }, memory)
         )
         memory?.dispose()

@@ -132,14 +132,6 @@ const mean = (a: ArrayLike<number>): number => {
   return a.length === 0 ? 0 : s / a.length
 }
 
-/** a model's per-call context, as Dynamics builds it (dropout masks only with a seed) */
-const contextOf = (model: Dynamics.DeqModel, batch: number, dropoutSeed: number | undefined): Dynamics.CellContext | undefined =>
-  model.prepare !== undefined ?
-    model.prepare(dropoutSeed === undefined ? { batch } : { batch, dropoutSeed }) :
-    dropoutSeed !== undefined && model.dropoutMask !== undefined ?
-    { dropoutMask: model.dropoutMask(batch, dropoutSeed) } :
-    undefined
-
 /**
  * Trains `model` on `data` with the method, schedule, optimiser and evaluation of `config`; the solver, the
  * training read-out, the Jacobian penalty, the attack and the random source come from the context.
@@ -161,7 +153,7 @@ export const fit = (
     const method = config.method
     const deq = Dynamics.makeWith(model, solver, { backward: gradientOf(config.gradient) })
     const pretrainDeq = Dynamics.makeWith(model, solver, { backward: Backward.unrolled(config.pretrainLayers) })
-    const baseMax = deq.solveOptions.maxIter ?? solver.options.maxIter
+    const baseMax = Dynamics.budget(deq)
     const split = data.train
     const test = data.test
     const shape = model.config.inputShape
@@ -346,19 +338,8 @@ export const fit = (
 
       /** the Jacobian penalty at the state a forward read out (z_max for per-sample draws) */
       const penaltyAt = (input: tf.Tensor4D, resolved: Dynamics.ReadOut, seed: number | undefined, use: string) => {
-        const m = deq.model
-        const batch = input.shape[0]
-        const u = m.inject(input)
-        const f = Dynamics.mapOf(m, u, contextOf(m, batch, seed))
-        const z0 = untaped(() => m.initState(u))
-        const exact = (n: number): Partial<SolveOptions> => ({
-          ...deqB.solveOptions,
-          maxIter: n,
-          tol: 0,
-          returnMode: "last",
-          recordTrajectory: false,
-          onNotConverged: "return"
-        })
+        const { f, z0 } = Dynamics.prepare(deqB, input, seed)
+        const exact = (n: number): Partial<SolveOptions> => Dynamics.exactSteps(deqB, n)
         const o: Partial<SolveOptions> = resolved._tag === "State" ?
           exact(resolved.n) :
           resolved._tag === "RandomState" ?

@@ -13,7 +13,6 @@ import { Backward, type SolveStats } from "../../../FixedPoint.ts"
 import { tf, untaped } from "../../../Tensor.ts"
 import { crossEntropy } from "../losses.ts"
 import {
-  budgetOf,
   describe as describeSource,
   type GradientSource,
   identityTail,
@@ -113,7 +112,7 @@ const gradientCheck = (
       residual = Math.max(residual ?? 0, worst)
     }
   })
-  const reference = o.reference ?? Backward.unrolled(budgetOf(deq))
+  const reference = o.reference ?? Backward.unrolled(Dynamics.budget(deq))
   const { dot, na, nb } = tf.tidy(() => {
     const sub = x.slice([0, 0, 0, 0], [m, -1, -1, -1])
     const labels = tf.tidy(() => tf.argMax(readOutLogits(deq, sub, finalReadOut), 1)) as tf.Tensor1D

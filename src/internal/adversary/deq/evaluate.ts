@@ -3,12 +3,12 @@
  * evaluation per gradient source and defence mode with the DEQ flags spelled out.
  */
 import { Effect } from "effect"
-import type * as Dynamics from "../../../Dynamics.ts"
+import * as Dynamics from "../../../Dynamics.ts"
 import { ConfigError } from "../../../Errors.ts"
 import type { Rng } from "../../../Tensor.ts"
 import { decode } from "../../../Config.ts"
 import { type DefenceMode, deqClassifier, type DiagnosticsOptions } from "./classifier.ts"
-import { budgetOf, type GradientSource, implicit, intermediate, label as labelOf, phantom } from "./source.ts"
+import { type GradientSource, implicit, intermediate, label as labelOf, phantom } from "./source.ts"
 import { flatten } from "../ensemble.ts"
 import { eotOf, evaluate, type EvaluationData, type EvaluationResult, type StageSummary } from "../evaluation.ts"
 import { type Flag, maskingFlags, type MaskingStats } from "../flags.ts"
@@ -233,7 +233,7 @@ export const evaluateGrid = (
     if ((options.mode as DefenceMode | undefined) === "full") {
       return yield* new ConfigError({ path: "mode", message: `mode "full" differentiates the defence itself and uses no gradient source; use "paper" or "bpda"` })
     }
-    const grid = yield* checkGrid(options.grid ?? smallGrid(budgetOf(deq)))
+    const grid = yield* checkGrid(options.grid ?? smallGrid(Dynamics.budget(deq)))
     const settings = options.evaluate ?? {}
     const decoded = yield* decode(EvaluateOptions, "evaluate")({ ...settings })
     const points: Array<GridPoint> = []

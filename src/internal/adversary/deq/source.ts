@@ -195,30 +195,12 @@ export const backwardOf = (
 /** The value-preserving tail: h(z) of the state itself (no gradient reaches x through it). */
 export const identityTail: Backward = Backward.phantom(0, 1)
 
-/** The deq's step budget: its own maxIter, else its solver's. */
-export const budgetOf = (deq: Dynamics.Deq): number => deq.solveOptions.maxIter ?? deq.solver.options.maxIter
-
-/** f and z_0 of one evaluation call (as Dynamics prepares them, without dropout); tensors belong to the caller. */
-const prepared = (deq: Dynamics.Deq, x: tf.Tensor4D) => {
-  const model = deq.model
-  const ctx = model.prepare?.({ batch: x.shape[0] })
-  const u = model.inject(x)
-  const z0 = untaped(() => model.initState(u))
-  return { f: Dynamics.mapOf(model, u, ctx), z0 }
-}
 
 /** z_0..z_n of exactly n solver steps, solved off the tape (one solve; the caller's tidy owns the tensors). */
-const statesUpTo = (deq: Dynamics.Deq, p: ReturnType<typeof prepared>, n: number): Array<tf.Tensor> => {
+const statesUpTo = (deq: Dynamics.Deq, p: Dynamics.Prepared, n: number): Array<tf.Tensor> => {
   if (n === 0) return [p.z0]
   const r = untaped(() =>
-    deq.solver.run(p.f, p.z0, {
-      ...deq.solveOptions,
-      maxIter: n,
-      tol: 0,
-      returnMode: "last",
-      recordTrajectory: true,
-      onNotConverged: "return"
-    })
+    deq.solver.run(p.f, p.z0, Dynamics.exactSteps(deq, n, { trajectory: true }))
   )
   r.state?.dispose()
   const trajectory = r.trajectory ?? []
@@ -241,7 +223,7 @@ export const stateHeads = (
   k: number,
   lambda: number
 ): Array<tf.Tensor2D> => {
-  const p = prepared(deq, x)
+  const p = Dynamics.prepare(deq, x)
   const zs = statesUpTo(deq, p, to)
   const tail = Dynamics.unroll(k, lambda)
   const heads: Array<tf.Tensor2D> = []
