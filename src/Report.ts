@@ -172,6 +172,17 @@ export const num = (x: number | undefined | null, digits = 3): string =>
     : x.toFixed(digits)
 
 /**
+ * An Linf radius as a decimal, or as "n/255" when it is a whole number of 8-bit levels (8/255, not 0.03137).
+ *
+ * @category formatting
+ */
+export const formatEps = (eps: number): string => {
+  const n = eps * 255
+  const whole = Math.round(n)
+  return whole > 0 && Math.abs(n - whole) < 1e-6 ? `${whole}/255` : `${Number(eps.toPrecision(4))}`
+}
+
+/**
  * The machine a run happened on (CPU count and model, memory, OS, Node), for the header of a report.
  *
  * @category formatting

@@ -11,12 +11,7 @@ export const toJson = (result: EvaluationResult, options: { readonly perSample?:
 
 const pct = (v: number) => `${(100 * v).toFixed(2)}`
 
-/** eps as a decimal, with the n/255 form when it is one. */
-export const formatEps = (eps: number): string => {
-  const n = eps * 255
-  const whole = Math.round(n)
-  return whole > 0 && Math.abs(n - whole) < 1e-6 ? `${whole}/255` : `${Number(eps.toPrecision(4))}`
-}
+import { formatEps } from "../../Report.ts"
 
 /** A Markdown table: a header row, an alignment row, the rows; `|` in cells is escaped. */
 export const markdownTable = (

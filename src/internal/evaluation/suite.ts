@@ -21,6 +21,7 @@ import type * as Data from "../../Data.ts"
 import type * as Dynamics from "../../Dynamics.ts"
 import type { ConfigError } from "../../Errors.ts"
 import * as Regularizers from "../../Regularizers.ts"
+import * as Report from "../../Report.ts"
 import type { Rng } from "../../Tensor.ts"
 
 
@@ -88,10 +89,6 @@ export interface SuiteResult {
   readonly seconds: number
 }
 
-const formatEps = (eps: number): string => {
-  const n = eps * 255
-  return Math.abs(n - Math.round(n)) < 1e-6 && Math.round(n) > 0 ? `${Math.round(n)}/255` : `${Number(eps.toPrecision(4))}`
-}
 
 /** The undefended per-sample worst case restricted to the first `n` samples, as a result row (same subset). */
 const restrict = (r: Adversary.EvaluationResult, n: number): Adversary.EvaluationResult => {
@@ -246,7 +243,7 @@ export const runSuite = (
       }
     }
     notes.unshift(
-      `Threat model: Linf, eps ${formatEps(eps)}; ${pgdName} step size ${formatEps((2.5 * eps) / suite.pgdSteps)}, ` +
+      `Threat model: Linf, eps ${Report.formatEps(eps)}; ${pgdName} step size ${Report.formatEps((2.5 * eps) / suite.pgdSteps)}, ` +
         `random start. The ensemble and the defended attacks differentiate through ${strongestLabel} ` +
         `(${Adversary.GradientSource.describe(strongest)}), the grid point with the lowest robust accuracy.`
     )
