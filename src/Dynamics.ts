@@ -117,7 +117,8 @@ export type Gradient = Backward | Unroll
 export const unroll = (k: number, lambda: number): Unroll => ({ _tag: "Unroll", k, lambda })
 
 /**
- * The tail the random-intermediate-states training uses (method.md 5): f, then 5 damped steps with lambda 0.5.
+ * The tail the random-intermediate-states training uses (docs/method.md, "Training"): f, then 5 damped steps with
+ * lambda 0.5.
  *
  * @category constructors
  */
@@ -173,8 +174,8 @@ export const makeWith = <M extends DeqModel>(
  * - Final: solve with the deq's options (tolerance and budget), then attach the deq's gradient.
  * - State(n): exactly n solver steps (maxIter n, tol 0, returnMode "last"), then the tail.
  * - Ensemble(from, to): one solve of `to` steps; the mean of the tail logits of states from..to.
- * - RandomState(max): n ~ U{1..max} drawn per call from `options.stream`, shared by the batch (method.md 5), or
- *   one n per sample with `perSample`; then as State(n).
+ * - RandomState(max): n ~ U{1..max} drawn per call from `options.stream`, shared by the batch (docs/method.md,
+ *   "Training"), or one n per sample with `perSample`; then as State(n).
  *
  * @category models
  */
@@ -470,10 +471,10 @@ const labelsOf = (y: tf.Tensor): Int32Array => {
 }
 
 /**
- * The trajectory view (no tape, no gradient): solves N steps from z0 = 0 recording every iterate z_1..z_N, and for
- * each state reads out h(z_n) directly (no extra application of f, method.md 7.4), its per-sample prediction
- * entropy, and the relative residual ||f(z_n) - z_n|| / ||f(z_n)|| from one fresh application of f. With labels `y`
- * (int [B] or one-hot [B, C]), also the accuracy. The last state's logits equal the Final read-out's logits
+ * The trajectory view (no tape, no gradient): solves N steps from z0 = 0 recording every iterate z_1..z_N, and for each
+ * state reads out h(z_n) directly (no extra application of f, docs/method.md, "Solver and states"), its per-sample
+ * prediction entropy, and the relative residual ||f(z_n) - z_n|| / ||f(z_n)|| from one fresh application of f. With
+ * labels `y` (int [B] or one-hot [B, C]), also the accuracy. The last state's logits equal the Final read-out's logits
  * when that read-out uses the same budget with tol 0 and returnMode "last" and a gradient whose value is z itself
  * (Implicit; Phantom/Unroll tails move the value).
  *

@@ -34,7 +34,8 @@ import { own, tf } from "./Tensor.ts"
 /**
  * The map whose fixed point is sought, z -> f(z) (the injection u and the parameters are closed over).
  * Input and output have the same shape [B, ...]; every sample is independent.
- * A map may offer `linearize(z)` so backward solves apply J^T without re-running f (see stack.md).
+ * A map may offer `linearize(z)` so backward solves apply J^T without re-running f (docs/fixed-point.md,
+ * "Gradients: attach").
  *
  * @category models
  */
@@ -183,9 +184,10 @@ export interface SolverState {
 }
 
 /**
- * Broyden's exported memory: inverse Jacobian of g(z) = f(z) - z approximated as -I + sum_i u_i v_i^T, with
- * U, V of shape [B, k, N] (k <= memory, flattened state), the number of steps taken so far, the slot of the last
- * rank-1 pair, and the last secant pair (dz, dg) with g at the last iterate (all [B, N]), as method.md 6.2 needs.
+ * Broyden's exported memory: inverse Jacobian of g(z) = f(z) - z approximated as -I + sum_i u_i v_i^T, with U, V of
+ * shape [B, k, N] (k <= memory, flattened state), the number of steps taken so far, the slot of the last rank-1 pair,
+ * and the last secant pair (dz, dg) with g at the last iterate (all [B, N]), as input entropy reduction needs
+ * (docs/method.md, "Input entropy reduction").
  *
  * @category models
  */
@@ -473,9 +475,9 @@ export const fallback = (...solvers: ReadonlyArray<Solver["Service"]>): Solver["
 // ---------------------------------------------------------------------------------------------------------------
 
 /**
- * Redoes the last rank-1 pair of a Broyden memory so that it matches a new map (method.md 6.2(d), "lifting the
- * orbit"): `gNew = F_new(z) - z` at the point z the next solve starts from. Returns a new state (the caller owns
- * both the old and the new one).
+ * Redoes the last rank-1 pair of a Broyden memory so that it matches a new map ("lifting the orbit", docs/method.md,
+ * "Input entropy reduction"): `gNew = F_new(z) - z` at the point z the next solve starts from. Returns a new state (the
+ * caller owns both the old and the new one).
  *
  * @category broyden
  */

@@ -72,7 +72,7 @@ export class FcConfig extends Schema.TaggedClass<FcConfig>("FcConfig")("fc", {
 }) {}
 
 /**
- * Convolutional DEQ with the MDEQ residual cell (method.md 2.2) on one resolution:
+ * Convolutional DEQ with the MDEQ residual cell (docs/method.md, "The model") on one resolution:
  * conv3x3 -> GroupNorm -> ReLU -> conv3x3 -> (+ injection) -> GroupNorm -> (+ z) -> ReLU -> GroupNorm.
  * - `channels`: state channels; `expansion`: the inner width of the first conv is channels * expansion.
  * - `groups`: GroupNorm groups (must divide channels and channels * expansion).

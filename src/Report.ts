@@ -371,8 +371,8 @@ const seriesOf = (
   )
 
 /**
- * The three plots of the neural-dynamics analysis (method.md 4): prediction entropy vs state, accuracy vs state
- * (clean and robust) and relative residual vs solver step (log scale).
+ * The three plots of the neural-dynamics analysis (docs/method.md, "Dynamics analysis"): prediction entropy vs state,
+ * accuracy vs state (clean and robust) and relative residual vs solver step (log scale).
  *
  * @category dynamics
  */

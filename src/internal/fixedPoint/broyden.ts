@@ -6,7 +6,7 @@
  * z <- f(z). After each step the rank-1 pair for (dz, dg) is
  *   v^T = dz^T P,  u = (dz - P dg) / (v^T dg)   with P the memory before the pair (NaN/Inf -> 0).
  * When the memory is full the oldest pair is overwritten. The memory can be exported, resumed from, and lifted
- * to a new map (method.md 6.2(d)).
+ * to a new map (docs/method.md, "Input entropy reduction").
  *
  * @internal
  */
@@ -254,8 +254,8 @@ export const broydenMethod = (memory: number): Method => ({
 })
 
 /**
- * Lifts a Broyden memory to a new map: dg' = dg + gNew - gLast, then the last pair is recomputed from (dz, dg')
- * against the memory without it (method.md 6.2(d)). Returns a new state; the input is left untouched.
+ * Lifts a Broyden memory to a new map: dg' = dg + gNew - gLast, then the last pair is recomputed from (dz, dg') against
+ * the memory without it (docs/method.md, "Input entropy reduction"). Returns a new state; the input is left untouched.
  */
 export const liftBroydenState = (state: BroydenStateData, gNew: tf.Tensor): BroydenStateValue => {
   const k = state.U.shape[1]!
