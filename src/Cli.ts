@@ -34,6 +34,7 @@ import { benchJob, dynamicsJob, evalJob, pipelineJob } from "./internal/cli/jobs
 import { loadConfigFile, loadPreset, mainPreset, type Preset, presetNames } from "./internal/cli/presets.ts"
 import { attackFamilies as families, type AttackFamily as Family } from "./Evaluation.ts"
 import { resumableConfig, say, trainRun } from "./internal/cli/train.ts"
+import * as Report from "./Report.ts"
 import { Backend } from "./Tensor.ts"
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -155,8 +156,8 @@ export const train = Command.make("train", {
       console.log(
         `trained ${config.name}: epoch ${summary.epoch}, ${summary.step} steps in ${summary.seconds.toFixed(1)} s` +
           (summary.lastEvaluation !== undefined
-            ? `; held-out clean ${(100 * summary.lastEvaluation.clean).toFixed(1)}%` +
-              (summary.lastEvaluation.robust !== undefined ? `, PGD ${(100 * summary.lastEvaluation.robust).toFixed(1)}%` : "")
+            ? `; held-out clean ${Report.percent(summary.lastEvaluation.clean)}` +
+              (summary.lastEvaluation.robust !== undefined ? `, PGD ${Report.percent(summary.lastEvaluation.robust)}` : "")
             : "") + `; checkpoints in ${dir}`
       )
     )

@@ -152,12 +152,23 @@ export const table = (headers: ReadonlyArray<string>, rows: ReadonlyArray<Readon
   ].join("\n")
 
 /**
- * A fraction as a percentage with one decimal ("87.5"); missing values print as "-".
+ * A fraction as a percentage with `digits` decimals (default 1: "87.5"), for table cells under a "%" header;
+ * missing values print as "-".
  *
  * @category formatting
  */
-export const pct = (x: number | undefined | null): string =>
-  x === undefined || x === null || !Number.isFinite(x) ? "-" : (100 * x).toFixed(1)
+export const pct = (x: number | undefined | null, digits = 1): string =>
+  x === undefined || x === null || !Number.isFinite(x) ? "-" : (100 * x).toFixed(digits)
+
+/**
+ * A fraction as a percentage with its sign, for running text ("87.5%"); missing values print as "-".
+ *
+ * @category formatting
+ */
+export const percent = (x: number | undefined | null, digits = 1): string => {
+  const p = pct(x, digits)
+  return p === "-" ? p : `${p}%`
+}
 
 /**
  * A number with `digits` significant decimals, or "-".
@@ -194,17 +205,21 @@ export const machine = (): string => {
 }
 
 /**
- * Milliseconds as a human duration ("3m 12s", "850 ms").
+ * Milliseconds as a human duration ("3m 12s", "850 ms"). `compact` (progress lines) rounds to whole seconds and
+ * drops the spaces ("3m12s", "42s"). A negative or non-finite duration prints as "?".
  *
  * @category formatting
  */
-export const duration = (ms: number): string => {
-  if (ms < 1000) return `${Math.round(ms)} ms`
+export const duration = (ms: number, options: { readonly compact?: boolean } = {}): string => {
+  if (!Number.isFinite(ms) || ms < 0) return "?"
+  const compact = options.compact === true
+  const sep = compact ? "" : " "
+  if (!compact && ms < 1000) return `${Math.round(ms)} ms`
   const s = Math.round(ms / 1000)
-  if (s < 60) return `${(ms / 1000).toFixed(1)} s`
+  if (s < 60) return compact ? `${s}s` : `${(ms / 1000).toFixed(1)} s`
   const m = Math.floor(s / 60)
-  if (m < 60) return `${m}m ${String(s % 60).padStart(2, "0")}s`
-  return `${Math.floor(m / 60)}h ${String(m % 60).padStart(2, "0")}m`
+  if (m < 60) return `${m}m${sep}${String(s % 60).padStart(2, "0")}s`
+  return `${Math.floor(m / 60)}h${sep}${String(m % 60).padStart(2, "0")}m`
 }
 
 /**

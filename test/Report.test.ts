@@ -90,6 +90,19 @@ describe("Report plots", () => {
     expect(Report.pct(0.8766)).toBe("87.7")
     expect(Report.duration(125_000)).toBe("2m 05s")
   })
+
+  it("percentages and durations have one formatter each: cells, running text and compact progress forms", () => {
+    expect(Report.pct(0.5, 0)).toBe("50")
+    expect(Report.percent(0.8766)).toBe("87.7%")
+    expect(Report.percent(undefined)).toBe("-")
+    expect(Report.percent(0.05, 0).padStart(4)).toBe("  5%")
+    expect(Report.duration(850)).toBe("850 ms")
+    expect(Report.duration(42_400, { compact: true })).toBe("42s")
+    expect(Report.duration(185_000, { compact: true })).toBe("3m05s")
+    expect(Report.duration(3_725_000, { compact: true })).toBe("1h02m")
+    expect(Report.duration(Number.NaN)).toBe("?")
+    expect(Report.duration(-1, { compact: true })).toBe("?")
+  })
 })
 
 describe("Report atomic writes", () => {

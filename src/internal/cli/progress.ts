@@ -4,6 +4,7 @@
  *
  * @internal
  */
+import * as Report from "../../Report.ts"
 import type { TrainEvent } from "../../Train.ts"
 
 /** Where the display writes: a stream with an optional TTY flag and width. */
@@ -27,17 +28,8 @@ export interface Progress {
   readonly close: () => void
 }
 
-const pct = (x: number | undefined): string => (x === undefined || !Number.isFinite(x) ? "-" : `${(100 * x).toFixed(1)}%`)
-
-/** Seconds as "1h02m", "3m05s", "42s". */
-export const formatEta = (seconds: number): string => {
-  if (!Number.isFinite(seconds) || seconds < 0) return "?"
-  const s = Math.round(seconds)
-  if (s < 60) return `${s}s`
-  const m = Math.floor(s / 60)
-  if (m < 60) return `${m}m${String(s % 60).padStart(2, "0")}s`
-  return `${Math.floor(m / 60)}h${String(m % 60).padStart(2, "0")}m`
-}
+/** Seconds as "1h02m", "3m05s", "42s" (unknown: "?"). */
+export const formatEta = (seconds: number): string => Report.duration(1000 * seconds, { compact: true })
 
 /** A text bar of `width` cells, `fraction` filled. */
 export const bar = (fraction: number, width: number): string => {
@@ -68,10 +60,10 @@ export const makeProgress = (sink: ProgressSink, options: ProgressOptions = {}):
     const rate = (done - firstStep) / Math.max(elapsed, 1e-3)
     const eta = rate > 0 ? (total - done) / rate : Number.NaN
     const fraction = total > 0 ? done / total : 0
-    const adv = e.advAccuracy !== undefined ? ` adv ${pct(e.advAccuracy)}` : ""
+    const adv = e.advAccuracy !== undefined ? ` adv ${Report.percent(e.advAccuracy)}` : ""
     const phase = e.phase === "pretrain" ? "pretrain " : ""
     return `${phase}epoch ${e.epoch}/${epochs} batch ${e.batch + 1}/${e.batches} ` +
-      `${(100 * fraction).toFixed(0).padStart(3)}% ETA ${formatEta(eta)} loss ${e.loss.toFixed(4)} acc ${pct(e.accuracy)}${adv}`
+      `${Report.percent(fraction, 0).padStart(4)} ETA ${formatEta(eta)} loss ${e.loss.toFixed(4)} acc ${Report.percent(e.accuracy)}${adv}`
   }
   const onEvent = (e: TrainEvent): void => {
     switch (e._tag) {
@@ -105,13 +97,13 @@ export const makeProgress = (sink: ProgressSink, options: ProgressOptions = {}):
       }
       case "Epoch":
         line(
-          `epoch ${e.epoch}/${epochs} done in ${formatEta(e.seconds)}: loss ${e.loss.toFixed(4)} acc ${pct(e.accuracy)}` +
-            (e.advAccuracy !== undefined ? ` adv ${pct(e.advAccuracy)}` : "") + ` lr ${e.lr.toExponential(2)}`
+          `epoch ${e.epoch}/${epochs} done in ${formatEta(e.seconds)}: loss ${e.loss.toFixed(4)} acc ${Report.percent(e.accuracy)}` +
+            (e.advAccuracy !== undefined ? ` adv ${Report.percent(e.advAccuracy)}` : "") + ` lr ${e.lr.toExponential(2)}`
         )
         return
       case "Evaluation":
         line(
-          `  eval on ${e.samples}: clean ${pct(e.clean)}` + (e.robust !== undefined ? ` robust ${pct(e.robust)}` : "") +
+          `  eval on ${e.samples}: clean ${Report.percent(e.clean)}` + (e.robust !== undefined ? ` robust ${Report.percent(e.robust)}` : "") +
             (e.best ? " (best so far)" : "") + ` [${formatEta(e.seconds)}]`
         )
         return
@@ -121,7 +113,7 @@ export const makeProgress = (sink: ProgressSink, options: ProgressOptions = {}):
       case "Finished":
         line(
           `finished in ${formatEta(e.seconds)}` +
-            (e.bestMetric !== undefined ? `; best ${pct(e.bestMetric)} at epoch ${e.bestEpoch}` : "")
+            (e.bestMetric !== undefined ? `; best ${Report.percent(e.bestMetric)} at epoch ${e.bestEpoch}` : "")
         )
         return
     }
