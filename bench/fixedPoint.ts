@@ -136,11 +136,11 @@ const message = (e: unknown): string => (e instanceof Error ? e.message : String
 const measureCell = (cell: Cell, iterations: number, runs: number) => {
   const evalF = () => tf.tidy(() => cell.f(cell.z0)).dispose()
   const makers: ReadonlyArray<readonly [string, FP.Solver["Service"]]> = [
-    ["picard", FP.makePicard({ maxIter: iterations, tol: 0 })],
-    ["anderson m=5", FP.makeAnderson({ m: 5, maxIter: iterations, tol: 0 })],
-    ["anderson m=3", FP.makeAnderson({ m: 3, maxIter: iterations, tol: 0 })],
-    ["broyden memory=8", FP.makeBroyden({ memory: 8, maxIter: iterations, tol: 0 })],
-    ["broyden memory=30", FP.makeBroyden({ memory: 30, maxIter: iterations, tol: 0 })]
+    ["picard", FP.makePicardSync({ maxIter: iterations, tol: 0 })],
+    ["anderson m=5", FP.makeAndersonSync({ m: 5, maxIter: iterations, tol: 0 })],
+    ["anderson m=3", FP.makeAndersonSync({ m: 3, maxIter: iterations, tol: 0 })],
+    ["broyden memory=8", FP.makeBroydenSync({ memory: 8, maxIter: iterations, tol: 0 })],
+    ["broyden memory=30", FP.makeBroydenSync({ memory: 30, maxIter: iterations, tol: 0 })]
   ]
   const solve = (solver: FP.Solver["Service"]) => () => solver.run(cell.f, cell.z0).z.dispose()
   // warm-up (wasm heap growth), then rounds that interleave f and every solver, so load from other processes
@@ -173,7 +173,7 @@ const measureCell = (cell: Cell, iterations: number, runs: number) => {
   })
 
   const gradients: Array<GradientRow> = []
-  const forward = FP.makeAnderson({ m: 5, maxIter: iterations, tol: 0 })
+  const forward = FP.makeAndersonSync({ m: 5, maxIter: iterations, tol: 0 })
   const forwardMs = solvers.find((s) => s.solver === "anderson m=5")!.solveMs
   const modes: ReadonlyArray<readonly [string, FP.Backward]> = [
     ["implicit (anderson, <= 20 adjoint it.)", FP.Backward.implicit({ maxIter: 20, tol: 1e-6 })],

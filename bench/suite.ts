@@ -19,7 +19,7 @@ import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { Effect } from "effect"
 import * as Dynamics from "../src/Dynamics.ts"
-import { makePicard } from "../src/FixedPoint.ts"
+import { makePicardSync } from "../src/FixedPoint.ts"
 import * as Models from "../src/Models.ts"
 import * as Report from "../src/Report.ts"
 import { stream, tf } from "../src/Tensor.ts"
@@ -143,7 +143,7 @@ export const runPeer = (sizes: {
 
 /** Median ms of one PGD step and one PGD-AT + random-intermediate-states training step on a built DEQ model. */
 const measureSteps = (model: Models.Model, name: string, batch: number, runs: number): Array<StepRow> => {
-  const deq = Dynamics.makeWith(model, makePicard({ maxIter: 8, tol: 0 }), { backward: Dynamics.paperTail })
+  const deq = Dynamics.makeWith(model, makePicardSync({ maxIter: 8, tol: 0 }), { backward: Dynamics.paperTail })
   const [h, w, c] = model.config.inputShape
   const x = tf.randomUniform([batch, h, w, c], 0, 1, "float32", 5) as tf.Tensor4D
   const y = tf.tensor1d(Array.from({ length: batch }, (_, i) => i % model.classes), "int32")

@@ -220,7 +220,7 @@ export const trainModel = (
 
 /** The DEQ a trained model is evaluated as: the paper's Broyden solve (N steps) and its phantom tail. */
 export const deqOf = (model: Models.Model, scale: Scale, solver?: FixedPoint.Solver["Service"]): Dynamics.Deq =>
-  Dynamics.makeWith(model, solver ?? FixedPoint.makeBroyden({ maxIter: scale.steps, tol: 1e-3 }), {
+  Dynamics.makeWith(model, solver ?? FixedPoint.makeBroydenSync({ maxIter: scale.steps, tol: 1e-3 }), {
     backward: Dynamics.paperTail
   })
 

@@ -62,9 +62,9 @@ export const main = (options: ExampleOptions = {}) =>
       const trained = yield* trainModel(data, scale, { method: "pgd-at", seed })
       const solveOptions = { maxIter, tol, stopping: "sample" as const }
       const solvers: ReadonlyArray<readonly [string, FixedPoint.Solver["Service"]]> = [
-        ["picard", FixedPoint.makePicard(solveOptions)],
-        ["anderson (m 5)", FixedPoint.makeAnderson({ ...solveOptions, m: 5 })],
-        ["broyden (memory 30)", FixedPoint.makeBroyden(solveOptions)]
+        ["picard", FixedPoint.makePicardSync(solveOptions)],
+        ["anderson (m 5)", FixedPoint.makeAndersonSync({ ...solveOptions, m: 5 })],
+        ["broyden (memory 30)", FixedPoint.makeBroydenSync(solveOptions)]
       ]
       // PGD inputs made once (intermediate-state gradient at z_N, the paper's Broyden deq), shared by every solver
       const attack = yield* evalPgd(scale)

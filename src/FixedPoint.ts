@@ -4,31 +4,42 @@
  * A solver finds z* = f(z*) for a batch of independent samples. `run` is plain synchronous tfjs (usable inside a
  * tidy, a training step or a gradient function; it never records on the tape); `solve` is the Effect seam that
  * owns the result in the Scope and turns a failed status into a typed error. `attach` then makes z* differentiable
- * with an implicit, phantom or unrolled backward pass.
+ * with an implicit, phantom or unrolled backward pass. Details: docs/fixed-point.md.
  *
  * @example
  * ```ts
+ * import { Effect } from "effect"
  * import * as FixedPoint from "effect-deq/FixedPoint"
+ * import { tf } from "effect-deq/Tensor"
  *
- * const solver = FixedPoint.makeAnderson({ m: 5, maxIter: 40, tol: 1e-4 })
- * const grads = tf.variableGrads(() => {
- *   const f = (z: tf.Tensor) => tf.tanh(tf.add(tf.matMul(z, W), u))
- *   const { z } = solver.run(f, tf.zeros([B, H]))
- *   const zStar = FixedPoint.attach(f, z, FixedPoint.Backward.implicit())
- *   return loss(zStar)
- * })
+ * declare const W: tf.Variable // [H, H], the cell's weight
+ * declare const u: tf.Tensor2D // [B, H], the injection, computed once per solve
+ * const f = (z: tf.Tensor) => tf.tanh(tf.add(tf.matMul(z, W), u))
+ *
+ * const program = Effect.gen(function*() {
+ *   const solver = yield* FixedPoint.Solver
+ *   const { stats } = yield* solver.solve(f, tf.zerosLike(u)) // the result is freed with the Scope
+ *   yield* Effect.log(`${stats.status} after ${stats.steps} steps`)
+ *   // gradients: solve off the tape, then attach a backward mode to z*
+ *   return tf.variableGrads(() => {
+ *     const zStar = solver.run(f, tf.zerosLike(u)).z
+ *     return tf.sum(FixedPoint.attach(f, zStar, FixedPoint.Backward.implicit())) as tf.Scalar
+ *   })
+ * }).pipe(Effect.scoped, Effect.provide(FixedPoint.Solver.anderson({ m: 5, maxIter: 40, tol: 1e-4 })))
  * ```
  *
  * @since 0.1.0
  */
 import { Context, Effect, Layer, Schema, Scope } from "effect"
-import { decodeSync, defaulted } from "./Config.ts"
+import { decode, decodeSync, defaulted, NonNegative, PositiveInt } from "./Config.ts"
 import { ConfigError } from "./Errors.ts"
 import { andersonMethod } from "./internal/fixedPoint/anderson.ts"
-import { attachImplicit, attachPhantom, attachUnrolled, detach as detachTensor } from "./internal/fixedPoint/backward.ts"
-import { broydenMethod, liftBroydenState, type BroydenStateData } from "./internal/fixedPoint/broyden.ts"
+import { attachBackward } from "./internal/fixedPoint/attach.ts"
+import { detach as detachTensor } from "./internal/fixedPoint/backward.ts"
+import { broydenMethod, liftBroydenState } from "./internal/fixedPoint/broyden.ts"
 import { picardMethod } from "./internal/fixedPoint/picard.ts"
-import { runCore, type CoreOptions, type CoreStats, type Method } from "./internal/fixedPoint/iteration.ts"
+import { type Method, runCore, StateSizeError } from "./internal/fixedPoint/iteration.ts"
+import { failureOf, optionResolver, runFallback } from "./internal/fixedPoint/solve.ts"
 import { own, tf } from "./Tensor.ts"
 
 /**
@@ -60,8 +71,8 @@ export interface Linearization {
  * @category config
  */
 export class SolveOptions extends Schema.Class<SolveOptions>("SolveOptions")({
-  maxIter: defaulted(Schema.Int.check(Schema.isGreaterThanOrEqualTo(1)), 30),
-  tol: defaulted(Schema.Number.check(Schema.isGreaterThanOrEqualTo(0)), 1e-4),
+  maxIter: defaulted(PositiveInt, 30),
+  tol: defaulted(NonNegative, 1e-4),
   /** "abs": ||f(z)-z||, "rel": ||f(z)-z|| / ||f(z)|| */
   stopMode: defaulted(Schema.Literals(["abs", "rel"]), "rel"),
   /** return the "last" iterate or the "best" (lowest residual) one */
@@ -95,12 +106,12 @@ export class PicardOptions extends Schema.Class<PicardOptions>("PicardOptions")(
 export class AndersonOptions extends Schema.Class<AndersonOptions>("AndersonOptions")({
   ...SolveOptions.fields,
   /** memory: how many past iterates the least-squares mixes */
-  m: defaulted(Schema.Int.check(Schema.isGreaterThanOrEqualTo(1), Schema.isLessThanOrEqualTo(64)), 5),
+  m: defaulted(PositiveInt.check(Schema.isLessThanOrEqualTo(64)), 5),
   /**
    * ridge added to the Gram matrix, relative to its scale (lambda * max_i ||G_i||^2; TorchDEQ adds an absolute
    * lambda, which stalls near small tolerances). 0 allows exactly singular systems.
    */
-  lambda: defaulted(Schema.Number.check(Schema.isGreaterThanOrEqualTo(0)), 1e-4),
+  lambda: defaulted(NonNegative, 1e-4),
   /** mixing: 1 mixes f-values only; < 1 mixes in the iterates themselves */
   beta: defaulted(Schema.Number.check(Schema.isGreaterThan(0), Schema.isLessThanOrEqualTo(1)), 1)
 }) {}
@@ -113,7 +124,7 @@ export class AndersonOptions extends Schema.Class<AndersonOptions>("AndersonOpti
 export class BroydenOptions extends Schema.Class<BroydenOptions>("BroydenOptions")({
   ...SolveOptions.fields,
   /** capacity of the low-rank inverse Jacobian (rank-1 pairs); when full the oldest pair is overwritten */
-  memory: defaulted(Schema.Int.check(Schema.isGreaterThanOrEqualTo(1), Schema.isLessThanOrEqualTo(256)), 30)
+  memory: defaulted(PositiveInt.check(Schema.isLessThanOrEqualTo(256)), 30)
 }) {}
 
 /** Input of a Schema class: every field optional (defaults fill the rest). */
@@ -147,16 +158,33 @@ export type BroydenOptionsInput = Input<BroydenOptions>
 /**
  * What happened in a solve. Per-sample arrays have length B; traces have one entry per step.
  *
- * - `steps`: iterates computed after z0 (each costs one f evaluation, plus one for f(z0)).
- * - `stepsPerSample`: with `stopping: "sample"`, the step at which each sample froze; with "batch", `steps`.
- * - `absResidual` / `relResidual`: ||f(z) - z|| and ||f(z) - z|| / ||f(z)|| of the returned iterate, per sample.
- * - `converged`: 1 where the returned iterate meets `tol` on its own (per-sample criterion).
- * - `absTrace` / `relTrace`: per-sample residuals of z_1..z_n; `globalAbsTrace` / `globalRelTrace`: the
- *   batch-wide ones (norms over the whole batch, the paper's stopping quantity).
- *
  * @category models
  */
-export interface SolveStats extends CoreStats {
+export interface SolveStats {
+  readonly solver: string
+  /** how the solve ended: `tol` met, budget used up, a non-finite iterate, a singular least-squares system */
+  readonly status: "converged" | "maxIter" | "diverged" | "singular"
+  /** iterates computed after z0 (each costs one f evaluation, plus one for f(z0)) */
+  readonly steps: number
+  /** with `stopping: "sample"`, the step at which each sample froze; with "batch", `steps` */
+  readonly stepsPerSample: Int32Array
+  /** ||f(z) - z|| of the returned iterate, per sample */
+  readonly absResidual: Float32Array
+  /** ||f(z) - z|| / ||f(z)|| of the returned iterate, per sample */
+  readonly relResidual: Float32Array
+  /** 1 where the returned iterate meets `tol` on its own (per-sample criterion) */
+  readonly converged: Uint8Array
+  /** per-sample residuals of z_1..z_n */
+  readonly absTrace: ReadonlyArray<Float32Array>
+  readonly relTrace: ReadonlyArray<Float32Array>
+  /** the batch-wide residuals (norms over the whole batch) of each step: the paper's stopping quantity */
+  readonly globalAbsTrace: ReadonlyArray<number>
+  readonly globalRelTrace: ReadonlyArray<number>
+  /** 1-based step of the returned iterate; 0 means z0 was returned */
+  readonly returnedStep: number
+  /** the step that failed (non-finite or singular), when status says so */
+  readonly failedStep?: number
+  readonly message?: string
   /** for `fallback`: every attempt in order */
   readonly attempts?: ReadonlyArray<{ readonly solver: string; readonly status: SolveStats["status"]; readonly steps: number }>
 }
@@ -184,21 +212,51 @@ export interface SolverState {
 }
 
 /**
- * Broyden's exported memory: inverse Jacobian of g(z) = f(z) - z approximated as -I + sum_i u_i v_i^T, with U, V of
- * shape [B, k, N] (k <= memory, flattened state), the number of steps taken so far, the slot of the last rank-1 pair,
- * and the last secant pair (dz, dg) with g at the last iterate (all [B, N]), as input entropy reduction needs
- * (docs/method.md, "Input entropy reduction").
+ * Broyden's exported memory: the inverse Jacobian of g(z) = f(z) - z approximated as -I + sum_i u_i v_i^T, plus
+ * what resuming and lifting need (docs/method.md, "Input entropy reduction"). The holder owns the tensors.
  *
  * @category models
  */
-export interface BroydenState extends SolverState, BroydenStateData {
+export interface BroydenState extends SolverState {
   readonly _tag: "BroydenState"
+  /** u_i as [B, k, N] (k <= memory, N the flattened state size) */
+  readonly U: tf.Tensor
+  /** v_i as [B, k, N] */
+  readonly V: tf.Tensor
+  /** rank-1 pairs written so far (the step counter; the next pair goes to slot steps % capacity) */
+  readonly steps: number
+  /** the memory capacity the state was built with */
+  readonly capacity: number
+  /** slot of the last pair written */
+  readonly last: number
+  /** the last secant pair and g = f(z) - z at the last iterate, [B, N] */
+  readonly dz: tf.Tensor
+  readonly dg: tf.Tensor
+  readonly gLast: tf.Tensor
+  /** the flattened state shape [B, N] */
+  readonly shape: ReadonlyArray<number>
 }
 
 /**
+ * The solvers by name (the `_tag` of a solver config, the backward solve of `Backward.implicit`).
+ *
+ * @category models
+ */
+export type SolverName = "picard" | "anderson" | "broyden"
+
+/**
+ * What `solve` can fail with: the three ways a solve ends badly, a bad per-call option, a map that changes the
+ * state size.
+ *
+ * @category errors
+ */
+export type SolveError = NotConverged | Diverged | SingularSystem | ConfigError | StateSizeChanged
+
+/**
  * A fixed-point solver. `run` is plain synchronous tfjs (usable inside a tidy or a gradient function) and never
- * throws for non-convergence: it reports in `stats.status`. `solve` is the Effect seam: it owns the result's
- * tensors in the Scope and turns the status into typed errors.
+ * throws for non-convergence: it reports in `stats.status`; a bad per-call option throws a ConfigError naming it
+ * and a map that changes the state size throws {@link StateSizeChanged}. `solve` is the Effect seam: it owns the
+ * result's tensors in the Scope and fails with typed errors, those two included.
  *
  * @category services
  */
@@ -211,31 +269,23 @@ export class Solver extends Context.Service<Solver, {
     z0: tf.Tensor,
     options?: Partial<SolveOptions>,
     state?: SolverState
-  ) => Effect.Effect<SolveResult, NotConverged | Diverged | SingularSystem, Scope.Scope>
+  ) => Effect.Effect<SolveResult, SolveError, Scope.Scope>
 }>()("effect-deq/Solver") {
-  /**
-   * Damped fixed-point iteration; a bad option is a ConfigError naming it.
-   */
+  /** Damped fixed-point iteration; a bad option is a ConfigError naming it. */
   static picard(options?: PicardOptionsInput): Layer.Layer<Solver, ConfigError> {
-    return Layer.effect(Solver, Effect.try({ try: () => makePicard(options), catch: (e) => e as ConfigError }))
+    return Layer.effect(Solver, makePicard(options))
   }
-  /**
-   * Anderson acceleration; a bad option is a ConfigError naming it.
-   */
+  /** Anderson acceleration; a bad option is a ConfigError naming it. */
   static anderson(options?: AndersonOptionsInput): Layer.Layer<Solver, ConfigError> {
-    return Layer.effect(Solver, Effect.try({ try: () => makeAnderson(options), catch: (e) => e as ConfigError }))
+    return Layer.effect(Solver, makeAnderson(options))
   }
-  /**
-   * Broyden's method; a bad option is a ConfigError naming it.
-   */
+  /** Broyden's method; a bad option is a ConfigError naming it. */
   static broyden(options?: BroydenOptionsInput): Layer.Layer<Solver, ConfigError> {
-    return Layer.effect(Solver, Effect.try({ try: () => makeBroyden(options), catch: (e) => e as ConfigError }))
+    return Layer.effect(Solver, makeBroyden(options))
   }
-  /**
-   * Tries each solver in turn until one converges (see {@link fallback}).
-   */
-  static fallback(...solvers: ReadonlyArray<Solver["Service"]>): Layer.Layer<Solver> {
-    return Layer.succeed(Solver, fallback(...solvers))
+  /** Tries each solver in turn until one converges (see {@link fallback}). */
+  static fallback(first: Solver["Service"], ...rest: ReadonlyArray<Solver["Service"]>): Layer.Layer<Solver> {
+    return Layer.succeed(Solver, fallback(first, ...rest))
   }
 }
 
@@ -280,100 +330,57 @@ export class SingularSystem extends Schema.TaggedError<SingularSystem>()("Singul
   stats: Schema.optional(statsSchema)
 }) {}
 
+/**
+ * The map returned a tensor of another size than the state it was given (`input` and `output` are the shapes).
+ *
+ * @category errors
+ */
+export class StateSizeChanged extends Schema.TaggedError<StateSizeChanged>()("StateSizeChanged", {
+  solver: Schema.String,
+  input: Schema.Array(Schema.Number),
+  output: Schema.Array(Schema.Number),
+  message: Schema.String
+}) {}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Solvers
 // ---------------------------------------------------------------------------------------------------------------
 
-const solveKeys = [
-  "maxIter",
-  "tol",
-  "stopMode",
-  "returnMode",
-  "stopping",
-  "recordTrajectory",
-  "onNotConverged",
-  "returnState"
-] as const
-
 // per-call options may carry a solver's own keys (e.g. a whole AndersonOptions); anything else is a typo
-const solverKeys = new Set<string>([...solveKeys, "tau", "m", "lambda", "beta", "memory"])
+const resolve = optionResolver(
+  Object.keys(SolveOptions.fields) as ReadonlyArray<keyof SolveOptions>,
+  new Set([...Object.keys(PicardOptions.fields), ...Object.keys(AndersonOptions.fields), ...Object.keys(BroydenOptions.fields)]),
+  decodeSync(SolveOptions)
+)
 
-const pickSolveOptions = (o: SolveOptions, override?: Partial<SolveOptions>): SolveOptions => {
-  const base: Record<string, unknown> = {}
-  for (const k of solveKeys) base[k] = o[k]
-  if (override !== undefined) {
-    for (const k of Object.keys(override)) {
-      if (!solverKeys.has(k)) {
-        throw new ConfigError({ path: k, message: `unknown solve option "${k}"; valid: ${solveKeys.join(", ")}` })
-      }
-    }
-    for (const k of solveKeys) if (override[k] !== undefined) base[k] = override[k]
-  }
-  return new SolveOptions(base as any)
-}
-
-const toCore = (o: SolveOptions): CoreOptions => ({
-  maxIter: o.maxIter,
-  tol: o.tol,
-  stopMode: o.stopMode,
-  returnMode: o.returnMode,
-  stopping: o.stopping,
-  recordTrajectory: o.recordTrajectory,
-  returnState: o.returnState
-})
-
-/** Frees every tensor of a result (z, trajectory, state). */
+/**
+ * Frees every tensor of a result (z, trajectory, state).
+ *
+ * @category models
+ */
 export const disposeResult = (result: SolveResult): void => {
   result.z.dispose()
   result.trajectory?.forEach((t) => t.dispose())
   result.state?.dispose()
 }
 
-const globalCriterion = (stats: SolveStats, stopMode: "abs" | "rel"): number => {
-  if (stats.returnedStep === 0) return Infinity
-  const trace = stopMode === "abs" ? stats.globalAbsTrace : stats.globalRelTrace
-  return trace[stats.returnedStep - 1] ?? Infinity
-}
-
-const failure = (
-  result: SolveResult,
-  options: SolveOptions
-): NotConverged | Diverged | SingularSystem | undefined => {
-  const s = result.stats
-  switch (s.status) {
-    case "converged":
-      return undefined
-    case "diverged":
-      return new Diverged({
-        solver: s.solver,
-        step: s.failedStep ?? s.steps,
-        message: `${s.solver}: ${s.message ?? "the iteration produced NaN or Inf"}`,
-        stats: s
-      })
-    case "singular":
-      return new SingularSystem({
-        solver: s.solver,
-        step: s.failedStep ?? s.steps,
-        message: `${s.solver}: ${s.message ?? "singular least-squares system"}`,
-        stats: s
-      })
-    case "maxIter": {
-      if (options.onNotConverged !== "fail") return undefined
-      const abs = Math.sqrt(s.absResidual.reduce((a, x) => a + x * x, 0))
-      const rel = globalCriterion(s, "rel")
-      return new NotConverged({
-        solver: s.solver,
-        steps: s.steps,
-        relResidual: rel,
-        absResidual: abs,
-        tol: options.tol,
-        message: `${s.solver} did not reach ${options.stopMode} tol ${options.tol} in ${s.steps} steps ` +
-          `(rel ${rel.toExponential(2)}, abs ${abs.toExponential(2)})`,
-        stats: s
-      })
-    }
+/** The typed error a finished solve fails `solve` with, if any. */
+const failure = (s: SolveStats, options: SolveOptions): NotConverged | Diverged | SingularSystem | undefined => {
+  const f = failureOf(s, options)
+  if (f === undefined) return undefined
+  switch (f._tag) {
+    case "NotConverged":
+      return new NotConverged(f)
+    case "Diverged":
+      return new Diverged(f)
+    case "SingularSystem":
+      return new SingularSystem(f)
   }
 }
+
+/** The errors `run` throws on purpose; `solve` fails with them, anything else is a defect. */
+const isSolveInputError = (e: unknown): e is ConfigError | StateSizeChanged =>
+  e instanceof ConfigError || e instanceof StateSizeChanged
 
 /**
  * Builds a Solver value from a run function: `solve` runs it, frees the result at once on failure, and otherwise
@@ -385,9 +392,17 @@ const fromRun = (name: string, options: SolveOptions, run: Solver["Service"]["ru
     options,
     run,
     solve: (f, z0, override, state) =>
-      Effect.suspend(() => {
-        const result = run(f, z0, override, state)
-        const error = failure(result, pickSolveOptions(options, override))
+      Effect.suspend((): Effect.Effect<SolveResult, SolveError, Scope.Scope> => {
+        let result: SolveResult
+        let resolved: SolveOptions
+        try {
+          resolved = resolve(options, override)
+          result = run(f, z0, override, state)
+        } catch (e) {
+          if (isSolveInputError(e)) return Effect.fail(e)
+          throw e
+        }
+        const error = failure(result.stats, resolved)
         if (error !== undefined) {
           disposeResult(result)
           return Effect.fail(error)
@@ -403,71 +418,87 @@ const fromRun = (name: string, options: SolveOptions, run: Solver["Service"]["ru
 
 const fromMethod = (method: Method, options: SolveOptions): Solver["Service"] =>
   fromRun(method.name, options, (f, z0, override, state) => {
-    const o = pickSolveOptions(options, override)
-    return runCore(method, f, z0, toCore(o), state) as SolveResult
+    const o = resolve(options, override)
+    try {
+      return runCore(method, f, z0, o, state) as SolveResult
+    } catch (e) {
+      if (!(e instanceof StateSizeError)) throw e
+      throw new StateSizeChanged({
+        solver: method.name,
+        input: e.input,
+        output: e.output,
+        message: `${method.name}: the fixed-point map changed the state size: input [${e.input}], output [${e.output}]`
+      })
+    }
   })
 
 /**
- * Damped fixed-point iteration as a plain value (no Layer). Throws a ConfigError on a bad option.
+ * Damped fixed-point iteration as a plain value (no Layer); a bad option is a ConfigError naming it.
  *
  * @category constructors
  */
-export const makePicard = (options?: PicardOptionsInput): Solver["Service"] => {
-  const o = decodeSync(PicardOptions, "picard")(options ?? {})
-  return fromMethod(picardMethod(o.tau), o)
-}
+export const makePicard = (options?: PicardOptionsInput): Effect.Effect<Solver["Service"], ConfigError> =>
+  Effect.map(decode(PicardOptions, "picard")(options ?? {}), (o) => fromMethod(picardMethod(o.tau), o))
 
 /**
- * Anderson acceleration as a plain value (no Layer). Throws a ConfigError on a bad option.
+ * Anderson acceleration as a plain value (no Layer); a bad option is a ConfigError naming it.
  *
  * @category constructors
  */
-export const makeAnderson = (options?: AndersonOptionsInput): Solver["Service"] => {
-  const o = decodeSync(AndersonOptions, "anderson")(options ?? {})
-  return fromMethod(andersonMethod(o.m, o.lambda, o.beta), o)
-}
+export const makeAnderson = (options?: AndersonOptionsInput): Effect.Effect<Solver["Service"], ConfigError> =>
+  Effect.map(
+    decode(AndersonOptions, "anderson")(options ?? {}),
+    (o) => fromMethod(andersonMethod(o.m, o.lambda, o.beta), o)
+  )
 
 /**
- * Broyden's method as a plain value (no Layer). Throws a ConfigError on a bad option.
+ * Broyden's method as a plain value (no Layer); a bad option is a ConfigError naming it.
  *
  * @category constructors
  */
-export const makeBroyden = (options?: BroydenOptionsInput): Solver["Service"] => {
-  const o = decodeSync(BroydenOptions, "broyden")(options ?? {})
-  return fromMethod(broydenMethod(o.memory), o)
-}
-
-const rank: Record<SolveStats["status"], number> = { converged: 3, maxIter: 2, singular: 1, diverged: 0 }
+export const makeBroyden = (options?: BroydenOptionsInput): Effect.Effect<Solver["Service"], ConfigError> =>
+  Effect.map(decode(BroydenOptions, "broyden")(options ?? {}), (o) => fromMethod(broydenMethod(o.memory), o))
 
 /**
- * A solver that runs `solvers` in order from the same z0 until one converges. If none does, it returns the best
- * attempt (by status, then residual) and reports every attempt in `stats.attempts`; `solve` then fails as that
- * attempt would. A passed state goes to every attempt (methods ignore a state of another kind).
+ * {@link makePicard} for code outside an Effect (tests, scripts, benchmarks); throws the ConfigError.
+ *
+ * @category constructors
+ */
+export const makePicardSync = (options?: PicardOptionsInput): Solver["Service"] => Effect.runSync(makePicard(options))
+
+/**
+ * {@link makeAnderson} for code outside an Effect (tests, scripts, benchmarks); throws the ConfigError.
+ *
+ * @category constructors
+ */
+export const makeAndersonSync = (options?: AndersonOptionsInput): Solver["Service"] =>
+  Effect.runSync(makeAnderson(options))
+
+/**
+ * {@link makeBroyden} for code outside an Effect (tests, scripts, benchmarks); throws the ConfigError.
+ *
+ * @category constructors
+ */
+export const makeBroydenSync = (options?: BroydenOptionsInput): Solver["Service"] =>
+  Effect.runSync(makeBroyden(options))
+
+/**
+ * A solver that runs the given solvers in order from the same z0 until one converges. If none does, it returns
+ * the best attempt (by status, then residual) and reports every attempt in `stats.attempts`; `solve` then fails
+ * as that attempt would. A passed state goes to every attempt (methods ignore a state of another kind).
  *
  * @category combinators
  */
-export const fallback = (...solvers: ReadonlyArray<Solver["Service"]>): Solver["Service"] => {
-  if (solvers.length === 0) throw new Error("fallback needs at least one solver")
-  const first = solvers[0]!
-  return fromRun(`fallback(${solvers.map((s) => s.name).join(", ")})`, first.options, (f, z0, override, state) => {
-    const attempts: Array<{ solver: string; status: SolveStats["status"]; steps: number }> = []
-    let kept: SolveResult | undefined
-    for (const solver of solvers) {
-      const result = solver.run(f, z0, override, state)
-      attempts.push({ solver: result.stats.solver, status: result.stats.status, steps: result.stats.steps })
-      const mode = pickSolveOptions(solver.options, override).stopMode
-      const better = kept === undefined ||
-        rank[result.stats.status] > rank[kept.stats.status] ||
-        (rank[result.stats.status] === rank[kept.stats.status] &&
-          globalCriterion(result.stats, mode) < globalCriterion(kept.stats, mode))
-      if (better) {
-        if (kept !== undefined) disposeResult(kept)
-        kept = result
-      } else disposeResult(result)
-      if (result.stats.status === "converged") break
-    }
-    return { ...kept!, stats: { ...kept!.stats, attempts } }
-  })
+export const fallback = (first: Solver["Service"], ...rest: ReadonlyArray<Solver["Service"]>): Solver["Service"] => {
+  const solvers = [first, ...rest]
+  return fromRun(`fallback(${solvers.map((s) => s.name).join(", ")})`, first.options, (f, z0, override, state) =>
+    runFallback(
+      solvers.map((solver) => ({
+        run: () => solver.run(f, z0, override, state),
+        stopMode: override?.stopMode ?? solver.options.stopMode
+      })),
+      disposeResult
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -482,8 +513,8 @@ export const fallback = (...solvers: ReadonlyArray<Solver["Service"]>): Solver["
  * @category broyden
  */
 export const liftBroyden = (state: SolverState, gNew: tf.Tensor): BroydenState => {
-  if (state._tag !== "BroydenState") throw new Error(`liftBroyden: expected a BroydenState, got ${state._tag}`)
-  return liftBroydenState(state as BroydenState, gNew) as BroydenState
+  if (state._tag !== "BroydenState") throw new TypeError(`liftBroyden: expected a BroydenState, got ${state._tag}`)
+  return liftBroydenState(state as BroydenState, gNew)
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -503,7 +534,7 @@ export type Backward =
     readonly _tag: "Implicit"
     readonly maxIter: number
     readonly tol: number
-    readonly solver: "picard" | "anderson" | "broyden"
+    readonly solver: SolverName
     /** stop mode of the backward solve (default "rel") */
     readonly stopMode?: "abs" | "rel"
     /** receives the statistics of every backward solve (TorchDEQ's backward_writer) */
@@ -526,7 +557,7 @@ export const Backward = {
     options: {
       readonly maxIter?: number
       readonly tol?: number
-      readonly solver?: "picard" | "anderson" | "broyden"
+      readonly solver?: SolverName
       readonly stopMode?: "abs" | "rel"
       readonly onStats?: (stats: SolveStats) => void
     } = {}
@@ -545,17 +576,6 @@ export const Backward = {
   unrolled: (n: number): Backward => ({ _tag: "Unrolled", n })
 } as const
 
-const backwardMethod = (solver: "picard" | "anderson" | "broyden", maxIter: number): Method => {
-  switch (solver) {
-    case "picard":
-      return picardMethod(1)
-    case "anderson":
-      return andersonMethod(5, 1e-4, 1)
-    case "broyden":
-      return broydenMethod(maxIter)
-  }
-}
-
 /**
  * Makes the equilibrium differentiable: given the solved z* (off the tape), returns a tensor equal to (or, for
  * phantom, close to) z* whose gradient w.r.t. everything f closes over follows `backward`. Call it inside
@@ -563,28 +583,8 @@ const backwardMethod = (solver: "picard" | "anderson" | "broyden", maxIter: numb
  *
  * @category gradients
  */
-export const attach = (f: FixedPointMap, zStar: tf.Tensor, backward: Backward, z0?: tf.Tensor): tf.Tensor => {
-  switch (backward._tag) {
-    case "Implicit":
-      return attachImplicit(f, zStar, {
-        method: backwardMethod(backward.solver, backward.maxIter),
-        options: {
-          maxIter: backward.maxIter,
-          tol: backward.tol,
-          stopMode: backward.stopMode ?? "rel",
-          returnMode: "best",
-          stopping: "batch",
-          recordTrajectory: false,
-          returnState: false
-        },
-        ...(backward.onStats !== undefined ? { onStats: backward.onStats as (s: unknown) => void } : {})
-      })
-    case "Phantom":
-      return attachPhantom(f, zStar, backward.k, backward.tau)
-    case "Unrolled":
-      return attachUnrolled(f, zStar, backward.n, z0)
-  }
-}
+export const attach = (f: FixedPointMap, zStar: tf.Tensor, backward: Backward, z0?: tf.Tensor): tf.Tensor =>
+  attachBackward(f, zStar, backward, z0)
 
 /**
  * A handle on the same values that no gradient flows through (tfjs has no stopGradient op): the copy is made with
@@ -594,4 +594,3 @@ export const attach = (f: FixedPointMap, zStar: tf.Tensor, backward: Backward, z
  */
 export const detach = (z: tf.Tensor): tf.Tensor => detachTensor(z)
 
-export type { Layer }

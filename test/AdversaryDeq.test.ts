@@ -13,7 +13,7 @@ import * as Adversary from "../src/Adversary.ts"
 import { GradientSource } from "../src/Adversary.ts"
 import * as Data from "../src/Data.ts"
 import * as Dynamics from "../src/Dynamics.ts"
-import { makePicard } from "../src/FixedPoint.ts"
+import { makePicardSync } from "../src/FixedPoint.ts"
 import * as Models from "../src/Models.ts"
 import { leakCheck, noLeaks, Rng, tf, untaped, useBackend } from "../src/Tensor.ts"
 import { cosine, make, perturbSync } from "./support.ts"
@@ -38,7 +38,7 @@ beforeAll(async () => {
   test = ds.test
   data = { x: test.images, shape: [8, 8, 1], y: test.labels }
   model = Effect.runSync(Models.fc({ inputShape: [8, 8, 1], hidden: 16, classes: K }, { seed: 1 }).pipe(Scope.provide(scope)))
-  deq = Dynamics.makeWith(model, makePicard({}), { solve: { maxIter: N, tol: 1e-4 } })
+  deq = Dynamics.makeWith(model, makePicardSync({}), { solve: { maxIter: N, tol: 1e-4 } })
   // a few Adam steps through the deq's default gradient (the paper's unroll tail)
   const opt = tf.train.adam(0.03)
   tf.tidy(() => {
@@ -195,7 +195,7 @@ describe("gradient sources", () => {
       Effect.runSync(Effect.scoped(Effect.gen(function*() {
         // smooth and tiny: tanh, no LayerNorm
         const small = yield* Models.fc({ inputShape: [8, 8, 1], hidden: 8, classes: K, act: "tanh", norm: "none", wScale: 0.5 }, { seed: 5 })
-        const d = Dynamics.makeWith(small, makePicard({}), { solve: { maxIter: 10, tol: 1e-5 } })
+        const d = Dynamics.makeWith(small, makePicardSync({}), { solve: { maxIter: 10, tol: 1e-5 } })
         const { x, y } = batch(2)
         const h = 1e-2
         tf.tidy(() => {
@@ -266,7 +266,7 @@ describe("gradient sources", () => {
     noLeaks(() => {
       const { x, y } = batch(8)
       try {
-        const tight = Dynamics.makeWith(model, makePicard({}), { solve: { maxIter: 80, tol: 1e-6 } })
+        const tight = Dynamics.makeWith(model, makePicardSync({}), { solve: { maxIter: 80, tol: 1e-6 } })
         const implicit = Adversary.deqClassifier(tight, { source: GradientSource.implicit({ maxIter: 80, tol: 1e-7 }) })
         const unrolled = Adversary.deqClassifier(tight, { source: GradientSource.unrolled(80) })
         const gi = inputGradient(implicit, x, y), gu = inputGradient(unrolled, x, y)
@@ -277,7 +277,7 @@ describe("gradient sources", () => {
         expect(d.backwardResidual!).toBeLessThan(1e-2)
         expect(Array.from(d.forwardConverged!)).toEqual(new Array(8).fill(1))
         // two solver steps are far from the fixed point: no sample converged
-        const short = Adversary.deqClassifier(Dynamics.makeWith(model, makePicard({}), { solve: { maxIter: 2, tol: 1e-4 } }), {
+        const short = Adversary.deqClassifier(Dynamics.makeWith(model, makePicardSync({}), { solve: { maxIter: 2, tol: 1e-4 } }), {
           source: GradientSource.implicit()
         })
         const s = short.diagnostics!(x)
@@ -492,7 +492,7 @@ describe("masking flags", () => {
   it.effect("a rounded DEQ read-out raises zero-gradients; too few solver steps raise forward-not-converged", () =>
     seeded(leakCheck(Effect.gen(function*() {
       const attack = yield* Adversary.fgsm({ eps: 0.1 })
-      const rounded = Dynamics.makeWith({ ...model, head: (z: tf.Tensor) => tf.tidy(() => model.head(tf.round(tf.mul(z, 4)))) }, makePicard({}), {
+      const rounded = Dynamics.makeWith({ ...model, head: (z: tf.Tensor) => tf.tidy(() => model.head(tf.round(tf.mul(z, 4)))) }, makePicardSync({}), {
         solve: { maxIter: N, tol: 1e-4 }
       })
       const masked = yield* Adversary.evaluate(Adversary.deqClassifier(rounded, { source: GradientSource.implicit() }), data, attack)
@@ -506,7 +506,7 @@ describe("masking flags", () => {
       expect(healthy[0]!.diagnostics.forwardNotConvergedClean).toBe(0)
       expect(healthy[0]!.diagnostics.gradientCosine!).toBeGreaterThan(0.9)
       // two solver steps: no forward solve converges, on x or on x_adv
-      const short = Dynamics.makeWith(model, makePicard({}), { solve: { maxIter: 2, tol: 1e-4 } })
+      const short = Dynamics.makeWith(model, makePicardSync({}), { solve: { maxIter: 2, tol: 1e-4 } })
       // (a stricter cosine threshold than the default 0.5: this toy model stays fairly aligned)
       const [r] = yield* Adversary.evaluateDeq(short, data, attack, {
         sources: [GradientSource.intermediate(1, 1)],

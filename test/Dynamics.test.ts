@@ -11,7 +11,7 @@
 import { beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import * as Dynamics from "../src/Dynamics.ts"
-import { Backward, makePicard, Solver } from "../src/FixedPoint.ts"
+import { Backward, makePicardSync, Solver } from "../src/FixedPoint.ts"
 import * as Models from "../src/Models.ts"
 import { leakCheck, noLeaks, stream, tf, useBackend } from "../src/Tensor.ts"
 import { maxAbsDiff } from "./support.ts"
@@ -45,7 +45,7 @@ describe("trajectory", () => {
     leakCheck(Effect.scoped(Effect.gen(function*() {
       for (const build of [fcModel(), convModel()]) {
         const model = yield* build
-        const deq = Dynamics.makeWith(model, makePicard({}), { solve: { maxIter: 7 } })
+        const deq = Dynamics.makeWith(model, makePicardSync({}), { solve: { maxIter: 7 } })
         const x = images(), y = labels()
         const t = yield* Dynamics.trajectoryScoped(deq, x, y)
         expect(t.states.map((s) => s.n)).toEqual([1, 2, 3, 4, 5, 6, 7])
@@ -105,18 +105,18 @@ describe("trajectory", () => {
       const x = images()
       const N = 6
       const solve = { maxIter: N, tol: 0, returnMode: "last" as const }
-      const t = Dynamics.trajectory(Dynamics.makeWith(model, makePicard({}), { solve }), x, undefined, { keepLogits: true })
+      const t = Dynamics.trajectory(Dynamics.makeWith(model, makePicardSync({}), { solve }), x, undefined, { keepLogits: true })
       const last = t.states.at(-1)!.logits!
       noLeaks(() =>
         tf.tidy(() => {
-          const exact = Dynamics.logits(Dynamics.makeWith(model, makePicard({}), { solve, backward: identityTail }), x, Dynamics.readOut.final)
+          const exact = Dynamics.logits(Dynamics.makeWith(model, makePicardSync({}), { solve, backward: identityTail }), x, Dynamics.readOut.final)
           expect(exact.dataSync()).toEqual(last.dataSync())
           const implicit = Dynamics.logits(
-            Dynamics.makeWith(model, makePicard({}), { solve, backward: Backward.implicit() }),
+            Dynamics.makeWith(model, makePicardSync({}), { solve, backward: Backward.implicit() }),
             x,
             Dynamics.readOut.final
           )
-          const d = direct(Dynamics.makeWith(model, makePicard({}), { solve }), x, N)
+          const d = direct(Dynamics.makeWith(model, makePicardSync({}), { solve }), x, N)
           expect(maxAbsDiff(implicit.dataSync(), model.head(d.f(d.zn)).dataSync())).toBeLessThan(1e-6)
         })
       )
@@ -126,7 +126,7 @@ describe("trajectory", () => {
   it.effect("a tolerance in the trajectory's solve options ends it early", () =>
     leakCheck(Effect.scoped(Effect.gen(function*() {
       const model = yield* fcModel()
-      const deq = Dynamics.makeWith(model, makePicard({}))
+      const deq = Dynamics.makeWith(model, makePicardSync({}))
       const x = images()
       const t = Dynamics.trajectory(deq, x, undefined, { steps: 60, solve: { tol: 1e-3 } })
       expect(t.stats.status).toBe("converged")
@@ -141,7 +141,7 @@ describe("read-outs", () => {
     leakCheck(Effect.scoped(Effect.gen(function*() {
       for (const build of [fcModel(), convModel()]) {
         const model = yield* build
-        const deq = Dynamics.makeWith(model, makePicard({}), { solve: { maxIter: 30, tol: 1e-2 } })
+        const deq = Dynamics.makeWith(model, makePicardSync({}), { solve: { maxIter: 30, tol: 1e-2 } })
         const x = images()
         noLeaks(() =>
           tf.tidy(() => {
@@ -171,7 +171,7 @@ describe("read-outs", () => {
   it.effect("Ensemble(from, to) is the mean of the per-state logits", () =>
     leakCheck(Effect.scoped(Effect.gen(function*() {
       const model = yield* fcModel()
-      const deq = Dynamics.makeWith(model, makePicard({}), { backward: Dynamics.unroll(1, 1) })
+      const deq = Dynamics.makeWith(model, makePicardSync({}), { backward: Dynamics.unroll(1, 1) })
       const x = images()
       noLeaks(() =>
         tf.tidy(() => {
@@ -189,7 +189,7 @@ describe("read-outs", () => {
   it.effect("RandomState draws n in {1..max} from the stream and reads out State(n)", () =>
     leakCheck(Effect.scoped(Effect.gen(function*() {
       const model = yield* fcModel()
-      const deq = Dynamics.makeWith(model, makePicard({}))
+      const deq = Dynamics.makeWith(model, makePicardSync({}))
       const x = images()
       const max = 4
       const drawsOf = (seed: number, calls: number) => {
@@ -224,7 +224,7 @@ describe("read-outs", () => {
   it.effect("RandomState per sample: one n per sample, each row read out at its own state", () =>
     leakCheck(Effect.scoped(Effect.gen(function*() {
       const model = yield* fcModel()
-      const deq = Dynamics.makeWith(model, makePicard({}))
+      const deq = Dynamics.makeWith(model, makePicardSync({}))
       const x = images()
       noLeaks(() =>
         tf.tidy(() => {
@@ -265,7 +265,7 @@ describe("gradients", () => {
       const x = images()
       const s = stream(1)
       for (const backward of [Dynamics.paperTail, Backward.implicit({ maxIter: 10 }), Backward.phantom(2), Backward.unrolled(3)]) {
-        const deq = Dynamics.makeWith(model, makePicard({}), { backward, solve: { maxIter: 4 } })
+        const deq = Dynamics.makeWith(model, makePicardSync({}), { backward, solve: { maxIter: 4 } })
         for (const r of [Dynamics.readOut.final, Dynamics.readOut.state(2), Dynamics.readOut.ensemble(1, 3), Dynamics.readOut.randomState(3)]) {
           noLeaks(() => {
             const g = tf.grad((xx: tf.Tensor) =>
@@ -288,7 +288,7 @@ describe("gradients", () => {
       const x = images()
       const y = tf.tidy(() => tf.oneHot(labels(), K))
       const gradsOf = (backward: Backward) => {
-        const deq = Dynamics.makeWith(model, makePicard({}), { backward, solve: { maxIter: 80, tol: 1e-7 } })
+        const deq = Dynamics.makeWith(model, makePicardSync({}), { backward, solve: { maxIter: 80, tol: 1e-7 } })
         const { value, grads } = tf.variableGrads(() =>
           tf.losses.softmaxCrossEntropy(y, Dynamics.logits(deq, x, Dynamics.readOut.final)) as tf.Scalar
         )
@@ -312,7 +312,7 @@ describe("gradients", () => {
     const peak = (maxIter: number) =>
       Effect.runPromise(Effect.scoped(Effect.gen(function*() {
         const model = yield* convModel()
-        const deq = Dynamics.makeWith(model, makePicard({}), { backward: Backward.phantom(1, 1), solve: { maxIter, tol: 0 } })
+        const deq = Dynamics.makeWith(model, makePicardSync({}), { backward: Backward.phantom(1, 1), solve: { maxIter, tol: 0 } })
         const x = images()
         const info = yield* Effect.promise(() =>
           tf.profile(() => {

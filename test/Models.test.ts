@@ -7,7 +7,7 @@ import { beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect, Exit } from "effect"
 import * as Dynamics from "../src/Dynamics.ts"
 import { ConfigError } from "../src/Errors.ts"
-import { Backward, makePicard } from "../src/FixedPoint.ts"
+import { Backward, makePicardSync } from "../src/FixedPoint.ts"
 import { groupNorm, groupNormReference, weightNorm } from "../src/internal/models/layers.ts"
 import * as Models from "../src/Models.ts"
 import { leakCheck, noLeaks, tf, useBackend } from "../src/Tensor.ts"
@@ -167,7 +167,7 @@ describe("initialisation", () => {
   it.effect("the FC map starts contractive: Picard converges from z0 = 0", () =>
     leakCheck(Effect.scoped(Effect.gen(function*() {
       const model = yield* Models.fc({ inputShape: [8, 8, 1], hidden: 32 }, { seed: 3 })
-      const deq = Dynamics.makeWith(model, makePicard({}))
+      const deq = Dynamics.makeWith(model, makePicardSync({}))
       const x = images(4, 8, 8, 1)
       const t = Dynamics.trajectory(deq, x, undefined, { steps: 25 })
       expect(t.states.at(-1)!.meanRelResidual).toBeLessThan(1e-4)
@@ -254,7 +254,7 @@ describe("variational dropout", () => {
   it.effect("one mask per call, scaled by 1/(1-p), seeded, shared by every application of f", () =>
     leakCheck(Effect.scoped(Effect.gen(function*() {
       const model = yield* buildSmall("conv", { dropout: 0.5 })
-      const plain = Dynamics.makeWith(model, makePicard({}), { solve: { maxIter: 3 } })
+      const plain = Dynamics.makeWith(model, makePicardSync({}), { solve: { maxIter: 3 } })
       const x = images(4, 8, 8, 1)
       noLeaks(() =>
         tf.tidy(() => {
@@ -290,7 +290,7 @@ describe("gradients reach every parameter", () => {
       it.effect(`${kind}, ${label}`, () =>
         leakCheck(Effect.scoped(Effect.gen(function*() {
           const model = yield* buildSmall(kind, kind === "fc" ? {} : { dropout: 0.2 })
-          const deq = Dynamics.makeWith(model, makePicard({}), { backward, solve: { maxIter: 6, tol: 0 } })
+          const deq = Dynamics.makeWith(model, makePicardSync({}), { backward, solve: { maxIter: 6, tol: 0 } })
           const x = images(4, 8, 8, 1)
           const y = tf.tidy(() => tf.oneHot(tf.tensor1d([0, 1, 2, 3], "int32"), 5))
           noLeaks(() => {

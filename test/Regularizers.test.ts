@@ -9,7 +9,7 @@ import { Effect, Layer } from "effect"
 import * as Data from "../src/Data.ts"
 import * as Dynamics from "../src/Dynamics.ts"
 import { ConfigError } from "../src/Errors.ts"
-import { makeBroyden, makePicard } from "../src/FixedPoint.ts"
+import { makeBroydenSync, makePicardSync } from "../src/FixedPoint.ts"
 import * as Models from "../src/Models.ts"
 import * as Regularizers from "../src/Regularizers.ts"
 import * as Train from "../src/Train.ts"
@@ -49,7 +49,7 @@ describe("random intermediate states", () => {
       expect(ris.evalReadOut).toEqual(Dynamics.readOut.state(N))
       const model = yield* fcModel()
       // Picard converges linearly, so neighbouring states stay distinguishable
-      const deq = Dynamics.makeWith(model, makePicard({}), { solve: { maxIter: N } })
+      const deq = Dynamics.makeWith(model, makePicardSync({}), { solve: { maxIter: N } })
       const x = images()
       const drawsOf = (seed: number, calls: number) => {
         const s = stream(seed)
@@ -94,7 +94,7 @@ describe("random intermediate states", () => {
       const N = 5
       const ris = Regularizers.makeRandomIntermediateStates({ max: N, perSample: true })
       const model = yield* fcModel(2)
-      const deq = Dynamics.makeWith(model, makePicard({}), { solve: { maxIter: N } })
+      const deq = Dynamics.makeWith(model, makePicardSync({}), { solve: { maxIter: N } })
       const x = images(5)
       let ns: Int32Array<ArrayBufferLike> = new Int32Array(0)
       const l = Dynamics.logits(deq, x, ris.readOut, { stream: stream(11), onDraw: (n) => (ns = n as Int32Array) })
@@ -134,7 +134,7 @@ describe("input entropy reduction", () => {
   it.effect("lowers the prediction entropy of a trained model; purified inputs stay in the eps-ball and [0, 1]", () =>
     leakCheck(Effect.scoped(Effect.gen(function*() {
       const { model, data } = yield* trainedModel
-      const deq = Dynamics.makeWith(model, makeBroyden({}), { solve: { maxIter: 8 } })
+      const deq = Dynamics.makeWith(model, makeBroydenSync({}), { solve: { maxIter: 8 } })
       const eps = 0.1
       const defence = yield* Regularizers.makeEntropyReduction({ ...Regularizers.entropyReductionPresets.mnist, eps })
       expect(defence.enabled).toBe(true)
@@ -163,7 +163,7 @@ describe("input entropy reduction", () => {
     leakCheck(Effect.scoped(Effect.gen(function*() {
       const model = yield* fcModel(4)
       const x = images(9)
-      for (const [solver, tol] of [[makePicard({}), 0], [makeBroyden({}), 1e-4]] as const) {
+      for (const [solver, tol] of [[makePicardSync({}), 0], [makeBroydenSync({}), 1e-4]] as const) {
         const deq = Dynamics.makeWith(model, solver, { solve: { maxIter: 8 } })
         for (const state of [8, 5]) {
           const defence = yield* Regularizers.makeEntropyReduction({ inputSteps: 0, warmStart: "last", state })
@@ -184,7 +184,7 @@ describe("input entropy reduction", () => {
     leakCheck(Effect.scoped(Effect.gen(function*() {
       const model = yield* fcModel(5)
       const x = images(12)
-      for (const solver of [makeBroyden({}), makePicard({})]) {
+      for (const solver of [makeBroydenSync({}), makePicardSync({})]) {
         const deq = Dynamics.makeWith(model, solver, { solve: { maxIter: 8 } })
         for (const readOut of ["state", "tail"] as const) {
           const defence = yield* Regularizers.makeEntropyReduction({ ...Regularizers.entropyReductionPresets.mnist, readOut })
@@ -210,7 +210,7 @@ describe("input entropy reduction", () => {
       const none = yield* Regularizers.InputDefence.pipe(Effect.provide(Regularizers.noDefence))
       expect(none.enabled).toBe(false)
       const model = yield* fcModel(6)
-      const deq = Dynamics.makeWith(model, makePicard({}), { solve: { maxIter: 8 } })
+      const deq = Dynamics.makeWith(model, makePicardSync({}), { solve: { maxIter: 8 } })
       const x = images(1)
       const out = none.run(deq, x)
       const plain = Dynamics.logits(deq, x, Dynamics.readOut.final)

@@ -11,35 +11,14 @@
  * @internal
  */
 import * as tf from "@tensorflow/tfjs"
+import type { BroydenState } from "../../FixedPoint.ts"
 import type { Iterate, Method, Reducer, Stepper } from "./iteration.ts"
 import { share } from "./iteration.ts"
 
-/** Broyden's resumable memory (tensors owned by whoever holds the state). */
-export interface BroydenStateData {
-  /** u_i as [B, k, N] */
-  readonly U: tf.Tensor
-  /** v_i as [B, k, N] */
-  readonly V: tf.Tensor
-  /** rank-1 pairs written so far (the step counter; the next pair goes to slot steps % capacity) */
-  readonly steps: number
-  /** the memory capacity the state was built with */
-  readonly capacity: number
-  /** slot of the last pair written */
-  readonly last: number
-  /** last secant pair and g = f(z) - z at the last iterate, [B, N] */
-  readonly dz: tf.Tensor
-  readonly dg: tf.Tensor
-  readonly gLast: tf.Tensor
-  /** the flattened state shape [B, N] */
-  readonly shape: ReadonlyArray<number>
-}
+/** Broyden's resumable memory without its tag and dispose (FixedPoint's public BroydenState, defined there). */
+export type BroydenStateData = Omit<BroydenState, "_tag" | "dispose">
 
-interface BroydenStateValue extends BroydenStateData {
-  readonly _tag: "BroydenState"
-  readonly dispose: () => void
-}
-
-const makeState = (data: BroydenStateData): BroydenStateValue => ({
+const makeState = (data: BroydenStateData): BroydenState => ({
   _tag: "BroydenState",
   ...data,
   dispose: () => {
@@ -105,7 +84,7 @@ const withSlot = (X: tf.Tensor | undefined, i: number, x: tf.Tensor): tf.Tensor 
   return tf.concat(parts, 1)
 }
 
-const isState = (u: unknown): u is BroydenStateValue =>
+const isState = (u: unknown): u is BroydenState =>
   typeof u === "object" && u !== null && (u as { _tag?: unknown })._tag === "BroydenState"
 
 /** sum_i xs[i] * cs[i] (cs are [B, 1] columns), or undefined for an empty sum. */
@@ -257,7 +236,7 @@ export const broydenMethod = (memory: number): Method => ({
  * Lifts a Broyden memory to a new map: dg' = dg + gNew - gLast, then the last pair is recomputed from (dz, dg') against
  * the memory without it (docs/method.md, "Input entropy reduction"). Returns a new state; the input is left untouched.
  */
-export const liftBroydenState = (state: BroydenStateData, gNew: tf.Tensor): BroydenStateValue => {
+export const liftBroydenState = (state: BroydenStateData, gNew: tf.Tensor): BroydenState => {
   const k = state.U.shape[1]!
   const [B, N] = [state.U.shape[0]!, state.U.shape[2]!]
   const data = tf.tidy(() => {

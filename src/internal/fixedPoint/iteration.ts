@@ -9,6 +9,7 @@
  * @internal
  */
 import * as tf from "@tensorflow/tfjs"
+import type { SolveStats } from "../../FixedPoint.ts"
 import { untaped } from "../../Tensor.ts"
 
 /** The resolved options of one solve (plain values; the Schema classes live in FixedPoint.ts). */
@@ -63,33 +64,14 @@ export interface Method {
   readonly start: (first: Iterate, imported: unknown, reducer: Reducer) => Stepper
 }
 
-/**
- * Statistics of a solve (FixedPoint's public SolveStats). Per-sample arrays have length B; traces have one entry
- * per step.
- * - `steps`: iterates computed after z0 (each costs one f evaluation, plus one for f(z0)).
- * - `stepsPerSample`: with `stopping: "sample"`, the step at which each sample froze; with "batch", `steps`.
- * - `absResidual` / `relResidual`: ||f(z) - z|| and ||f(z) - z|| / ||f(z)|| of the returned iterate, per sample.
- * - `converged`: 1 where the returned iterate meets `tol` on its own (per-sample criterion).
- * - `absTrace` / `relTrace`: per-sample residuals of z_1..z_n.
- */
-export interface CoreStats {
-  readonly solver: string
-  readonly status: "converged" | "maxIter" | "diverged" | "singular"
-  readonly steps: number
-  readonly stepsPerSample: Int32Array
-  readonly absResidual: Float32Array
-  readonly relResidual: Float32Array
-  readonly converged: Uint8Array
-  readonly absTrace: ReadonlyArray<Float32Array>
-  readonly relTrace: ReadonlyArray<Float32Array>
-  /** the batch-global residuals (abs, rel) of each step, as the paper's code computes them */
-  readonly globalAbsTrace: ReadonlyArray<number>
-  readonly globalRelTrace: ReadonlyArray<number>
-  /** index (1-based step) of the returned iterate; 0 means z0 was returned */
-  readonly returnedStep: number
-  /** the step that failed (non-finite or singular), when status says so */
-  readonly failedStep?: number
-  readonly message?: string
+/** Statistics of a solve: FixedPoint's public SolveStats (defined there), without the fallback's attempts. */
+export type CoreStats = Omit<SolveStats, "attempts">
+
+/** Thrown by the loop when the map returns another size than the state; FixedPoint makes it a typed error. */
+export class StateSizeError extends Error {
+  constructor(readonly input: ReadonlyArray<number>, readonly output: ReadonlyArray<number>) {
+    super(`fixed-point map changed the state size: input [${input}], output [${output}]`)
+  }
 }
 
 /** The raw result of the core loop. */
@@ -172,9 +154,186 @@ const disposeIterate = (it: Iterate | undefined): void => {
  */
 export const share = <T extends tf.Tensor>(t: T): T => tf.reshape(t, t.shape) as T
 
+/** The map on flattened [B, N] states; it checks that f keeps the state size. */
+const flatMap = (f: (z: tf.Tensor) => tf.Tensor, shape: ReadonlyArray<number>, B: number, N: number) =>
+(z: tf.Tensor): tf.Tensor => {
+  const out = f(tf.reshape(z, shape as Array<number>))
+  if (out.size !== B * N) throw new StateSizeError(shape, out.shape)
+  // reshape always gives a new handle, so f may return its input (or z) without aliasing the iterate
+  return tf.reshape(out, [B, N])
+}
+
+/**
+ * One proposal of the method, evaluated: the next iterate, or the method's reason to stop. With a `mask`, frozen
+ * samples keep z and f(z) bit for bit: x + 0 * d == x for finite d. (A broadcast tf.where is ~12x slower on wasm
+ * than this arithmetic: 67 vs 5.6 ms on 64 x 25088.)
+ */
+const nextIterate = (
+  stepper: Stepper,
+  flatF: (z: tf.Tensor) => tf.Tensor,
+  cur: Iterate,
+  k: number,
+  mask: Uint8Array | undefined,
+  B: number
+): Iterate | Exclude<Proposal, tf.Tensor> =>
+  tf.tidy((): any => {
+    const p = stepper.propose(cur, k, mask)
+    if (!(p instanceof tf.Tensor)) return p
+    if (mask === undefined) {
+      const fz = flatF(p)
+      return { z: p, fz, g: tf.sub(fz, p) }
+    }
+    const m = tf.tensor2d(Float32Array.from(mask), [B, 1])
+    const z = tf.add(cur.z, tf.mul(m, tf.sub(p, cur.z)))
+    const fz = tf.add(cur.fz, tf.mul(m, tf.sub(flatF(z), cur.fz)))
+    return { z, fz, g: tf.sub(fz, z) }
+  })
+
+/**
+ * Which iterate a solve returns so far, and whether it may stop: the batch-wide best (one residual for the whole
+ * batch, the paper's rule) or the per-sample best with per-sample freezing. `best` owns its own handle (`share`
+ * bumps a refcount, so keeping it costs no copy); `dispose` frees it.
+ */
+interface Selection {
+  /** samples still moving (all 1 with batch stopping) */
+  readonly active: Uint8Array
+  /** records step k's iterate; true when the solve has converged */
+  readonly offer: (next: Iterate, r: Residuals, k: number) => boolean
+  /** the returned z (reshape it for a handle of its own), its per-sample residuals and step */
+  readonly result: (last: Iterate, lastRes: Residuals, steps: number, useLast: boolean) => {
+    readonly z: tf.Tensor
+    readonly abs: Float32Array
+    readonly rel: Float32Array
+    readonly step: number
+  }
+  readonly dispose: () => void
+}
+
+const makeSelection = (options: CoreOptions, first: Iterate, firstRes: Residuals, B: number): Selection => {
+  const perSample = options.stopping === "sample"
+  const crit = (r: Residuals, b: number) => (options.stopMode === "abs" ? r.abs[b]! : r.rel[b]!)
+  const active = new Uint8Array(B).fill(1)
+  // z0 is only a fallback (as in locuslab/deq): any finite step replaces it
+  let best = share(first.z)
+  let bestStep = 0
+  let bestGlobal = Infinity
+  let bestRes = firstRes
+  const bestPerSample = new Float64Array(B).fill(Infinity)
+  const bestAbs = Float32Array.from(firstRes.abs)
+  const bestRel = Float32Array.from(firstRes.rel)
+  const replace = (z: tf.Tensor, k: number) => {
+    best.dispose()
+    best = share(z)
+    bestStep = k
+  }
+  const offerBatch = (next: Iterate, r: Residuals, k: number): boolean => {
+    const c = options.stopMode === "abs" ? r.globalAbs : r.globalRel
+    if (c < bestGlobal) {
+      bestGlobal = c
+      bestRes = r
+      replace(next.z, k)
+    }
+    return c <= options.tol
+  }
+  const offerSample = (next: Iterate, r: Residuals, k: number): boolean => {
+    // per-sample best: a masked blend over the samples that improved
+    const improved = new Uint8Array(B)
+    let any = false, all = true
+    for (let b = 0; b < B; b++) {
+      const c = crit(r, b)
+      if (c < bestPerSample[b]!) {
+        improved[b] = 1
+        any = true
+        bestPerSample[b] = c
+        bestAbs[b] = r.abs[b]!
+        bestRel[b] = r.rel[b]!
+      } else all = false
+    }
+    if (all) replace(next.z, k)
+    else if (any) {
+      const old = best
+      best = tf.tidy(() => {
+        const m = tf.tensor2d(Float32Array.from(improved), [B, 1])
+        return tf.add(old, tf.mul(m, tf.sub(next.z, old)))
+      })
+      old.dispose()
+      bestStep = k
+    }
+    let done = true
+    for (let b = 0; b < B; b++) {
+      if (crit(r, b) <= options.tol) active[b] = 0
+      else done = false
+    }
+    return done
+  }
+  return {
+    active,
+    offer: perSample ? offerSample : offerBatch,
+    result: (last, lastRes, steps, useLast) =>
+      useLast
+        ? { z: last.z, abs: lastRes.abs, rel: lastRes.rel, step: steps }
+        : {
+          z: best,
+          abs: perSample ? bestAbs : bestRes.abs,
+          rel: perSample ? bestRel : bestRes.rel,
+          step: bestStep
+        },
+    dispose: () => best.dispose()
+  }
+}
+
+/** The per-step record of a solve: traces and the ending. */
+interface Progress {
+  readonly absTrace: Array<Float32Array>
+  readonly relTrace: Array<Float32Array>
+  readonly gAbs: Array<number>
+  readonly gRel: Array<number>
+  readonly stepsPerSample: Int32Array
+  status: CoreStats["status"]
+  steps: number
+  failedStep?: number
+  message?: string
+}
+
+const stop = (p: Progress, status: "diverged" | "singular", step: number, message: string): void => {
+  p.status = status
+  p.failedStep = step
+  p.message = message
+}
+
+/** The statistics of a finished solve from its progress and the returned iterate's residuals. */
+const statsOf = (
+  name: string,
+  options: CoreOptions,
+  p: Progress,
+  out: { readonly abs: Float32Array; readonly rel: Float32Array; readonly step: number }
+): CoreStats => {
+  const converged = new Uint8Array(out.abs.length)
+  for (let b = 0; b < converged.length; b++) {
+    converged[b] = (options.stopMode === "abs" ? out.abs[b]! : out.rel[b]!) <= options.tol ? 1 : 0
+  }
+  if (options.stopping !== "sample") p.stepsPerSample.fill(p.steps)
+  return {
+    solver: name,
+    status: p.status,
+    steps: p.steps,
+    stepsPerSample: p.stepsPerSample,
+    absResidual: out.abs,
+    relResidual: out.rel,
+    converged,
+    absTrace: p.absTrace,
+    relTrace: p.relTrace,
+    globalAbsTrace: p.gAbs,
+    globalRelTrace: p.gRel,
+    returnedStep: out.step,
+    ...(p.failedStep !== undefined ? { failedStep: p.failedStep } : {}),
+    ...(p.message !== undefined ? { message: p.message } : {})
+  }
+}
+
 /**
  * Runs a method from z0 (any shape [B, ...]). The caller owns the returned tensors; they are ordinary tensors of
- * the caller's tidy scope (nothing stays kept).
+ * the caller's tidy scope (nothing stays kept). A map that changes the state size throws a {@link StateSizeError}.
  */
 export const runCore = (
   method: Method,
@@ -187,25 +346,13 @@ export const runCore = (
     const shape = z0.shape
     const B = shape[0] ?? 1
     const N = B === 0 ? 0 : z0.size / B
-    const flatF = (z: tf.Tensor): tf.Tensor => {
-      const out = f(tf.reshape(z, shape))
-      if (out.size !== z0.size) {
-        throw new Error(`fixed-point map changed the state size: input ${shape}, output ${out.shape}`)
-      }
-      // reshape always gives a new handle, so f may return its input (or z) without aliasing the iterate
-      return tf.reshape(out, [B, N])
-    }
-    const perSample = options.stopping === "sample"
-    const crit = (r: Residuals, b: number) => (options.stopMode === "abs" ? r.abs[b]! : r.rel[b]!)
-    const globalCrit = (r: Residuals) => (options.stopMode === "abs" ? r.globalAbs : r.globalRel)
-
+    const flatF = flatMap(f, shape, B, N)
     let stats: CoreStats | undefined
     let exported: ExportedState | undefined
     const tensors = tf.tidy(() => {
       let stepper: Stepper | undefined
-      let current: Iterate = undefined as unknown as Iterate
-      // `best` owns its own handle (`share` bumps a refcount, so keeping it costs no copy)
-      let best: tf.Tensor = undefined as unknown as tf.Tensor
+      let current: Iterate | undefined
+      let selection: Selection | undefined
       const trajectory: Array<tf.Tensor> = []
       try {
         const reducer = makeReducer(tf.ones([N, 1]))
@@ -215,170 +362,53 @@ export const runCore = (
           return { z, fz, g: tf.sub(fz, z) }
         })
         let res = residuals(readNorms(reducer, current), B)
-        const absTrace: Array<Float32Array> = []
-        const relTrace: Array<Float32Array> = []
-        const gAbs: Array<number> = []
-        const gRel: Array<number> = []
-        const stepsPerSample = new Int32Array(B)
-        const active = new Uint8Array(B).fill(1)
-        // selection: z0 is only a fallback (as in locuslab/deq), any finite step replaces it
-        best = share(current.z)
-        let bestRes = res
-        let bestStep = 0
-        let bestGlobal = Infinity
-        const bestPerSample = new Float64Array(B).fill(Infinity)
-        const bestAbs = Float32Array.from(res.abs)
-        const bestRel = Float32Array.from(res.rel)
-        let status: CoreStats["status"] = "maxIter"
-        let steps = 0
-        let failedStep: number | undefined
-        let message: string | undefined
-
-        if (!res.finite) {
-          status = "diverged"
-          failedStep = 0
-          message = "f(z0) is not finite"
-        } else {
+        selection = makeSelection(options, current, res, B)
+        const active = selection.active
+        const p: Progress = {
+          absTrace: [], relTrace: [], gAbs: [], gRel: [], stepsPerSample: new Int32Array(B), status: "maxIter", steps: 0
+        }
+        if (!res.finite) stop(p, "diverged", 0, "f(z0) is not finite")
+        else {
           stepper = method.start(current, imported, reducer)
           for (let k = 1; k <= options.maxIter; k++) {
-            const cur: Iterate = current
-            const frozen = perSample && active.some((a) => a === 0)
-            const mask = frozen ? Uint8Array.from(active) : undefined
-            const next: Iterate | Exclude<Proposal, tf.Tensor> = tf.tidy((): any => {
-              const p = stepper!.propose(cur, k, mask)
-              if (!(p instanceof tf.Tensor)) return p
-              let z = p
-              let fz: tf.Tensor
-              if (mask !== undefined) {
-                // frozen samples keep z and f(z) bit for bit: x + 0 * d == x for finite d. (A broadcast
-                // tf.where is ~12x slower on wasm than this arithmetic: 67 vs 5.6 ms on 64 x 25088.)
-                const m = tf.tensor2d(Float32Array.from(mask), [B, 1])
-                z = tf.add(cur.z, tf.mul(m, tf.sub(p, cur.z)))
-                fz = tf.add(cur.fz, tf.mul(m, tf.sub(flatF(z), cur.fz)))
-              } else {
-                fz = flatF(z)
-              }
-              const it: Iterate = { z, fz, g: tf.sub(fz, z) }
-              return it
-            })
+            const mask = options.stopping === "sample" && active.includes(0) ? Uint8Array.from(active) : undefined
+            const next = nextIterate(stepper, flatF, current, k, mask, B)
             if (!("z" in next)) {
-              status = "singular"
-              failedStep = k
-              message = next.message
+              stop(p, "singular", k, next.message)
               break
             }
             const r = residuals(stepper.measure !== undefined ? stepper.measure(next) : readNorms(reducer, next), B)
             if (!r.finite) {
               disposeIterate(next)
-              status = "diverged"
-              failedStep = k
-              message = `non-finite residual at step ${k}`
+              stop(p, "diverged", k, `non-finite residual at step ${k}`)
               break
             }
             tf.tidy(() => stepper!.accept(next, k, mask))
             disposeIterate(current)
             current = next
             res = r
-            steps = k
-            absTrace.push(r.abs)
-            relTrace.push(r.rel)
-            gAbs.push(r.globalAbs)
-            gRel.push(r.globalRel)
+            p.steps = k
+            p.absTrace.push(r.abs)
+            p.relTrace.push(r.rel)
+            p.gAbs.push(r.globalAbs)
+            p.gRel.push(r.globalRel)
             if (options.recordTrajectory) trajectory.push(tf.reshape(next.z, shape))
-            for (let b = 0; b < B; b++) if (active[b] === 1) stepsPerSample[b] = k
-
-            if (perSample) {
-              // per-sample best: a where over the samples that improved
-              const improved = new Uint8Array(B)
-              let anyImproved = false
-              let allImproved = true
-              for (let b = 0; b < B; b++) {
-                const c = crit(r, b)
-                if (c < bestPerSample[b]!) {
-                  improved[b] = 1
-                  anyImproved = true
-                  bestPerSample[b] = c
-                  bestAbs[b] = r.abs[b]!
-                  bestRel[b] = r.rel[b]!
-                } else allImproved = false
-              }
-              if (allImproved) {
-                best.dispose()
-                best = share(next.z)
-                bestStep = k
-              } else if (anyImproved) {
-                const old = best
-                best = tf.tidy(() => {
-                  const m = tf.tensor2d(Float32Array.from(improved), [B, 1])
-                  return tf.add(old, tf.mul(m, tf.sub(next.z, old)))
-                })
-                old.dispose()
-                bestStep = k
-              }
-              let all = true
-              for (let b = 0; b < B; b++) {
-                if (crit(r, b) <= options.tol) active[b] = 0
-                else all = false
-              }
-              if (all) {
-                status = "converged"
-                break
-              }
-            } else {
-              const c = globalCrit(r)
-              if (c < bestGlobal) {
-                bestGlobal = c
-                best.dispose()
-                best = share(next.z)
-                bestRes = r
-                bestStep = k
-              }
-              if (c <= options.tol) {
-                status = "converged"
-                break
-              }
+            for (let b = 0; b < B; b++) if (active[b] === 1) p.stepsPerSample[b] = k
+            if (selection.offer(next, r, k)) {
+              p.status = "converged"
+              break
             }
           }
         }
-
-        // which iterate is returned (the reshape below is its own handle: current and best are freed in finally)
-        const useLast = options.returnMode === "last" && status !== "diverged"
-        const z = useLast ? current.z : best
-        const outAbs = useLast ? res.abs : perSample ? bestAbs : bestRes.abs
-        const outRel = useLast ? res.rel : perSample ? bestRel : bestRes.rel
-        const returnedStep = useLast ? steps : bestStep
-        const converged = new Uint8Array(B)
-        for (let b = 0; b < B; b++) {
-          const c = options.stopMode === "abs" ? outAbs[b]! : outRel[b]!
-          converged[b] = c <= options.tol ? 1 : 0
-        }
-        if (!perSample) stepsPerSample.fill(steps)
-        stats = {
-          solver: method.name,
-          status,
-          steps,
-          stepsPerSample,
-          absResidual: outAbs,
-          relResidual: outRel,
-          converged,
-          absTrace,
-          relTrace,
-          globalAbsTrace: gAbs,
-          globalRelTrace: gRel,
-          returnedStep,
-          ...(failedStep !== undefined ? { failedStep } : {}),
-          ...(message !== undefined ? { message } : {})
-        }
+        // the reshape below is the returned z's own handle: current and best are freed in finally
+        const out = selection.result(current, res, p.steps, options.returnMode === "last" && p.status !== "diverged")
+        stats = statsOf(method.name, options, p, out)
         if (options.returnState && stepper?.exportState !== undefined) exported = stepper.exportState()
-        return {
-          z: tf.reshape(z, shape),
-          trajectory,
-          state: exported?.tensors ?? {}
-        }
+        return { z: tf.reshape(out.z, shape), trajectory, state: exported?.tensors ?? {} }
       } finally {
         stepper?.dispose()
-        disposeIterate(current as Iterate | undefined)
-        ;(best as tf.Tensor | undefined)?.dispose()
+        disposeIterate(current)
+        selection?.dispose()
       }
     })
     return {
