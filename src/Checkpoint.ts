@@ -33,7 +33,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { Effect, Schema, type Scope } from "effect"
 import { decode, NonNegativeInt } from "./Config.ts"
-import { CheckpointError } from "./Errors.ts"
+import { CheckpointError, messageOf } from "./Errors.ts"
 import { build, decodeConfig, encodeConfig, type Model, type ModelConfig } from "./Models.ts"
 import { tf } from "./Tensor.ts"
 
@@ -190,11 +190,8 @@ export const toTensor = (t: StoredTensor): tf.Tensor => tf.tensor(t.data, t.shap
 // ---------------------------------------------------------------------------------------------------------------
 
 const reason = (u: unknown): string => {
-  if (u instanceof Error) {
-    const code = (u as NodeJS.ErrnoException).code
-    return code !== undefined ? `${code}: ${u.message}` : u.message
-  }
-  return String(u)
+  const code = u instanceof Error ? (u as NodeJS.ErrnoException).code : undefined
+  return code !== undefined ? `${code}: ${messageOf(u)}` : messageOf(u)
 }
 
 const io = <A>(file: string, what: string, f: () => Promise<A>, tensor?: string): Effect.Effect<A, CheckpointError> =>

@@ -29,6 +29,7 @@
  */
 import { Effect, type Scope } from "effect"
 import { attach, type Backward, type FixedPointMap, type Linearization, Solver, type SolveOptions, type SolveStats } from "./FixedPoint.ts"
+import { entropyOf, labelsOf, measure, reportsOf } from "./internal/dynamics/trajectory.ts"
 import { acquire, type Stream, tf, untaped } from "./Tensor.ts"
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -463,12 +464,13 @@ export interface TrajectoryOptions {
   readonly solve?: Partial<SolveOptions>
 }
 
-const labelsOf = (y: tf.Tensor): Int32Array => {
-  const t = tf.tidy(() => (y.rank === 2 ? tf.argMax(y, 1) : tf.cast(y, "int32")))
-  const labels = t.dataSync() as Int32Array
-  t.dispose()
-  return labels
-}
+/**
+ * The prediction entropy H(softmax(logits)) = -sum_c p_c log p_c of each sample of logits [B, C], in [0, log C]:
+ * the quantity the trajectory reports per state and input entropy reduction lowers.
+ *
+ * @category trajectories
+ */
+export const predictionEntropy = (logits: tf.Tensor): tf.Tensor1D => entropyOf(logits)
 
 /**
  * The trajectory view (no tape, no gradient): solves N steps from z0 = 0 recording every iterate z_1..z_N, and for each
@@ -485,59 +487,18 @@ export const trajectory = (deq: Deq, x: tf.Tensor4D, y?: tf.Tensor, options: Tra
   const batch = x.shape[0]
   let stats: SolveStats | undefined
   // stats leave the tidy through a closure: tidy walks returned values, and typed arrays are slow to walk
-  const out = untaped(() =>
+  const measured = untaped(() =>
     tf.tidy(() => {
       const p = prepare(deq, x)
       const r = solveOffTape(deq, p, { ...exactSteps(deq, steps, { trajectory: true }), ...options.solve, recordTrajectory: true })
-      const states = r.trajectory ?? []
-      const ent: Array<tf.Tensor> = [], rel: Array<tf.Tensor> = [], abs: Array<tf.Tensor> = []
-      const pred: Array<tf.Tensor> = [], logitsList: Array<tf.Tensor2D> = []
-      for (const z of states) {
-        const l = deq.model.head(z)
-        const logp = tf.logSoftmax(l)
-        ent.push(tf.neg(tf.sum(tf.mul(tf.exp(logp), logp), 1)))
-        pred.push(tf.argMax(l, 1))
-        const fz = tf.reshape(p.f(z), [batch, -1])
-        const diff = tf.norm(tf.sub(fz, tf.reshape(z, [batch, -1])), "euclidean", 1)
-        abs.push(diff)
-        rel.push(tf.div(diff, tf.add(tf.norm(fz, "euclidean", 1), 1e-9)))
-        logitsList.push(l)
-      }
-      const stack = (ts: Array<tf.Tensor>): tf.Tensor => ts.length === 0 ? tf.zeros([0, batch]) : tf.stack(ts)
       stats = r.stats
-      return { ent: stack(ent), rel: stack(rel), abs: stack(abs), pred: tf.cast(stack(pred), "int32"), logits: logitsList }
+      const m = measure(r.trajectory ?? [], deq.model.head, p.f, batch)
+      return { entropy: m.entropy, rel: m.rel, abs: m.abs, predictions: m.predictions, logits: m.logits }
     })
   )
-  const { ent, rel, abs, pred, logits: logitsList } = out
-  const entropy = ent.dataSync() as Float32Array, relRes = rel.dataSync() as Float32Array
-  const absRes = abs.dataSync() as Float32Array, preds = pred.dataSync() as Int32Array
-  tf.dispose([ent, rel, abs, pred])
-  if (options.keepLogits !== true) tf.dispose(logitsList)
   const labels = y === undefined ? undefined : labelsOf(y)
-  const mean = (a: ArrayLike<number>) => {
-    let s = 0
-    for (let i = 0; i < a.length; i++) s += a[i]!
-    return a.length === 0 ? 0 : s / a.length
-  }
-  const reports: Array<StateReport> = logitsList.map((l, i) => {
-    const slice = <A extends Float32Array | Int32Array>(a: A) => a.slice(i * batch, (i + 1) * batch) as A
-    const predictions = slice(preds)
-    const e = slice(entropy), rr = slice(relRes)
-    let correct = 0
-    if (labels !== undefined) for (let b = 0; b < batch; b++) if (predictions[b] === labels[b]) correct++
-    return {
-      n: i + 1,
-      predictions,
-      entropy: e,
-      meanEntropy: mean(e),
-      relResidual: rr,
-      meanRelResidual: mean(rr),
-      absResidual: slice(absRes),
-      ...(labels !== undefined ? { accuracy: correct / batch } : {}),
-      ...(options.keepLogits === true ? { logits: l } : {})
-    }
-  })
-  return { states: reports, stats: stats!, batch, classes: logitsList[0]?.shape[1] ?? 0 }
+  const states = reportsOf(measured, batch, labels, options.keepLogits === true)
+  return { states, stats: stats!, batch, classes: measured.logits[0]?.shape[1] ?? 0 }
 }
 
 /**

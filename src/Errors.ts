@@ -10,6 +10,14 @@
 import { Schema } from "effect"
 
 /**
+ * What a caught value says, in one line: the first line of an Error's message, anything else as text. The
+ * `message` of a typed error made from a caught exception.
+ *
+ * @category constructors
+ */
+export const messageOf = (u: unknown): string => (u instanceof Error ? u.message : String(u)).split("\n")[0]!
+
+/**
  * A configuration value is wrong: an unknown key, a value out of range, an unknown backend name.
  * `path` names the field (e.g. `solver.maxIter`), `message` says what is wrong and what is allowed.
  *

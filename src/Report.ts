@@ -28,6 +28,7 @@ import * as fs from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
 import { Effect, Schema } from "effect"
+import { messageOf } from "./Errors.ts"
 import * as vega from "vega"
 import * as vegaLite from "vega-lite"
 
@@ -44,8 +45,6 @@ export class ReportError extends Schema.TaggedError<ReportError>()("ReportError"
   path: Schema.String,
   message: Schema.String
 }) {}
-
-const reason = (u: unknown): string => (u instanceof Error ? u.message : String(u)).split("\n")[0]!
 
 // ---------------------------------------------------------------------------------------------------------------
 // Atomic writes
@@ -81,7 +80,7 @@ export const writeText = (file: string, content: string | Uint8Array): Effect.Ef
       }
       await fs.rename(tmp, target)
     },
-    catch: (e) => new ReportError({ path: target, message: `cannot write: ${reason(e)}` })
+    catch: (e) => new ReportError({ path: target, message: `cannot write: ${messageOf(e)}` })
   })
   return write.pipe(Effect.onError(() => Effect.promise(() => fs.rm(tmp, { force: true }).catch(() => undefined))))
 }
@@ -122,7 +121,7 @@ export const appendJsonLine = (file: string, value: unknown): Effect.Effect<void
       await fs.mkdir(path.dirname(path.resolve(file)), { recursive: true })
       await fs.appendFile(file, JSON.stringify(value, (_k, v) => (typeof v === "number" && !Number.isFinite(v) ? null : v)) + "\n")
     },
-    catch: (e) => new ReportError({ path: file, message: `cannot append: ${reason(e)}` })
+    catch: (e) => new ReportError({ path: file, message: `cannot append: ${messageOf(e)}` })
   })
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -328,7 +327,7 @@ export const renderSvg = (plot: LinePlot): Effect.Effect<string, ReportError> =>
         view.finalize()
       }
     },
-    catch: (e) => new ReportError({ path: plot.title, message: `cannot render the plot: ${reason(e)}` })
+    catch: (e) => new ReportError({ path: plot.title, message: `cannot render the plot: ${messageOf(e)}` })
   })
 
 /**

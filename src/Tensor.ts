@@ -22,7 +22,7 @@
 import * as tf from "@tensorflow/tfjs"
 import { Config, Context, Effect, Layer, Schema, Scope } from "effect"
 import { defaulted } from "./Config.ts"
-import { ConfigError, TensorLeak } from "./Errors.ts"
+import { ConfigError, messageOf, TensorLeak } from "./Errors.ts"
 import { registerWasmConvGradients } from "./internal/tensor/convGrad.ts"
 
 export { tf }
@@ -91,7 +91,6 @@ const moduleFor: Record<Exclude<BackendName, "cpu">, string> = {
   wasm: "@tensorflow/tfjs-backend-wasm"
 }
 
-const message = (u: unknown): string => (u instanceof Error ? u.message.split("\n")[0]! : String(u))
 
 /**
  * Loads and activates one backend; throws with the reason when it cannot.
@@ -125,7 +124,7 @@ const select = (requested: string): Effect.Effect<Backend["Service"], ConfigErro
     const order: ReadonlyArray<BackendName> = requested === "auto" ? backendNames : [requested]
     const skipped: Array<{ name: BackendName; reason: string }> = []
     for (const name of order) {
-      const result = yield* Effect.result(Effect.tryPromise({ try: () => activate(name), catch: message }))
+      const result = yield* Effect.result(Effect.tryPromise({ try: () => activate(name), catch: messageOf }))
       if (result._tag === "Success") {
         const service = Backend.of({ name, tfBackend: result.success, skipped })
         yield* Effect.logInfo(

@@ -136,6 +136,21 @@ describe("trajectory", () => {
     }))))
 })
 
+describe("predictionEntropy", () => {
+  it("is log C for uniform logits, near 0 for a confident row, and matches -sum p log p", () => {
+    const [uniform, confident, mixed] = noLeaks(() =>
+      tf.tidy(() => {
+        const h = Dynamics.predictionEntropy(tf.tensor2d([[0, 0, 0, 0], [50, 0, 0, 0], [1, 2, 0, -1]]))
+        return Array.from(h.dataSync())
+      })
+    )
+    expect(uniform).toBeCloseTo(Math.log(4), 5)
+    expect(confident).toBeLessThan(1e-6)
+    const z = [1, 2, 0, -1].map(Math.exp), s = z.reduce((a, b) => a + b, 0)
+    expect(mixed).toBeCloseTo(-z.map((v) => v / s).reduce((a, p) => a + p * Math.log(p), 0), 5)
+  })
+})
+
 describe("read-outs", () => {
   it.effect("State(n) equals solving n steps directly, then the tail", () =>
     leakCheck(Effect.scoped(Effect.gen(function*() {

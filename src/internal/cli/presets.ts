@@ -11,7 +11,7 @@ import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { Effect, Schema } from "effect"
 import { decode } from "../../Config.ts"
-import { ConfigError } from "../../Errors.ts"
+import { ConfigError, messageOf } from "../../Errors.ts"
 import * as Train from "../../Train.ts"
 import { SuiteConfig } from "../../Evaluation.ts"
 
@@ -53,7 +53,7 @@ const readJson = (file: string, what: string): Effect.Effect<unknown, ConfigErro
         path: file,
         message: code === "ENOENT"
           ? `${what} ${file} does not exist`
-          : `${what} ${file} is not valid JSON: ${e instanceof Error ? e.message : String(e)}`
+          : `${what} ${file} is not valid JSON: ${messageOf(e)}`
       })
     }
   })

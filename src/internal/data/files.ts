@@ -9,7 +9,7 @@ import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { promisify } from "node:util"
 import * as zlib from "node:zlib"
-import { DatasetError } from "../../Errors.ts"
+import { DatasetError, messageOf } from "../../Errors.ts"
 
 const gunzip = promisify(zlib.gunzip)
 
@@ -26,7 +26,7 @@ const describe = (u: unknown): string => {
     case "EPERM":
       return "permission denied"
     default:
-      return u instanceof Error ? u.message.split("\n")[0]! : String(u)
+      return messageOf(u)
   }
 }
 
