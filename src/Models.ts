@@ -25,7 +25,6 @@ import { decode, defaulted, PositiveInt } from "./Config.ts"
 import type { DeqModel, Param } from "./Dynamics.ts"
 import { ConfigError } from "./Errors.ts"
 import { convCore, convModelSpecs } from "./internal/models/conv.ts"
-import type { ModelCore, ParamSpec } from "./internal/models/spec.ts"
 import { fcCore, fcSpecs } from "./internal/models/fc.ts"
 import { makeInit } from "./internal/models/layers.ts"
 import { branchSizes, multiscaleCore, multiscaleSpecs } from "./internal/models/multiscale.ts"
@@ -162,7 +161,35 @@ export interface Model extends DeqModel {
   readonly summary: string
 }
 
-interface Kind<C> {
+/**
+ * One parameter of a model to create: a stable name (the checkpoint key), its shape and its seeded initial value.
+ *
+ * @category models
+ */
+export interface ParamSpec {
+  readonly name: string
+  readonly shape: ReadonlyArray<number>
+  readonly init: () => tf.Tensor
+}
+
+/**
+ * The functions of a model given its variables by name: what {@link Model} holds besides its config and variables.
+ *
+ * @category models
+ */
+export type ModelCore = Omit<DeqModel, "params" | "parameterCount"> & {
+  /** per-sample shape of the state z */
+  readonly stateShape: ReadonlyArray<number>
+  /** one line per part, for `describe` */
+  readonly summary: string
+}
+
+/**
+ * How one model kind is specified, built and checked (an entry of {@link kinds}).
+ *
+ * @category models
+ */
+export interface Kind<C> {
   readonly specs: (config: C, seed: number) => ReadonlyArray<ParamSpec>
   readonly core: (config: C, params: ReadonlyMap<string, tf.Variable>) => ModelCore
   readonly validate: (config: C) => ReadonlyArray<{ readonly path: string; readonly message: string }>

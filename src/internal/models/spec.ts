@@ -5,26 +5,9 @@
  * @internal
  */
 import type * as tf from "@tensorflow/tfjs"
-import type { DeqModel } from "../../Dynamics.ts"
 
-/**
- * One parameter to create: a stable name (checkpoint key) and its seeded initial value.
- */
-export interface ParamSpec {
-  readonly name: string
-  readonly shape: ReadonlyArray<number>
-  readonly init: () => tf.Tensor
-}
-
-/**
- * The functions of a model, given its variables by name.
- */
-export type ModelCore = Omit<DeqModel, "params" | "parameterCount"> & {
-  /** per-sample shape of the state z */
-  readonly stateShape: ReadonlyArray<number>
-  /** one line per part, for `describe` */
-  readonly summary: string
-}
+// the shapes are public (src/Models.ts defines them); the model files import them from here
+export type { ModelCore, ParamSpec } from "../../Models.ts"
 
 /**
  * Looks a parameter up by name; a missing one is a programming error in the model file.
