@@ -7,8 +7,19 @@
  *
  * @example
  * ```ts
- * import { Config } from "effect-deq/Config"
- * const opts = yield* Config.decode(SolveOptions)({ maxIter: 30, tol: 1e-4 })
+ * import { Effect, Schema } from "effect"
+ * import * as Config from "effect-deq/Config"
+ *
+ * class Budget extends Schema.Class<Budget>("Budget")({
+ *   steps: Config.defaulted(Config.PositiveInt, 8),
+ *   tol: Config.defaulted(Config.NonNegative, 1e-3)
+ * }) {}
+ *
+ * const program = Effect.gen(function*() {
+ *   const budget = yield* Config.decode(Budget, "solver")({ tol: 1e-4 }) // steps: 8 from the default
+ *   const typo = yield* Effect.flip(Config.decode(Budget, "solver")({ stpes: 4 }))
+ *   yield* Effect.log(budget.steps, typo.path) // 8 "solver.stpes"
+ * })
  * ```
  *
  * @since 0.1.0

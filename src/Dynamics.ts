@@ -11,18 +11,25 @@
  * ```ts
  * import { Effect } from "effect"
  * import * as Dynamics from "effect-deq/Dynamics"
- * import * as Models from "effect-deq/Models"
  * import { Solver } from "effect-deq/FixedPoint"
+ * import * as Models from "effect-deq/Models"
+ * import { stream, tf } from "effect-deq/Tensor"
+ *
+ * declare const x: tf.Tensor4D // [B, 28, 28, 1] images in [0, 1]
+ * declare const y: tf.Tensor2D // [B, 10] one-hot labels
  *
  * const program = Effect.gen(function*() {
  *   const model = yield* Models.fc({ hidden: 64 }, { seed: 1 })
  *   const deq = yield* Dynamics.make(model, { backward: Dynamics.unroll(5, 0.5), solve: { maxIter: 8 } })
- *   const grads = tf.variableGrads(() =>
- *     tf.losses.softmaxCrossEntropy(y, Dynamics.logits(deq, x, Dynamics.readOut.randomState(8), { stream }))
+ *   // a training loss at a random intermediate state z_n, n ~ U{1..8}
+ *   const { grads } = tf.variableGrads(() =>
+ *     tf.losses.softmaxCrossEntropy(y, Dynamics.logits(deq, x, Dynamics.readOut.randomState(8), { stream: stream(7) }))
  *   )
- *   const traj = Dynamics.trajectory(deq, x, labels)
- *   yield* Effect.log(traj.states.map((s) => s.meanEntropy))
- * }).pipe(Effect.scoped, Effect.provide(Solver.picard({})))
+ *   tf.dispose(grads)
+ *   // the dynamics: per state z_1..z_8, accuracy, mean entropy and relative residual
+ *   const traj = Dynamics.trajectory(deq, x, y)
+ *   yield* Effect.log(traj.states.map((s) => [s.accuracy, s.meanEntropy, s.meanRelResidual]))
+ * }).pipe(Effect.scoped, Effect.provide(Solver.picard({ maxIter: 8 })))
  * ```
  *
  * @since 0.1.0

@@ -9,6 +9,7 @@
  * ```ts
  * import { Effect } from "effect"
  * import * as Tensor from "effect-deq/Tensor"
+ * import { tf } from "effect-deq/Tensor"
  *
  * const program = Effect.gen(function*() {
  *   const backend = yield* Tensor.Backend
