@@ -261,6 +261,23 @@ export interface LinePlot {
 }
 
 /**
+ * A series from rows: the points (x(row), y(row)) of the rows where y is defined (absent values leave no point).
+ *
+ * @category plots
+ */
+export const series = <R>(
+  name: string,
+  rows: ReadonlyArray<R>,
+  x: (row: R) => number,
+  y: (row: R) => number | undefined
+): Series => ({
+  name,
+  points: rows.flatMap((r) => {
+    const v = y(r)
+    return v === undefined ? [] : [[x(r), v] as const]
+  })
+})
+/**
  * Builds a {@link LinePlot} (identity; gives the literal its type).
  *
  * @category plots
@@ -374,14 +391,9 @@ const seriesOf = (
   pick: ReadonlyArray<readonly [string, (r: StateRow) => number | undefined]>
 ): Array<Series> =>
   runs.flatMap((run) =>
-    pick.flatMap(([label, get]) => {
-      const points = run.rows.flatMap((r) => {
-        const v = get(r)
-        return v === undefined ? [] : [[r.n, v] as const]
-      })
-      if (points.length === 0) return []
-      return [{ name: runs.length === 1 ? label : `${run.name}: ${label}`, points }]
-    })
+    pick
+      .map(([label, get]) => series(runs.length === 1 ? label : `${run.name}: ${label}`, run.rows, (r) => r.n, get))
+      .filter((s) => s.points.length > 0)
   )
 
 /**

@@ -103,6 +103,11 @@ describe("Report plots", () => {
     expect(Report.duration(Number.NaN)).toBe("?")
     expect(Report.duration(-1, { compact: true })).toBe("?")
   })
+
+  it("series keeps the rows where y is defined, in order", () => {
+    const rows = [{ e: 1, v: 0.5 }, { e: 2 }, { e: 3, v: 0.75 }] as ReadonlyArray<{ e: number; v?: number }>
+    expect(Report.series("s", rows, (r) => r.e, (r) => r.v)).toEqual({ name: "s", points: [[1, 0.5], [3, 0.75]] })
+  })
 })
 
 describe("Report atomic writes", () => {

@@ -50,6 +50,10 @@ export interface EvalOptions {
   readonly suite?: typeof SuiteConfig.Encoded
 }
 
+/** The provenance line of a report: backend, seed, machine and the wall time since `started` (performance.now). */
+const provenance = (seed: number, started: number): string =>
+  `Backend ${tf.getBackend()}, seed ${seed}, ${Report.machine()}; wall time ${Report.duration(performance.now() - started)}.`
+
 /** The suite's section of a report: notes, the table, the flags. */
 const suiteSection = (suite: SuiteResult): string =>
   [suite.notes.map((n) => `- ${n}`).join("\n"), "", suiteTable(suite), "", "Flags:", "", suiteFlags(suite), "", `Evaluation time: ${Report.duration(1000 * suite.seconds)}.`].join("\n")
@@ -93,8 +97,7 @@ export const evalJob = (options: EvalOptions): Effect.Effect<{ readonly markdown
       { title: "Robustness", body: suiteSection(result) },
       {
         title: "Provenance",
-        body: `Backend ${tf.getBackend()}, seed ${loaded.config.seed}, ${Report.machine()}; wall time ` +
-          `${Report.duration(performance.now() - started)}. Command: \`deq eval --checkpoint ${rel(options.checkpoint)}` +
+        body: `${provenance(loaded.config.seed, started)} Command: \`deq eval --checkpoint ${rel(options.checkpoint)}` +
           `${options.defence ? " --defence entropy" : ""}\`.`
       }
     ])
@@ -207,7 +210,7 @@ export const dynamicsJob = (options: DynamicsOptions): Effect.Effect<{ readonly 
     const markdown = Report.document(`Neural dynamics of ${rel(loaded.runDir)}`, [
       { title: "Model", body: describeCheckpoint(loaded) },
       { title: "Per-state accuracy, entropy and residual", body: section },
-      { title: "Provenance", body: `Backend ${tf.getBackend()}, seed ${loaded.config.seed}, ${Report.machine()}; wall time ${Report.duration(performance.now() - started)}.` }
+      { title: "Provenance", body: provenance(loaded.config.seed, started) }
     ])
     const files = yield* Report.writeReport(out, {
       markdown,

@@ -63,8 +63,8 @@ export const trainingPlot = (rows: ReadonlyArray<EpochRow>): Report.LinePlot => 
   xInteger: true,
   yDomain: [0, 1],
   series: [
-    { name: "train (adv.)", points: rows.flatMap((r) => (r.advAccuracy === undefined ? [] : [[r.epoch, r.advAccuracy] as const])) },
-    { name: "held-out clean", points: rows.flatMap((r) => (r.clean === undefined ? [] : [[r.epoch, r.clean] as const])) },
-    { name: "held-out PGD", points: rows.flatMap((r) => (r.robust === undefined ? [] : [[r.epoch, r.robust] as const])) }
+    Report.series("train (adv.)", rows, (r) => r.epoch, (r) => r.advAccuracy),
+    Report.series("held-out clean", rows, (r) => r.epoch, (r) => r.clean),
+    Report.series("held-out PGD", rows, (r) => r.epoch, (r) => r.robust)
   ].filter((s) => s.points.length > 0)
 })
