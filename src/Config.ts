@@ -27,18 +27,6 @@
 import { Effect, Schema, SchemaIssue } from "effect"
 import { ConfigError } from "./Errors.ts"
 
-/**
- * A field default that applies both when decoding (key missing) and when constructing with `new`.
- *
- * @category combinators
- */
-export const withDefault =
-  <S extends Schema.Top & Schema.WithoutConstructorDefault>(value: S["Type"] & S["Encoded"]) => (self: S) =>
-    self.pipe(
-      Schema.withDecodingDefaultKey(Effect.succeed(value)),
-      Schema.withConstructorDefault(Effect.succeed(value) as any)
-    )
-
 const formatPath = (path: ReadonlyArray<PropertyKey>, prefix: string): string =>
   [prefix, ...path.map(String)].filter((s) => s.length > 0).join(".")
 
@@ -85,14 +73,19 @@ export const decode = <S extends Schema.Decoder<unknown>>(schema: S, prefix = ""
   )
 
 /**
- * {@link withDefault} in data-first form, so the schema's type checks the value: `defaulted(Schema.Int, 30)`.
+ * A field default that applies both when decoding (key missing) and when constructing with `new`. Data-first, so
+ * the schema's type checks the value: `defaulted(PositiveInt, 30)`.
  *
  * @category combinators
  */
 export const defaulted = <S extends Schema.Top & Schema.WithoutConstructorDefault>(
   self: S,
   value: S["Type"] & S["Encoded"]
-) => withDefault<S>(value)(self)
+) =>
+  self.pipe(
+    Schema.withDecodingDefaultKey(Effect.succeed(value)),
+    Schema.withConstructorDefault(Effect.succeed(value) as any)
+  )
 
 /**
  * Synchronous {@link decode} for code that is not inside an Effect (tests, examples); throws the ConfigError.
