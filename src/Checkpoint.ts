@@ -248,6 +248,88 @@ export interface SaveOptions {
   readonly extras?: ReadonlyArray<NamedTensor>
 }
 
+type Entry = { readonly name: string; readonly group: "param" | "extra"; readonly tensor: tf.Tensor }
+
+/** Every tensor has a non-empty unique name and a storable dtype. */
+const checkEntries = (target: string, entries: ReadonlyArray<Entry>): Effect.Effect<void, CheckpointError> =>
+  Effect.suspend(() => {
+    const seen = new Set<string>()
+    for (const e of entries) {
+      const fail = (message: string) => Effect.fail(new CheckpointError({ path: target, tensor: e.name, message }))
+      if (e.name.length === 0) return fail("empty tensor name")
+      if (seen.has(e.name)) return fail(`duplicate tensor name "${e.name}"`)
+      seen.add(e.name)
+      if (e.tensor.dtype !== "float32" && e.tensor.dtype !== "int32") {
+        return fail(`tensor "${e.name}" has dtype ${e.tensor.dtype}; checkpoints store float32 and int32`)
+      }
+    }
+    return Effect.void
+  })
+
+/** Writes the tensors one after another into `file` (fsynced); returns their manifest entries, size and hash. */
+const writeWeights = (file: string, target: string, entries: ReadonlyArray<Entry>) =>
+  Effect.gen(function*() {
+    const hash = createHash("sha256")
+    const tensors: Array<TensorEntry> = []
+    let offset = 0
+    const fh = yield* io(file, "cannot open for writing", () => fs.open(file, "wx"))
+    yield* Effect.ensuring(
+      Effect.gen(function*() {
+        for (const e of entries) {
+          const data = yield* io(target, `cannot read tensor "${e.name}"`, async () => {
+            if (e.tensor.isDisposed) throw new Error("the tensor is disposed")
+            return (await e.tensor.data()) as Float32Array | Int32Array
+          }, e.name)
+          const bytes = bytesOf(data)
+          yield* io(file, "write failed", () => fh.write(bytes, 0, bytes.length), e.name)
+          hash.update(bytes)
+          tensors.push({
+            name: e.name,
+            group: e.group,
+            shape: [...e.tensor.shape],
+            dtype: e.tensor.dtype as "float32" | "int32",
+            offset,
+            length: bytes.length
+          })
+          offset += bytes.length
+        }
+        yield* io(file, "fsync failed", () => fh.sync())
+      }),
+      Effect.promise(() => fh.close().catch(() => undefined))
+    )
+    return { tensors, bytes: offset, sha256: hash.digest("hex") }
+  })
+
+/** Writes and fsyncs the manifest as JSON. */
+const writeManifest = (file: string, manifest: Manifest): Effect.Effect<void, CheckpointError> =>
+  io(file, "write failed", async () => {
+    const mh = await fs.open(file, "wx")
+    try {
+      await mh.writeFile(JSON.stringify(manifest, null, 2) + "\n", "utf8")
+      await mh.sync()
+    } finally {
+      await mh.close()
+    }
+  })
+
+/** Swaps the written directory `tmp` into `target`: old aside, new in, old removed; a failed swap puts the old back. */
+const swapInto = (tmp: string, target: string): Effect.Effect<void, CheckpointError> =>
+  Effect.gen(function*() {
+    const parent = path.dirname(target)
+    if (yield* Effect.promise(() => exists(target))) {
+      const aside = path.join(parent, `.${path.basename(target)}.old-${process.pid}-${randomBytes(4).toString("hex")}`)
+      yield* io(target, "cannot move the previous checkpoint aside", () => fs.rename(target, aside))
+      yield* io(target, "cannot move the new checkpoint into place", () => fs.rename(tmp, target)).pipe(
+        Effect.tapError(() => Effect.promise(() => fs.rename(aside, target).catch(() => undefined)))
+      )
+      yield* Effect.promise(() => syncDir(parent))
+      yield* io(aside, "cannot remove the previous checkpoint", () => fs.rm(aside, { recursive: true, force: true }))
+    } else {
+      yield* io(target, "cannot move the new checkpoint into place", () => fs.rename(tmp, target))
+      yield* Effect.promise(() => syncDir(parent))
+    }
+  })
+
 /**
  * Writes a checkpoint of `model` to the directory `dir`, atomically: a temporary sibling directory is written and
  * flushed, then renamed into place; an existing checkpoint at `dir` is moved aside first and removed only once the
@@ -262,106 +344,35 @@ export const save = (dir: string, model: Model, options: SaveOptions = {}): Effe
     if (!isLittleEndian) {
       return yield* new CheckpointError({ path: target, message: "checkpoints are little-endian; this machine is big-endian" })
     }
-    const entries: Array<{ name: string; group: "param" | "extra"; tensor: tf.Tensor }> = [
+    const entries: Array<Entry> = [
       ...model.params.map((p) => ({ name: p.name, group: "param" as const, tensor: p.variable as tf.Tensor })),
       ...(options.extras ?? []).map((e) => ({ name: e.name, group: "extra" as const, tensor: e.tensor }))
     ]
-    const seen = new Set<string>()
-    for (const e of entries) {
-      if (e.name.length === 0) return yield* new CheckpointError({ path: target, tensor: e.name, message: "empty tensor name" })
-      if (seen.has(e.name)) {
-        return yield* new CheckpointError({ path: target, tensor: e.name, message: `duplicate tensor name "${e.name}"` })
-      }
-      seen.add(e.name)
-      if (e.tensor.dtype !== "float32" && e.tensor.dtype !== "int32") {
-        return yield* new CheckpointError({
-          path: target,
-          tensor: e.name,
-          message: `tensor "${e.name}" has dtype ${e.tensor.dtype}; checkpoints store float32 and int32`
-        })
-      }
-    }
+    yield* checkEntries(target, entries)
     const parent = path.dirname(target)
-    const base = path.basename(target)
     yield* io(parent, "cannot create the parent directory", () => fs.mkdir(parent, { recursive: true }))
     const existing = yield* io(target, "cannot inspect the target", () => fs.stat(target).catch(() => undefined))
     if (existing !== undefined && !existing.isDirectory()) {
       return yield* new CheckpointError({ path: target, message: "the target exists and is not a directory" })
     }
     const version = yield* Effect.promise(libraryVersion)
-    const tmp = path.join(parent, `.${base}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`)
-
+    const tmp = path.join(parent, `.${path.basename(target)}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`)
     const write = Effect.gen(function*() {
       yield* io(tmp, "cannot create the temporary directory", () => fs.mkdir(tmp))
-      const weightsFile = path.join(tmp, WEIGHTS)
-      const hash = createHash("sha256")
-      const manifestTensors: Array<TensorEntry> = []
-      let offset = 0
-      const fh = yield* io(weightsFile, "cannot open for writing", () => fs.open(weightsFile, "wx"))
-      yield* Effect.ensuring(
-        Effect.gen(function*() {
-          for (const e of entries) {
-            const data = yield* io(target, `cannot read tensor "${e.name}"`, async () => {
-              if (e.tensor.isDisposed) throw new Error("the tensor is disposed")
-              return (await e.tensor.data()) as Float32Array | Int32Array
-            }, e.name)
-            const bytes = bytesOf(data)
-            yield* io(weightsFile, "write failed", () => fh.write(bytes, 0, bytes.length), e.name)
-            hash.update(bytes)
-            manifestTensors.push({
-              name: e.name,
-              group: e.group,
-              shape: [...e.tensor.shape],
-              dtype: e.tensor.dtype as "float32" | "int32",
-              offset,
-              length: bytes.length
-            })
-            offset += bytes.length
-          }
-          yield* io(weightsFile, "fsync failed", () => fh.sync())
-        }),
-        Effect.promise(() => fh.close().catch(() => undefined))
-      )
+      const weights = yield* writeWeights(path.join(tmp, WEIGHTS), target, entries)
       const manifest: Manifest = {
         format: FORMAT,
         version: VERSION,
         config: encodeConfig(model.config),
-        metadata: {
-          ...options.metadata,
-          backend: tf.getBackend(),
-          libraryVersion: version,
-          createdAt: new Date().toISOString()
-        },
-        weights: { file: WEIGHTS, bytes: offset, sha256: hash.digest("hex"), byteOrder: "little" },
-        tensors: manifestTensors
+        metadata: { ...options.metadata, backend: tf.getBackend(), libraryVersion: version, createdAt: new Date().toISOString() },
+        weights: { file: WEIGHTS, bytes: weights.bytes, sha256: weights.sha256, byteOrder: "little" },
+        tensors: weights.tensors
       }
-      const manifestFile = path.join(tmp, MANIFEST)
-      yield* io(manifestFile, "write failed", async () => {
-        const mh = await fs.open(manifestFile, "wx")
-        try {
-          await mh.writeFile(JSON.stringify(manifest, null, 2) + "\n", "utf8")
-          await mh.sync()
-        } finally {
-          await mh.close()
-        }
-      })
+      yield* writeManifest(path.join(tmp, MANIFEST), manifest)
       yield* Effect.promise(() => syncDir(tmp))
-      // swap: old aside, new in, old removed; a failed swap puts the old one back
-      if (yield* Effect.promise(() => exists(target))) {
-        const aside = path.join(parent, `.${base}.old-${process.pid}-${randomBytes(4).toString("hex")}`)
-        yield* io(target, "cannot move the previous checkpoint aside", () => fs.rename(target, aside))
-        yield* io(target, "cannot move the new checkpoint into place", () => fs.rename(tmp, target)).pipe(
-          Effect.tapError(() => Effect.promise(() => fs.rename(aside, target).catch(() => undefined)))
-        )
-        yield* Effect.promise(() => syncDir(parent))
-        yield* io(aside, "cannot remove the previous checkpoint", () => fs.rm(aside, { recursive: true, force: true }))
-      } else {
-        yield* io(target, "cannot move the new checkpoint into place", () => fs.rename(tmp, target))
-        yield* Effect.promise(() => syncDir(parent))
-      }
+      yield* swapInto(tmp, target)
       return manifest
     })
-
     // on failure or interruption: remove the temporary directory (the previous checkpoint was never touched, or
     // was moved back by the failed swap)
     return yield* write.pipe(
