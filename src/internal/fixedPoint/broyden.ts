@@ -94,6 +94,33 @@ const combine = (xs: ReadonlyArray<tf.Tensor>, cs: ReadonlyArray<tf.Tensor>): tf
 const minus = (a: tf.Tensor, b: tf.Tensor | undefined): tf.Tensor => (b === undefined ? a : tf.sub(a, b))
 
 /**
+ * The pairs of an imported state as kept [B, N] tensors, its step counter and last slot (an empty memory when
+ * `imported` is not a BroydenState). A state from a solver with a larger memory keeps its newest pairs.
+ */
+const importPairs = (imported: unknown, B: number, N: number, memory: number) => {
+  const U: Array<tf.Tensor> = []
+  const V: Array<tf.Tensor> = []
+  if (!isState(imported)) return { U, V, writes: 0, last: -1 }
+  if (imported.U.shape[0] !== B || imported.U.shape[2] !== N) {
+    throw new Error(`Broyden state of shape ${imported.shape} does not fit z0 of shape [${B}, ${N}] (flattened)`)
+  }
+  const k = imported.U.shape[1]!
+  const order = Array.from({ length: k }, (_, j) => (imported.last + 1 + j) % k)
+  const keep = order.slice(Math.max(0, k - memory))
+  const us = tf.unstack(imported.U, 1)
+  const vs = tf.unstack(imported.V, 1)
+  const keepAll = keep.length === k
+  const idx = keepAll ? Array.from({ length: k }, (_, j) => j) : keep
+  for (const j of idx) {
+    U.push(tf.keep(us[j]!))
+    V.push(tf.keep(vs[j]!))
+  }
+  us.forEach((t) => { if (!U.includes(t)) t.dispose() })
+  vs.forEach((t) => { if (!V.includes(t)) t.dispose() })
+  return { U, V, writes: keepAll ? imported.steps : keep.length, last: keepAll ? imported.last : keep.length - 1 }
+}
+
+/**
  * Broyden with at most `memory` rank-1 pairs.
  *
  * The pairs are kept as separate [B, N] tensors (appending to a stacked buffer would copy the whole memory each
@@ -108,32 +135,11 @@ export const broydenMethod = (memory: number): Method => ({
     const dotCol = reducer.dot
     const [B, N] = first.z.shape as [number, number]
     // slot i holds u_i, v_i ([B, N]) and c_i = v_i . g at the current iterate ([B, 1])
-    const U: Array<tf.Tensor> = []
-    const V: Array<tf.Tensor> = []
+    const resumed = importPairs(imported, B, N, memory)
+    const U = resumed.U, V = resumed.V
     let C: Array<tf.Tensor> | undefined
-    let writes = 0
-    let last = -1
-    if (isState(imported)) {
-      if (imported.U.shape[0] !== B || imported.U.shape[2] !== N) {
-        throw new Error(`Broyden state of shape ${imported.shape} does not fit z0 of shape [${B}, ${N}] (flattened)`)
-      }
-      const k = imported.U.shape[1]!
-      // a state from a solver with a larger memory keeps its newest pairs
-      const order = Array.from({ length: k }, (_, j) => (imported.last + 1 + j) % k)
-      const keep = order.slice(Math.max(0, k - memory))
-      const us = tf.unstack(imported.U, 1)
-      const vs = tf.unstack(imported.V, 1)
-      const keepAll = keep.length === k
-      const idx = keepAll ? Array.from({ length: k }, (_, j) => j) : keep
-      for (const j of idx) {
-        U.push(tf.keep(us[j]!))
-        V.push(tf.keep(vs[j]!))
-      }
-      us.forEach((t) => { if (!U.includes(t)) t.dispose() })
-      vs.forEach((t) => { if (!V.includes(t)) t.dispose() })
-      writes = keepAll ? imported.steps : keep.length
-      last = keepAll ? imported.last : keep.length - 1
-    }
+    let writes = resumed.writes
+    let last = resumed.last
     let prevZ = tf.keep(share(first.z))
     let prevG = tf.keep(share(first.g))
     let dz: tf.Tensor | undefined
