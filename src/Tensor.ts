@@ -26,6 +26,7 @@ import { defaulted } from "./Config.ts"
 import { ConfigError, messageOf, TensorLeak } from "./Errors.ts"
 import { registerWasmConvGradients } from "./internal/tensor/convGrad.ts"
 
+/** TensorFlow.js itself, re-exported so user code and examples use the same instance as effect-deq. */
 export { tf }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -41,6 +42,8 @@ export { tf }
 export const backendNames = ["tensorflow-gpu", "tensorflow", "wasm", "cpu"] as const
 
 /**
+ * One of {@link backendNames}.
+ *
  * @category models
  */
 export type BackendName = typeof backendNames[number]
@@ -78,9 +81,11 @@ export class Backend extends Context.Service<Backend, {
   static named(name: string): Layer.Layer<Backend, ConfigError> {
     return Layer.effect(Backend, select(name))
   }
+  /** The WebAssembly backend (the default; its conv-gradient kernels are registered on activation). */
   static get wasm(): Layer.Layer<Backend, ConfigError> {
     return Backend.named("wasm")
   }
+  /** The pure-JS cpu backend (slow; the last fallback). */
   static get cpu(): Layer.Layer<Backend, ConfigError> {
     return Backend.named("cpu")
   }
