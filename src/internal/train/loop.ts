@@ -22,7 +22,7 @@ import { makeAdam } from "./adam.ts"
 import { type TrainConfig, TrainConfigCodec } from "./config.ts"
 import type { GradientConfig } from "./config.ts"
 import { type BatchDone, type EpochDone, type Evaluated, NaNLoss, type TrainEvent } from "./events.ts"
-import { correct, crossEntropy, klSum, tradesAttack } from "./losses.ts"
+import { correct, meanCrossEntropy, klSum, tradesAttack } from "./losses.ts"
 
 /** Options of a run besides its config. */
 export interface FitOptions {
@@ -363,7 +363,7 @@ export const fit = (
         for (let i = 1; i <= c.states; i++) {
           const n = Math.max(1, Math.round((i * top) / c.states))
           const l = Dynamics.logits(deqB, input, Dynamics.readOut.state(n), seed !== undefined ? { dropoutSeed: seed } : {})
-          terms.push(tf.mul(crossEntropy(l, y), Math.pow(c.gamma, c.states - i)))
+          terms.push(tf.mul(meanCrossEntropy(l, y), Math.pow(c.gamma, c.states - i)))
         }
         return tf.mul(tf.addN(terms), c.weight) as tf.Scalar
       }
@@ -372,7 +372,7 @@ export const fit = (
         if (pretrain) {
           const l = Dynamics.logits(pretrainDeq, x, Dynamics.readOut.final)
           nCorrect = correct(l, y)
-          return crossEntropy(l, y)
+          return meanCrossEntropy(l, y)
         }
         let loss: tf.Scalar
         let main: { input: tf.Tensor4D; seed: number | undefined }
@@ -381,7 +381,7 @@ export const fit = (
           case "standard": {
             const c = forward(x, "clean")
             nCorrect = correct(c.logits, y)
-            loss = crossEntropy(c.logits, y)
+            loss = meanCrossEntropy(c.logits, y)
             main = { input: x, seed: c.seed }
             if (jacOn) penalties.push(penaltyAt(x, c.resolved, c.seed, "clean"))
             break
@@ -390,7 +390,7 @@ export const fit = (
             const a = forward(xAdv!, "adv")
             nCorrect = correct(a.logits, y)
             advCorrect = nCorrect
-            loss = crossEntropy(a.logits, y)
+            loss = meanCrossEntropy(a.logits, y)
             main = { input: xAdv!, seed: a.seed }
             if (jacOn) penalties.push(penaltyAt(xAdv!, a.resolved, a.seed, "adv"))
             break
@@ -400,7 +400,7 @@ export const fit = (
             const a = forward(xAdv!, "adv")
             nCorrect = correct(c.logits, y)
             advCorrect = correct(a.logits, y)
-            loss = tf.add(crossEntropy(c.logits, y), tf.mul(klSum(c.logits, a.logits), method.beta / x.shape[0])) as tf.Scalar
+            loss = tf.add(meanCrossEntropy(c.logits, y), tf.mul(klSum(c.logits, a.logits), method.beta / x.shape[0])) as tf.Scalar
             main = { input: x, seed: c.seed }
             if (jacOn) {
               penalties.push(penaltyAt(x, c.resolved, c.seed, "clean"))

@@ -6,8 +6,8 @@
 import * as tf from "@tensorflow/tfjs"
 import { untaped } from "../../Tensor.ts"
 
-/** Mean cross-entropy of logits [B, C] against int labels [B]. */
-export const crossEntropy = (logits: tf.Tensor2D, y: tf.Tensor1D): tf.Scalar =>
+/** Mean cross-entropy of logits [B, C] against int labels [B] (the attacks' per-sample one is adversary/losses `crossEntropy`). */
+export const meanCrossEntropy = (logits: tf.Tensor2D, y: tf.Tensor1D): tf.Scalar =>
   tf.tidy(() => {
     const logp = tf.logSoftmax(logits)
     return tf.neg(tf.mean(tf.sum(tf.mul(logp, tf.oneHot(y, logits.shape[1])), 1))) as tf.Scalar
