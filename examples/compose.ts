@@ -10,6 +10,7 @@ import { Console, Effect, Layer } from "effect"
 import * as Adversary from "../src/Adversary.ts"
 import * as Data from "../src/Data.ts"
 import * as Dynamics from "../src/Dynamics.ts"
+import type { ConfigError } from "../src/Errors.ts"
 import { Solver } from "../src/FixedPoint.ts"
 import * as Models from "../src/Models.ts"
 import * as Regularizers from "../src/Regularizers.ts"
@@ -30,7 +31,7 @@ const config = Train.decodeConfigSync({
 })
 
 /** Trains with the training read-out layer given, then evaluates at eps 0.1: one row per gradient source plus the grid. */
-export const program = (name: string, readOut: Layer.Layer<Regularizers.TrainReadOut>) =>
+export const program = (name: string, readOut: Layer.Layer<Regularizers.TrainReadOut, ConfigError>) =>
   Effect.gen(function*() {
     const data = yield* Data.synthetic({ height: 8, width: 8, classes: 4, trainSize: 256, testSize: 64 })
     const model = yield* Models.fc({ inputShape: [8, 8, 1], hidden: 32, classes: 4 }, { seed: 1 })

@@ -31,34 +31,72 @@
  * @since 0.1.0
  */
 import { Context, Effect, Layer, Schema } from "effect"
-import { decode, defaulted, NonNegative, NonNegativeInt, PositiveInt } from "./Config.ts"
+import { decode, defaulted, NonNegative, NonNegativeInt, PositiveInt, Probability } from "./Config.ts"
 import * as Dynamics from "./Dynamics.ts"
 import type { ConfigError } from "./Errors.ts"
 import type { FixedPointMap } from "./FixedPoint.ts"
 import { type EntropySettings, meanEntropy as meanEntropyInternal, runEntropyReduction } from "./internal/regularizers/entropy.ts"
 import { hutchinson as hutchinsonInternal } from "./internal/regularizers/jacobian.ts"
-import type { Stream, tf } from "./Tensor.ts"
+import { type Stream, tf } from "./Tensor.ts"
 
 // ---------------------------------------------------------------------------------------------------------------
 // Training read-out
 // ---------------------------------------------------------------------------------------------------------------
 
 /**
- * The fixed-point correction loss (TorchDEQ style): sum_i gamma^(k - i) CE(h(tail(z_{n_i}))) over k states evenly
- * spaced along the trajectory (n_i = round(i N / k), so n_k = N), times `weight`, added to the training loss.
+ * The fixed-point correction loss (TorchDEQ style): weight x sum_i gamma^(k - i) CE(h(tail(z_{n_i}))) over
+ * k = `states` states evenly spaced along the trajectory (n_i = round(i N / k), so n_k = N), added to the training
+ * loss. All k states come from one solve of N steps.
  *
- * @category models
+ * @category config
  */
-export interface Correction {
-  readonly states: number
-  readonly gamma: number
-  readonly weight: number
-}
+export class CorrectionOptions extends Schema.Class<CorrectionOptions>("CorrectionOptions")({
+  states: defaulted(PositiveInt, 2),
+  gamma: defaulted(Probability, 0.8),
+  weight: defaulted(NonNegative, 1)
+}) {}
+
+/**
+ * Options shared by the training read-outs: `dropout` (default true) makes training forwards draw variational
+ * dropout masks (one per forward call; models without dropout ignore it); `correction` adds the fixed-point
+ * correction loss.
+ *
+ * @category config
+ */
+export class ReadOutOptions extends Schema.Class<ReadOutOptions>("ReadOutOptions")({
+  dropout: defaulted(Schema.Boolean, true),
+  correction: Schema.optional(CorrectionOptions)
+}) {}
+
+/**
+ * Random intermediate states as a run configures them (docs/method.md, "Training"): `max` (default: the solver's
+ * budget N, filled in by Train from its solver config) and `perSample` (one n per sample instead of one per call).
+ *
+ * @category config
+ */
+export class RandomStatesOptions extends Schema.Class<RandomStatesOptions>("RandomStatesOptions")({
+  max: Schema.optional(PositiveInt),
+  perSample: defaulted(Schema.Boolean, false)
+}) {}
+
+/**
+ * Options of the {@link randomIntermediateStates} layer: those of {@link RandomStatesOptions} with `max`
+ * required, plus the read-out options.
+ *
+ * @category config
+ */
+export class RandomIntermediateStatesOptions
+  extends Schema.Class<RandomIntermediateStatesOptions>("RandomIntermediateStatesOptions")({
+    ...RandomStatesOptions.fields,
+    max: PositiveInt,
+    ...ReadOutOptions.fields
+  })
+{}
 
 /**
  * Which state training reads: `readOut` for the loss and for the training attack, `evalReadOut` for evaluation
- * (n = N under random intermediate states). `dropout`: training forwards draw variational dropout masks (one per
- * forward call; models without dropout ignore it). `correction`: the optional fixed-point correction loss.
+ * (n = N under random intermediate states). `dropout`: training forwards draw variational dropout masks.
+ * `correction`: the optional fixed-point correction loss.
  *
  * @category services
  */
@@ -67,64 +105,57 @@ export class TrainReadOut extends Context.Service<TrainReadOut, {
   readonly readOut: Dynamics.ReadOut
   readonly evalReadOut: Dynamics.ReadOut
   readonly dropout: boolean
-  readonly correction?: Correction
+  readonly correction?: CorrectionOptions
 }>()("effect-deq/TrainReadOut") {}
 
-/**
- * Options shared by the training read-outs.
- *
- * @category models
- */
-export interface ReadOutOptions {
-  /** draw variational dropout masks in training forwards (default true) */
-  readonly dropout?: boolean
-  readonly correction?: Correction
-}
+const readOutCommon = (o: ReadOutOptions) => ({
+  dropout: o.dropout,
+  ...(o.correction !== undefined ? { correction: o.correction } : {})
+})
 
 /**
  * The baseline read-out as a value: the final state of the solve (the deq's solve options, e.g. 8 Broyden steps
- * returning the lowest-residual iterate) with the deq's gradient, for training and evaluation alike.
+ * returning the lowest-residual iterate) with the deq's gradient, for training and evaluation alike. Options are
+ * decoded strictly (a bad key is a ConfigError naming it).
  *
  * @category constructors
  */
-export const makeFinalState = (options: ReadOutOptions = {}): TrainReadOut["Service"] =>
-  TrainReadOut.of({
-    name: "final",
-    readOut: Dynamics.readOut.final,
-    evalReadOut: Dynamics.readOut.final,
-    dropout: options.dropout ?? true,
-    ...(options.correction !== undefined ? { correction: options.correction } : {})
-  })
+export const makeFinalState = (
+  options: typeof ReadOutOptions.Encoded = {}
+): Effect.Effect<TrainReadOut["Service"], ConfigError> =>
+  Effect.map(decode(ReadOutOptions, "finalState")(options), (o) =>
+    TrainReadOut.of({
+      name: "final",
+      readOut: Dynamics.readOut.final,
+      evalReadOut: Dynamics.readOut.final,
+      ...readOutCommon(o)
+    }))
 
 /**
- * Random intermediate states (Sec. 3.3) as a value: training forwards draw n ~ U{1..max} per call (per sample with
- * `perSample`), solve exactly n steps and apply the deq's tail (Dynamics.paperTail by default); evaluation reads
- * z_max the same way (`Dynamics.readOut.state(max)`).
+ * Random intermediate states (Sec. 3.3; docs/method.md, "Training") as a value: training forwards draw
+ * n ~ U{1..max} per call (per sample with `perSample`), solve exactly n steps and apply the deq's tail
+ * (Dynamics.paperTail by default); evaluation reads z_max the same way (`Dynamics.readOut.state(max)`).
  *
  * @category constructors
  */
 export const makeRandomIntermediateStates = (
-  options: ReadOutOptions & { readonly max: number; readonly perSample?: boolean }
-): TrainReadOut["Service"] => {
-  if (!Number.isInteger(options.max) || options.max < 1) {
-    throw new RangeError(`randomIntermediateStates: max must be an integer >= 1, got ${options.max}`)
-  }
-  return TrainReadOut.of({
-    name: `random-states(1..${options.max}${options.perSample === true ? ", per sample" : ""})`,
-    readOut: Dynamics.readOut.randomState(options.max, { perSample: options.perSample ?? false }),
-    evalReadOut: Dynamics.readOut.state(options.max),
-    dropout: options.dropout ?? true,
-    ...(options.correction !== undefined ? { correction: options.correction } : {})
-  })
-}
+  options: typeof RandomIntermediateStatesOptions.Encoded
+): Effect.Effect<TrainReadOut["Service"], ConfigError> =>
+  Effect.map(decode(RandomIntermediateStatesOptions, "randomIntermediateStates")(options), (o) =>
+    TrainReadOut.of({
+      name: `random-states(1..${o.max}${o.perSample ? ", per sample" : ""})`,
+      readOut: Dynamics.readOut.randomState(o.max, { perSample: o.perSample }),
+      evalReadOut: Dynamics.readOut.state(o.max),
+      ...readOutCommon(o)
+    }))
 
 /**
  * Layer of the baseline read-out ({@link makeFinalState}).
  *
  * @category layers
  */
-export const finalState = (options: ReadOutOptions = {}): Layer.Layer<TrainReadOut> =>
-  Layer.succeed(TrainReadOut, makeFinalState(options))
+export const finalState = (options: typeof ReadOutOptions.Encoded = {}): Layer.Layer<TrainReadOut, ConfigError> =>
+  Layer.effect(TrainReadOut, makeFinalState(options))
 
 /**
  * Layer of random intermediate states ({@link makeRandomIntermediateStates}); paper: max 8, one n per call.
@@ -132,12 +163,13 @@ export const finalState = (options: ReadOutOptions = {}): Layer.Layer<TrainReadO
  * @category layers
  */
 export const randomIntermediateStates = (
-  options: ReadOutOptions & { readonly max: number; readonly perSample?: boolean }
-): Layer.Layer<TrainReadOut> => Layer.sync(TrainReadOut, () => makeRandomIntermediateStates(options))
+  options: typeof RandomIntermediateStatesOptions.Encoded
+): Layer.Layer<TrainReadOut, ConfigError> => Layer.effect(TrainReadOut, makeRandomIntermediateStates(options))
 
 /**
- * A read-out with its solver budget moved by `delta` steps (the F_THRES jitter of Jacobian batches, method.md
- * 2.4): RandomState max and State n move (never below 1); Final is unchanged (move the deq's maxIter instead).
+ * A read-out with its solver budget moved by `delta` steps (the F_THRES jitter of Jacobian batches,
+ * docs/method.md, "Training"): RandomState max and State n move (never below 1); Final is unchanged (move the
+ * deq's maxIter instead).
  *
  * @category combinators
  */
@@ -157,10 +189,24 @@ export const jitterReadOut = (r: Dynamics.ReadOut, delta: number): Dynamics.Read
 // ---------------------------------------------------------------------------------------------------------------
 
 /**
+ * The rows of a batch one call computes: rows `offset`.. of a batch of `total` rows (a shard of a data-parallel
+ * step). Batch-shaped draws (Jacobian probes, dropout masks) are drawn at the whole batch's shape and the call
+ * takes its rows, and batch means divide by `total`, so the shards of a batch sum to the whole batch.
+ *
+ * @category models
+ */
+export interface Rows {
+  readonly offset: number
+  readonly total: number
+}
+
+/**
  * Hutchinson estimate of ||J_f(z)||_F^2: the mean over `probes` probe vectors v (Gaussian or Rademacher, seeded)
  * of sum_b ||v_b^T J_f(z_b)||^2, divided by z.size (= B N) when `normalize` (default, as locuslab's
  * `jac_loss_estimate`). v^T J is a VJP; inside `tf.variableGrads` the estimate is differentiable w.r.t. the
- * parameters f closes over (double backward). z is a constant point. Plain tfjs; the caller owns the scalar.
+ * parameters f closes over (double backward). z is a constant point. With `rows`, z holds those rows of a larger
+ * batch: probes are that batch's rows and the normalisation is the whole batch's. Plain tfjs; the caller owns the
+ * scalar.
  *
  * @category jacobian
  */
@@ -172,20 +218,44 @@ export const hutchinson = (
     readonly distribution?: "normal" | "rademacher"
     readonly seed?: number
     readonly normalize?: boolean
+    readonly rows?: Rows
   } = {}
 ): tf.Scalar =>
   hutchinsonInternal(f, z, {
     probes: options.probes ?? 2,
     distribution: options.distribution ?? "normal",
     seed: options.seed ?? 0,
-    normalize: options.normalize ?? true
+    normalize: options.normalize ?? true,
+    ...(options.rows !== undefined ? { rows: options.rows } : {})
   })
+
+/** lo <= hi */
+const Jitter = Schema.Tuple([Schema.Int, Schema.Int]).check(
+  Schema.makeFilter(([lo, hi]) => lo <= hi ? undefined : `[${lo}, ${hi}] has lo > hi`)
+)
+
+/**
+ * Settings of the Jacobian penalty (docs/method.md, "Training"); the defaults are the paper's (locuslab MDEQ):
+ * weight 0.4, probability 0.02 per batch, 2 Gaussian probes. `untilEpoch`: active for epochs < it (paper: 90).
+ * `jitter` [lo, hi]: on batches with the penalty the solver budget moves by a uniform integer in lo..hi (paper
+ * [-2, 1]).
+ *
+ * @category config
+ */
+export class JacobianOptions extends Schema.Class<JacobianOptions>("JacobianOptions")({
+  weight: defaulted(NonNegative, 0.4),
+  probability: defaulted(Probability, 0.02),
+  untilEpoch: Schema.optional(PositiveInt),
+  probes: defaulted(PositiveInt, 2),
+  distribution: defaulted(Schema.Literals(["normal", "rademacher"]), "normal"),
+  jitter: Schema.optional(Jitter)
+}) {}
 
 /**
  * The Jacobian penalty of training. `active(epoch, stream)` draws once from `stream` and says whether this batch
- * computes it (epoch < untilEpoch, 1-based, and a uniform draw < probability); `penalty(f, z, seed)` is
- * weight x {@link hutchinson}. `jitter` [lo, hi] moves the solver budget of the batch's training forwards by a
- * uniform integer in lo..hi when the penalty is active.
+ * computes it (epoch < untilEpoch, 1-based, and a uniform draw < probability); `penalty(f, z, seed, rows)` is
+ * weight x {@link hutchinson} (normalised; `rows` as there). `jitter` [lo, hi] moves the solver budget of the
+ * batch's training forwards by a uniform integer in lo..hi when the penalty is active.
  *
  * @category services
  */
@@ -199,38 +269,11 @@ export class JacobianPenalty extends Context.Service<JacobianPenalty, {
   readonly distribution: "normal" | "rademacher"
   readonly jitter?: readonly [number, number]
   readonly active: (epoch: number, stream: Stream) => boolean
-  readonly penalty: (f: FixedPointMap, z: tf.Tensor, seed: number) => tf.Scalar
+  readonly penalty: (f: FixedPointMap, z: tf.Tensor, seed: number, rows?: Rows) => tf.Scalar
 }>()("effect-deq/JacobianPenalty") {}
 
-/**
- * Settings of the Jacobian penalty; paper (locuslab MDEQ): weight 0.4, probability 0.02, 2 Gaussian probes, off
- * from epoch 90, F_THRES jitter [-2, 1].
- *
- * @category config
- */
-export interface JacobianOptions {
-  readonly weight?: number
-  readonly probability?: number
-  readonly untilEpoch?: number
-  readonly probes?: number
-  readonly distribution?: "normal" | "rademacher"
-  readonly jitter?: readonly [number, number]
-}
-
-/**
- * The Jacobian penalty as a value (see {@link JacobianPenalty}).
- *
- * @category constructors
- */
-export const makeJacobian = (options: JacobianOptions = {}): JacobianPenalty["Service"] => {
-  const weight = options.weight ?? 0.4
-  const probability = options.probability ?? 0.02
-  const probes = options.probes ?? 2
-  const distribution = options.distribution ?? "normal"
-  const until = options.untilEpoch
-  if (options.jitter !== undefined && options.jitter[0] > options.jitter[1]) {
-    throw new RangeError(`jacobian: jitter [${options.jitter}] has lo > hi`)
-  }
+const jacobianOf = (o: JacobianOptions): JacobianPenalty["Service"] => {
+  const { weight, probability, probes, distribution, untilEpoch: until } = o
   return JacobianPenalty.of({
     name: `jacobian(${weight} w.p. ${probability}${until !== undefined ? `, until epoch ${until}` : ""})`,
     enabled: weight > 0 && probability > 0,
@@ -239,23 +282,37 @@ export const makeJacobian = (options: JacobianOptions = {}): JacobianPenalty["Se
     ...(until !== undefined ? { untilEpoch: until } : {}),
     probes,
     distribution,
-    ...(options.jitter !== undefined ? { jitter: options.jitter } : {}),
+    ...(o.jitter !== undefined ? { jitter: o.jitter } : {}),
     active: (epoch, stream) => {
       const u = stream.next()
       return weight > 0 && (until === undefined || epoch < until) && u < probability
     },
-    penalty: (f, z, seed) =>
-      hutchinsonInternal(f, z, { probes, distribution, seed, normalize: true }).mul(weight) as tf.Scalar
+    penalty: (f, z, seed, rows) =>
+      tf.mul(
+        hutchinsonInternal(f, z, { probes, distribution, seed, normalize: true, ...(rows !== undefined ? { rows } : {}) }),
+        weight
+      ) as tf.Scalar
   })
 }
+
+/**
+ * The Jacobian penalty as a value (see {@link JacobianPenalty}); options are decoded strictly (a bad key or a
+ * jitter with lo > hi is a ConfigError naming it).
+ *
+ * @category constructors
+ */
+export const makeJacobian = (
+  options: typeof JacobianOptions.Encoded = {}
+): Effect.Effect<JacobianPenalty["Service"], ConfigError> =>
+  Effect.map(decode(JacobianOptions, "jacobian")(options), jacobianOf)
 
 /**
  * Layer of the Jacobian penalty ({@link makeJacobian}).
  *
  * @category layers
  */
-export const jacobian = (options: JacobianOptions = {}): Layer.Layer<JacobianPenalty> =>
-  Layer.sync(JacobianPenalty, () => makeJacobian(options))
+export const jacobian = (options: typeof JacobianOptions.Encoded = {}): Layer.Layer<JacobianPenalty, ConfigError> =>
+  Layer.effect(JacobianPenalty, makeJacobian(options))
 
 /**
  * No Jacobian penalty (never active).
@@ -263,7 +320,7 @@ export const jacobian = (options: JacobianOptions = {}): Layer.Layer<JacobianPen
  * @category layers
  */
 export const noJacobian: Layer.Layer<JacobianPenalty> = Layer.sync(JacobianPenalty, () => ({
-  ...makeJacobian({ weight: 0, probability: 0 }),
+  ...jacobianOf(new JacobianOptions({ weight: 0, probability: 0 })),
   name: "none"
 }))
 
@@ -273,14 +330,16 @@ export const noJacobian: Layer.Layer<JacobianPenalty> = Layer.sync(JacobianPenal
 
 
 /**
- * Settings of input entropy reduction (method.md 6.1; defaults are the paper's CIFAR-10 values):
+ * Settings of input entropy reduction (docs/method.md, "Input entropy reduction"; defaults are the paper's
+ * CIFAR-10 values):
  * - `rounds` (4) rounds of `solverSteps` (T_f = 2) solver steps, warm-started from the round's `warmStart` state
  *   ("best": the lowest-residual iterate, as the official code; "last": the last iterate) and, with Broyden, from
  *   the previous low-rank memory; with another solver the warm start carries no memory.
  * - then `inputSteps` (R = 10) steps x' <- clip(x' - alpha sign(grad_x' H), x - eps, x + eps) clipped to [0, 1],
  *   H the mean prediction entropy of h(f(z; inj(x'))) with z held fixed (alpha 2/255, eps 8/255);
  * - then f switches to inj(x') and, with `lift` and Broyden, the last rank-1 pair is lifted (FixedPoint.liftBroyden).
- * - `state`: the recorded raw iterate read out (1-based; default rounds x solverSteps = z_8, method.md 7.4);
+ * - `state`: the recorded raw iterate read out (1-based; default rounds x solverSteps = z_8, docs/method.md,
+ *   "Evaluation protocol");
  *   `readOut` "state" gives h(z_state) (value) with the gradient of the tail, "tail" gives h(tail(z_state)).
  * - `tailK` / `tailLambda`: the unrolled tail from the read-out state under the last injection (5, 0.5).
  *
@@ -304,7 +363,7 @@ export class EntropyReductionOptions extends Schema.Class<EntropyReductionOption
  * Preset settings of entropy reduction.
  * - `cifar`: the paper's (alpha 2/255, eps 8/255, 4 rounds, T_f 2, R 10).
  * - `mnist`: eps 0.1, alpha 0.02. MNIST attacks use eps up to 0.3 (about 10x CIFAR's 8/255); we keep the
- *   purification radius at the tiny-run attack eps of 0.1 (design.md), since a 0.3-ball lets x' move far enough to
+ *   purification radius at the tiny-run attack eps of 0.1, since a 0.3-ball lets x' move far enough to
  *   erase strokes, and alpha = eps / 5 so the R = 10 sign steps still cover 2 eps (the paper's covers 2.5 eps)
  *   while each step stays well below the 0.3 scale.
  *

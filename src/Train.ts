@@ -35,7 +35,7 @@
  */
 import { Effect, Layer, Queue, Schema, Stream } from "effect"
 import { Attack, pgd as pgdAttack } from "./Adversary.ts"
-import { decode, decodeSync } from "./Config.ts"
+import { decode } from "./Config.ts"
 import * as Data from "./Data.ts"
 import type { DatasetError } from "./Errors.ts"
 import { ConfigError } from "./Errors.ts"
@@ -47,23 +47,19 @@ import {
   AdamConfig,
   AndersonSolverConfig,
   BroydenSolverConfig,
-  CorrectionConfig,
   EvalConfig,
   GradientConfig,
   ImplicitGradient,
-  JacobianConfig,
   MethodConfig,
   PgdAtMethod,
   PhantomGradient,
   PicardSolverConfig,
-  RandomStatesConfig,
   RegularizersConfig,
   SolverConfig,
   StandardMethod,
   TradesMethod,
   TrainAttackConfig,
   TrainConfig,
-  TrainConfigCodec,
   UnrollGradient,
   UnrolledGradient
 } from "./internal/train/config.ts"
@@ -85,16 +81,12 @@ export {
   AndersonSolverConfig,
   /** Broyden forward solver (`_tag: "broyden"`, FixedPoint.BroydenOptions fields); the paper's: 8 steps, rel tol 1e-3. */
   BroydenSolverConfig,
-  /** The fixed-point correction loss (TorchDEQ style). */
-  CorrectionConfig,
   /** Periodic evaluation (clean + PGD on a held-out subset) and best-checkpoint selection. */
   EvalConfig,
   /** How gradients leave the read-out state: unroll | phantom | implicit | unrolled. */
   GradientConfig,
   /** Implicit (IFT) gradient. */
   ImplicitGradient,
-  /** Jacobian regularization settings (paper: 0.4 w.p. 0.02, until epoch 90). */
-  JacobianConfig,
   /** The objective: standard | pgd-at | trades. */
   MethodConfig,
   /** The loss became NaN or infinite (names epoch, batch and step). */
@@ -105,8 +97,6 @@ export {
   PhantomGradient,
   /** Picard forward solver (`_tag: "picard"`). */
   PicardSolverConfig,
-  /** Random intermediate states (Sec. 3.3). */
-  RandomStatesConfig,
   /** The regularizers of a run (absent keys are off). */
   RegularizersConfig,
   /** The forward solver (tagged union). */
@@ -124,6 +114,35 @@ export {
   /** Differentiate through n plain steps from z0. */
   UnrolledGradient
 }
+
+/**
+ * The fixed-point correction loss (TorchDEQ style): the same class as `Regularizers.CorrectionOptions`.
+ *
+ * @category config
+ */
+export const CorrectionConfig = Regularizers.CorrectionOptions
+/** A decoded correction config. */
+export type CorrectionConfig = Regularizers.CorrectionOptions
+
+/**
+ * Jacobian regularization settings (paper: 0.4 w.p. 0.02, until epoch 90): the same class as
+ * `Regularizers.JacobianOptions`.
+ *
+ * @category config
+ */
+export const JacobianConfig = Regularizers.JacobianOptions
+/** A decoded Jacobian config. */
+export type JacobianConfig = Regularizers.JacobianOptions
+
+/**
+ * Random intermediate states (Sec. 3.3): the same class as `Regularizers.RandomStatesOptions` (`max` defaults to
+ * the solver's maxIter).
+ *
+ * @category config
+ */
+export const RandomStatesConfig = Regularizers.RandomStatesOptions
+/** A decoded random-states config. */
+export type RandomStatesConfig = Regularizers.RandomStatesOptions
 
 export type {
   /** Every progress event of a run: Started, Batch, Epoch, Evaluation, Checkpoint, Finished. */
@@ -169,40 +188,36 @@ export type RunError = TrainError | DatasetError
 
 /**
  * Decodes a training config from unknown input (parsed JSON), rejecting unknown keys (a ConfigError naming the
- * key), and checks the settings that depend on each other (random-state max, attack start, Jacobian jitter).
+ * key), and checks the settings that depend on each other (the attack start against the method).
  *
  * @category decoding
  */
 export const decodeConfig = (input: unknown): Effect.Effect<TrainConfig, ConfigError> =>
-  Effect.flatMap(decode(TrainConfigCodec)(input), (c) => Effect.as(check(c), c))
+  Effect.flatMap(decode(TrainConfig)(input), (c) => Effect.as(check(c), c))
 
 /**
  * Synchronous {@link decodeConfig} (throws the ConfigError).
  *
  * @category decoding
  */
-export const decodeConfigSync = (input: unknown): TrainConfig => {
-  const c = decodeSync(TrainConfigCodec)(input)
-  Effect.runSync(check(c))
-  return c
-}
+export const decodeConfigSync = (input: unknown): TrainConfig => Effect.runSync(decodeConfig(input))
 
 /**
  * A config as plain JSON (what checkpoints store, what the CLI writes).
  *
  * @category decoding
  */
-export const encodeConfig = (config: TrainConfig): unknown => Schema.encodeSync(TrainConfigCodec)(config)
+export const encodeConfig = (config: TrainConfig): unknown => Schema.encodeSync(TrainConfig)(config)
 
-const check = (c: TrainConfig): Effect.Effect<void, ConfigError> => {
-  const fail = (path: string, message: string) => Effect.fail(new ConfigError({ path, message: `${path}: ${message}` }))
-  if (c.method._tag === "pgd-at" && c.attack.start === "normal") {
-    return fail("attack.start", `"normal" is the TRADES start; PGD-AT supports "uniform" or "none"`)
-  }
-  const j = c.regularizers.jacobian?.jitter
-  if (j !== undefined && j[0] > j[1]) return fail("regularizers.jacobian.jitter", `[${j}] has lo > hi`)
-  return Effect.void
-}
+const check = (c: TrainConfig): Effect.Effect<void, ConfigError> =>
+  c.method._tag === "pgd-at" && c.attack.start === "normal" ?
+    Effect.fail(
+      new ConfigError({
+        path: "attack.start",
+        message: `attack.start: "normal" is the TRADES start; PGD-AT supports "uniform" or "none"`
+      })
+    ) :
+    Effect.void
 
 /**
  * The Dynamics gradient mode of a gradient config.
@@ -217,14 +232,20 @@ export const gradientOf = gradientOfInternal
  * @category layers
  */
 export const solverLayer = (config: TrainConfig): Layer.Layer<Solver, ConfigError> => {
-  const { _tag, ...options } = config.solver
-  switch (_tag) {
-    case "picard":
-      return Solver.picard(options as any)
-    case "anderson":
-      return Solver.anderson(options as any)
-    case "broyden":
-      return Solver.broyden(options as any)
+  const s = config.solver
+  switch (s._tag) {
+    case "picard": {
+      const { _tag, ...options } = s
+      return Solver.picard(options)
+    }
+    case "anderson": {
+      const { _tag, ...options } = s
+      return Solver.anderson(options)
+    }
+    case "broyden": {
+      const { _tag, ...options } = s
+      return Solver.broyden(options)
+    }
   }
 }
 
@@ -234,11 +255,11 @@ export const solverLayer = (config: TrainConfig): Layer.Layer<Solver, ConfigErro
  *
  * @category layers
  */
-export const readOutLayer = (config: TrainConfig): Layer.Layer<Regularizers.TrainReadOut> => {
+export const readOutLayer = (config: TrainConfig): Layer.Layer<Regularizers.TrainReadOut, ConfigError> => {
   const reg = config.regularizers
   const common = {
     dropout: reg.dropout,
-    ...(reg.correction !== undefined ? { correction: { ...reg.correction } } : {})
+    ...(reg.correction !== undefined ? { correction: reg.correction } : {})
   }
   return reg.randomStates === undefined ?
     Regularizers.finalState(common) :
@@ -254,16 +275,9 @@ export const readOutLayer = (config: TrainConfig): Layer.Layer<Regularizers.Trai
  *
  * @category layers
  */
-export const jacobianLayer = (config: TrainConfig): Layer.Layer<Regularizers.JacobianPenalty> => {
+export const jacobianLayer = (config: TrainConfig): Layer.Layer<Regularizers.JacobianPenalty, ConfigError> => {
   const j = config.regularizers.jacobian
-  return j === undefined ? Regularizers.noJacobian : Regularizers.jacobian({
-    weight: j.weight,
-    probability: j.probability,
-    probes: j.probes,
-    distribution: j.distribution,
-    ...(j.untilEpoch !== undefined ? { untilEpoch: j.untilEpoch } : {}),
-    ...(j.jitter !== undefined ? { jitter: j.jitter } : {})
-  })
+  return j === undefined ? Regularizers.noJacobian : Regularizers.jacobian(j)
 }
 
 /**

@@ -92,7 +92,7 @@ describe("random intermediate states", () => {
   it.effect("per sample: one n per sample, each row read from its own z_n", () =>
     leakCheck(Effect.scoped(Effect.gen(function*() {
       const N = 5
-      const ris = Regularizers.makeRandomIntermediateStates({ max: N, perSample: true })
+      const ris = yield* Regularizers.makeRandomIntermediateStates({ max: N, perSample: true })
       const model = yield* fcModel(2)
       const deq = Dynamics.makeWith(model, makePicardSync({}), { solve: { maxIter: N } })
       const x = images(5)
@@ -277,6 +277,42 @@ describe("Jacobian penalty", () => {
     A.dispose()
   })
 
+  it.effect("constructors are Effects that fail with a ConfigError naming the field (never a throw)", () =>
+    Effect.gen(function*() {
+      const jitter = yield* Effect.flip(Regularizers.makeJacobian({ jitter: [1, -2] }))
+      expect(jitter).toBeInstanceOf(ConfigError)
+      expect(jitter.path).toBe("jacobian.jitter")
+      expect(jitter.message).toContain("lo > hi")
+      const typo = yield* Effect.flip(Regularizers.makeJacobian({ wieght: 1 } as any))
+      expect(typo.message).toContain("wieght")
+      const max = yield* Effect.flip(Regularizers.makeRandomIntermediateStates({ max: 0 }))
+      expect(max.path).toBe("randomIntermediateStates.max")
+      const missing = yield* Effect.flip(Regularizers.makeRandomIntermediateStates({} as any))
+      expect(missing.path).toBe("randomIntermediateStates.max")
+      const gamma = yield* Effect.flip(Regularizers.makeFinalState({ correction: { gamma: 2 } }))
+      expect(gamma.path.startsWith("finalState.correction")).toBe(true)
+      expect(gamma.message).toContain("gamma")
+      // the layer carries the same error
+      const layer = yield* Effect.flip(Effect.provide(Effect.service(Regularizers.JacobianPenalty), Regularizers.jacobian({ probes: 0 })))
+      expect(layer).toBeInstanceOf(ConfigError)
+      expect(layer.path).toBe("jacobian.probes")
+      // a TrainConfig checks the same class: the path is the config's
+      const inConfig = yield* Effect.flip(Train.decodeConfig({
+        model: { _tag: "fc", inputShape: [8, 8, 1], hidden: 8, classes: K },
+        data: { name: "synthetic" },
+        regularizers: { jacobian: { jitter: [2, 1] } }
+      }))
+      expect(inConfig.path).toContain("regularizers.jacobian")
+      expect(inConfig.message).toContain("jitter")
+      expect(inConfig.message).toContain("lo > hi")
+      // defaults come from the class, once
+      const paper = yield* Regularizers.makeJacobian()
+      expect([paper.weight, paper.probability, paper.probes, paper.distribution]).toEqual([0.4, 0.02, 2, "normal"])
+      const corr = yield* Regularizers.makeFinalState({ correction: {} })
+      expect(corr.correction).toMatchObject({ states: 2, gamma: 0.8, weight: 1 })
+      expect(corr.dropout).toBe(true)
+    }))
+
   it.effect("is active with the given probability and off after the cut-off epoch; noJacobian never", () =>
     Effect.gen(function*() {
       const paper = yield* Regularizers.JacobianPenalty.pipe(Effect.provide(Regularizers.jacobian({ untilEpoch: 90 })))
@@ -291,8 +327,8 @@ describe("Jacobian penalty", () => {
       expect(count(paper, 1)).toBeGreaterThan(0.01)
       expect(count(paper, 1)).toBeLessThan(0.03)
       expect(count(paper, 90)).toBe(0)
-      expect(count(Regularizers.makeJacobian({ probability: 0 }), 1)).toBe(0)
-      const always = Regularizers.makeJacobian({ probability: 1, untilEpoch: 3 })
+      expect(count(yield* Regularizers.makeJacobian({ probability: 0 }), 1)).toBe(0)
+      const always = yield* Regularizers.makeJacobian({ probability: 1, untilEpoch: 3 })
       expect(count(always, 2)).toBe(1)
       expect(count(always, 3)).toBe(0)
       const none = yield* Regularizers.JacobianPenalty.pipe(Effect.provide(Regularizers.noJacobian))

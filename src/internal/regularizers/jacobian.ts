@@ -13,8 +13,10 @@ export interface HutchinsonSettings {
   readonly distribution: "normal" | "rademacher"
   /** root seed of the probes (probe i uses deriveSeed(seed, "probe", i)) */
   readonly seed: number
-  /** divide by z.size = B * N, as locuslab does (default true) */
+  /** divide by the batch's numel (B * N), as locuslab does (default true) */
   readonly normalize: boolean
+  /** z holds rows offset.. of a batch of `total` rows: probes are that batch's rows, numel is the batch's */
+  readonly rows?: { readonly offset: number; readonly total: number }
 }
 
 const probe = (shape: ReadonlyArray<number>, distribution: "normal" | "rademacher", seed: number): tf.Tensor =>
@@ -24,20 +26,31 @@ const probe = (shape: ReadonlyArray<number>, distribution: "normal" | "rademache
       tf.sub(tf.mul(tf.cast(tf.greater(tf.randomUniform(shape as Array<number>, 0, 1, "float32", seed), 0.5), "float32"), 2), 1)
   )
 
+/** the probe of z's rows: drawn at the whole batch's shape (one seeded draw), then those rows taken */
+const rowsProbe = (z: tf.Tensor, s: HutchinsonSettings, seed: number): tf.Tensor => {
+  const rows = s.rows
+  if (rows === undefined || (rows.offset === 0 && rows.total === z.shape[0])) return probe(z.shape, s.distribution, seed)
+  return tf.tidy(() => {
+    const whole = probe([rows.total, ...z.shape.slice(1)], s.distribution, seed)
+    return tf.slice(whole, [rows.offset, ...z.shape.slice(1).map(() => 0)], z.shape as Array<number>)
+  })
+}
+
 /**
- * sum_b ||v_b^T J_f(z_b)||^2 averaged over probes (and divided by z.size when normalising): an unbiased estimate
- * of sum_b ||J_f(z_b)||_F^2 (/ numel). v^T J is a VJP through `f` taken with `tf.grad`; inside an enclosing
- * `tf.variableGrads` the VJP is itself recorded, so the estimate is differentiable w.r.t. everything f closes
- * over (double backward, PyTorch's create_graph=True). z is treated as a constant point.
+ * sum_b ||v_b^T J_f(z_b)||^2 averaged over probes (and divided by the batch's numel when normalising): an
+ * unbiased estimate of sum_b ||J_f(z_b)||_F^2 (/ numel). v^T J is a VJP through `f` taken with `tf.grad`; inside
+ * an enclosing `tf.variableGrads` the VJP is itself recorded, so the estimate is differentiable w.r.t. everything
+ * f closes over (double backward, PyTorch's create_graph=True). z is treated as a constant point.
  */
 export const hutchinson = (f: (z: tf.Tensor) => tf.Tensor, z: tf.Tensor, s: HutchinsonSettings): tf.Scalar =>
   tf.tidy(() => {
     const terms: Array<tf.Tensor> = []
     for (let i = 0; i < s.probes; i++) {
-      const v = probe(z.shape, s.distribution, deriveSeed(s.seed, "probe", i))
+      const v = rowsProbe(z, s, deriveSeed(s.seed, "probe", i))
       const vJ = tf.grad((zz: tf.Tensor) => tf.sum(tf.mul(f(zz), v)))(z)
       terms.push(tf.sum(tf.square(vJ)))
     }
     const mean = tf.div(terms.length === 1 ? terms[0]! : tf.addN(terms), s.probes)
-    return (s.normalize ? tf.div(mean, z.size) : mean) as tf.Scalar
+    const numel = s.rows === undefined ? z.size : (z.size / z.shape[0]) * s.rows.total
+    return (s.normalize ? tf.div(mean, numel) : mean) as tf.Scalar
   })

@@ -4,15 +4,19 @@
  *
  * @internal
  */
-import { Schema } from "effect"
-import { defaulted, NonNegative, NonNegativeInt, Positive, PositiveInt, Probability } from "../../Config.ts"
+import { Effect, Schema } from "effect"
+import { defaulted as dflt, NonNegative, NonNegativeInt, Positive, PositiveInt, Probability } from "../../Config.ts"
 import { DatasetConfig } from "../../Data.ts"
 import { AndersonOptions, BroydenOptions, PicardOptions } from "../../FixedPoint.ts"
 import { ModelConfig } from "../../Models.ts"
+import { CorrectionOptions, JacobianOptions, RandomStatesOptions } from "../../Regularizers.ts"
 
-/** a field default typed by its schema */
-const dflt = defaulted
-
+/**
+ * A class-valued key whose default is given in its encoded form: decoding runs it through the class, so the
+ * class's own field defaults fill in the rest (one place for each default).
+ */
+const orEncoded = <S extends Schema.Top>(schema: S, value: S["Encoded"]) =>
+  schema.pipe(Schema.withDecodingDefaultKey(Effect.succeed(value)))
 
 // ---------------------------------------------------------------------------------------------------------------
 // solver
@@ -96,47 +100,13 @@ export type MethodConfig = StandardMethod | PgdAtMethod | TradesMethod
 // ---------------------------------------------------------------------------------------------------------------
 
 /**
- * Random intermediate states (Sec. 3.3): n ~ U{1..max} per forward call. `max` defaults to the solver's
- * maxIter (F_THRES, 8 in the paper); `perSample` draws one n per sample instead of one per call.
- */
-export class RandomStatesConfig extends Schema.Class<RandomStatesConfig>("RandomStatesConfig")({
-  max: Schema.optional(PositiveInt),
-  perSample: dflt(Schema.Boolean, false)
-}) {}
-
-/**
- * Jacobian regularization (Hutchinson estimate of ||J_f||_F^2 / numel at the read-out state). Paper: weight 0.4,
- * probability 0.02 per batch, 2 Gaussian probes, off from epoch 90 (`untilEpoch`: active for epochs < it).
- * `jitter` [lo, hi]: on batches with the penalty the solver budget moves by a uniform integer in lo..hi (paper
- * [-2, 1]).
- */
-export class JacobianConfig extends Schema.Class<JacobianConfig>("JacobianConfig")({
-  weight: dflt(NonNegative, 0.4),
-  probability: dflt(Probability, 0.02),
-  untilEpoch: Schema.optional(PositiveInt),
-  probes: dflt(PositiveInt, 2),
-  distribution: dflt(Schema.Literals(["normal", "rademacher"]), "normal"),
-  jitter: Schema.optional(Schema.Tuple([Schema.Int, Schema.Int]))
-}) {}
-
-/**
- * Fixed-point correction (TorchDEQ style): an extra loss sum_i gamma^(k - i) CE(h(tail(z_{n_i}))) over k states
- * evenly spaced along the trajectory (n_k = N), times `weight`.
- */
-export class CorrectionConfig extends Schema.Class<CorrectionConfig>("CorrectionConfig")({
-  states: dflt(PositiveInt, 2),
-  gamma: dflt(Probability, 0.8),
-  weight: dflt(NonNegative, 1)
-}) {}
-
-/**
  * The regularizers of a run: absent keys are off. `dropout` draws variational dropout masks in training forwards
  * (when the model has dropout > 0; never in attacks or evaluation).
  */
 export class RegularizersConfig extends Schema.Class<RegularizersConfig>("RegularizersConfig")({
-  randomStates: Schema.optional(RandomStatesConfig),
-  jacobian: Schema.optional(JacobianConfig),
-  correction: Schema.optional(CorrectionConfig),
+  randomStates: Schema.optional(RandomStatesOptions),
+  jacobian: Schema.optional(JacobianOptions),
+  correction: Schema.optional(CorrectionOptions),
   dropout: dflt(Schema.Boolean, true)
 }) {}
 
@@ -185,43 +155,25 @@ export class AdamConfig extends Schema.Class<AdamConfig>("AdamConfig")({
 // ---------------------------------------------------------------------------------------------------------------
 
 /**
- * Everything a training run needs. Defaults follow the paper where it has one (method.md 3): TRADES-free PGD-AT,
- * Broyden with 8 steps and rel tol 1e-3, the phantom tail (k 5, lambda 0.5), Adam lr 1e-3 with a per-iteration
- * cosine schedule to 1e-6, batch 96, seed 42; the epoch count (220) and pre-training (16000 steps) are scaled down
- * to a small default (10 epochs, no pre-training).
+ * Everything a training run needs. Defaults follow the paper where it has one (docs/method.md, "Training"):
+ * PGD-AT, Broyden with 8 steps and rel tol 1e-3, the unrolled tail (k 5, lambda 0.5), Adam lr 1e-3 with a
+ * per-iteration cosine schedule to 1e-6, batch 96, seed 42; the epoch count (220) and pre-training (16000 steps)
+ * are scaled down to a small default (10 epochs, no pre-training).
  */
 export class TrainConfig extends Schema.Class<TrainConfig>("TrainConfig")({
   model: ModelConfig,
   data: DatasetConfig,
-  solver: dflt(SolverConfig, {
-    _tag: "broyden",
-    maxIter: 8,
-    tol: 1e-3,
-    stopMode: "rel",
-    returnMode: "best",
-    stopping: "batch",
-    recordTrajectory: false,
-    onNotConverged: "return",
-    returnState: false,
-    memory: 30
-  } as any),
-  gradient: dflt(GradientConfig, { _tag: "unroll", k: 5, lambda: 0.5 } as any),
-  method: dflt(MethodConfig, { _tag: "pgd-at" } as any),
-  regularizers: dflt(RegularizersConfig, { dropout: true } as any),
-  attack: dflt(TrainAttackConfig, { eps: 8 / 255, stepSize: 2 / 255, steps: 10 } as any),
-  eval: dflt(EvalConfig, {
-    every: 1,
-    fromEpoch: 1,
-    subset: 500,
-    batchSize: 100,
-    steps: 10,
-    select: "robust"
-  } as any),
+  solver: orEncoded(SolverConfig, { _tag: "broyden", maxIter: 8, tol: 1e-3, stopMode: "rel", returnMode: "best" }),
+  gradient: orEncoded(GradientConfig, { _tag: "unroll" }),
+  method: orEncoded(MethodConfig, { _tag: "pgd-at" }),
+  regularizers: orEncoded(RegularizersConfig, {}),
+  attack: orEncoded(TrainAttackConfig, {}),
+  eval: orEncoded(EvalConfig, {}),
   epochs: dflt(PositiveInt, 10),
   batchSize: dflt(PositiveInt, 96),
   lr: dflt(Positive, 1e-3),
   lrMin: dflt(NonNegative, 1e-6),
-  adam: dflt(AdamConfig, { beta1: 0.9, beta2: 0.999, epsilon: 1e-8, weightDecay: 0 } as any),
+  adam: orEncoded(AdamConfig, {}),
   /** global-norm gradient clipping (absent: none, as the paper) */
   clip: Schema.optional(Positive),
   seed: dflt(Schema.Int, 42),
@@ -231,9 +183,3 @@ export class TrainConfig extends Schema.Class<TrainConfig>("TrainConfig")({
   /** drop a final short batch of each epoch */
   dropLast: dflt(Schema.Boolean, false)
 }) {}
-
-/**
- * {@link TrainConfig} typed as a service-free codec (FixedPoint's option fields carry `any` defaults, which widen
- * the class's service types; decoding needs no services).
- */
-export const TrainConfigCodec = TrainConfig as unknown as Schema.Codec<TrainConfig, unknown>

@@ -19,7 +19,7 @@ import type { Model } from "../../Models.ts"
 import { JacobianPenalty, jitterReadOut, TrainReadOut } from "../../Regularizers.ts"
 import { acquire, makeRng, Rng, type Stream, tf, untaped } from "../../Tensor.ts"
 import { makeAdam } from "./adam.ts"
-import { type TrainConfig, TrainConfigCodec } from "./config.ts"
+import { TrainConfig } from "./config.ts"
 import type { GradientConfig } from "./config.ts"
 import { type BatchDone, type EpochDone, type Evaluated, NaNLoss, type TrainEvent } from "./events.ts"
 import { correct, meanCrossEntropy, klSum, tradesAttack } from "./losses.ts"
@@ -195,7 +195,7 @@ export const fit = (
       }) :
       undefined
     const dirs = options.out !== undefined ? checkpointDirs(options.out) : undefined
-    const encodedConfig = Schema.encodeSync(TrainConfigCodec)(config) as unknown
+    const encodedConfig = Schema.encodeSync(TrainConfig)(config) as unknown
 
     // ------------------------------------------------------------------------------------------------------------
     // position (changes only together with the parameters, inside one synchronous block)
