@@ -36,7 +36,7 @@ import * as Dynamics from "./Dynamics.ts"
 import type { ConfigError } from "./Errors.ts"
 import type { FixedPointMap } from "./FixedPoint.ts"
 import { type EntropySettings, meanEntropy as meanEntropyInternal, runEntropyReduction } from "./internal/regularizers/entropy.ts"
-import { hutchinson as hutchinsonInternal } from "./internal/regularizers/jacobian.ts"
+import { hutchinson as hutchinsonInternal, rowsOfDraw as rowsOfDrawInternal } from "./internal/regularizers/jacobian.ts"
 import { type Stream, tf } from "./Tensor.ts"
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -199,6 +199,18 @@ export interface Rows {
   readonly offset: number
   readonly total: number
 }
+
+/**
+ * A batch-shaped random draw for the {@link Rows} of a batch: `draw` is called once at the whole batch's shape and
+ * the rows are taken (no rows: `draw(shape)` itself), so a shard gets exactly its rows of the batch's draw.
+ *
+ * @category models
+ */
+export const rowsOfDraw: (
+  shape: ReadonlyArray<number>,
+  rows: Rows | undefined,
+  draw: (shape: Array<number>) => tf.Tensor
+) => tf.Tensor = rowsOfDrawInternal
 
 /**
  * Hutchinson estimate of ||J_f(z)||_F^2: the mean over `probes` probe vectors v (Gaussian or Rademacher, seeded)

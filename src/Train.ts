@@ -61,15 +61,15 @@ import {
   TrainAttackConfig,
   TrainConfig,
   UnrollGradient,
-  UnrolledGradient
+  UnrolledGradient,
+  gradientOf as gradientOfInternal
 } from "./internal/train/config.ts"
 import { NaNLoss } from "./internal/train/events.ts"
 import type { TrainEvent } from "./internal/train/events.ts"
+import { checkpointDirs as checkpointDirsInternal } from "./internal/train/checkpoint.ts"
 import {
-  checkpointDirs as checkpointDirsInternal,
   fit as fitInternal,
   type FitOptions,
-  gradientOf as gradientOfInternal,
   type TrainError as TrainErrorInternal,
   type TrainSummary
 } from "./internal/train/loop.ts"

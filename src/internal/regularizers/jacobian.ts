@@ -26,14 +26,19 @@ const probe = (shape: ReadonlyArray<number>, distribution: "normal" | "rademache
       tf.sub(tf.mul(tf.cast(tf.greater(tf.randomUniform(shape as Array<number>, 0, 1, "float32", seed), 0.5), "float32"), 2), 1)
   )
 
-/** the probe of z's rows: drawn at the whole batch's shape (one seeded draw), then those rows taken */
-const rowsProbe = (z: tf.Tensor, s: HutchinsonSettings, seed: number): tf.Tensor => {
-  const rows = s.rows
-  if (rows === undefined || (rows.offset === 0 && rows.total === z.shape[0])) return probe(z.shape, s.distribution, seed)
-  return tf.tidy(() => {
-    const whole = probe([rows.total, ...z.shape.slice(1)], s.distribution, seed)
-    return tf.slice(whole, [rows.offset, ...z.shape.slice(1).map(() => 0)], z.shape as Array<number>)
-  })
+/**
+ * A batch-shaped draw for rows `offset`.. of a batch of `total` rows: drawn at the whole batch's shape (one seeded
+ * tfjs op), then the rows taken, so every shard of a batch sees exactly its rows of the whole batch's draw.
+ */
+export const rowsOfDraw = (
+  shape: ReadonlyArray<number>,
+  rows: { readonly offset: number; readonly total: number } | undefined,
+  draw: (shape: Array<number>) => tf.Tensor
+): tf.Tensor => {
+  if (rows === undefined || (rows.offset === 0 && rows.total === shape[0])) return draw([...shape])
+  return tf.tidy(() =>
+    tf.slice(draw([rows.total, ...shape.slice(1)]), [rows.offset, ...shape.slice(1).map(() => 0)], [...shape])
+  )
 }
 
 /**
@@ -46,7 +51,7 @@ export const hutchinson = (f: (z: tf.Tensor) => tf.Tensor, z: tf.Tensor, s: Hutc
   tf.tidy(() => {
     const terms: Array<tf.Tensor> = []
     for (let i = 0; i < s.probes; i++) {
-      const v = rowsProbe(z, s, deriveSeed(s.seed, "probe", i))
+      const v = rowsOfDraw(z.shape, s.rows, (shape) => probe(shape, s.distribution, deriveSeed(s.seed, "probe", i)))
       const vJ = tf.grad((zz: tf.Tensor) => tf.sum(tf.mul(f(zz), v)))(z)
       terms.push(tf.sum(tf.square(vJ)))
     }

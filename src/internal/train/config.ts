@@ -7,7 +7,8 @@
 import { Effect, Schema } from "effect"
 import { defaulted as dflt, NonNegative, NonNegativeInt, Positive, PositiveInt, Probability } from "../../Config.ts"
 import { DatasetConfig } from "../../Data.ts"
-import { AndersonOptions, BroydenOptions, PicardOptions } from "../../FixedPoint.ts"
+import * as Dynamics from "../../Dynamics.ts"
+import { AndersonOptions, Backward, BroydenOptions, PicardOptions } from "../../FixedPoint.ts"
 import { ModelConfig } from "../../Models.ts"
 import { CorrectionOptions, JacobianOptions, RandomStatesOptions } from "../../Regularizers.ts"
 
@@ -74,6 +75,20 @@ export class UnrolledGradient extends Schema.TaggedClass<UnrolledGradient>("Unro
 export const GradientConfig = Schema.Union([UnrollGradient, PhantomGradient, ImplicitGradient, UnrolledGradient])
 /** A decoded gradient config. */
 export type GradientConfig = UnrollGradient | PhantomGradient | ImplicitGradient | UnrolledGradient
+
+/** The Dynamics gradient of a gradient config. */
+export const gradientOf = (g: GradientConfig): Dynamics.Gradient => {
+  switch (g._tag) {
+    case "unroll":
+      return Dynamics.unroll(g.k, g.lambda)
+    case "phantom":
+      return Backward.phantom(g.k, g.tau)
+    case "implicit":
+      return Backward.implicit({ maxIter: g.maxIter, tol: g.tol, solver: g.solver })
+    case "unrolled":
+      return Backward.unrolled(g.n)
+  }
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // method

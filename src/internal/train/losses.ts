@@ -4,13 +4,18 @@
  * @internal
  */
 import * as tf from "@tensorflow/tfjs"
+import { type Rows, rowsOfDraw } from "../../Regularizers.ts"
 import { untaped } from "../../Tensor.ts"
 
-/** Mean cross-entropy of logits [B, C] against int labels [B] (the attacks' per-sample one is adversary/losses `crossEntropy`). */
-export const meanCrossEntropy = (logits: tf.Tensor2D, y: tf.Tensor1D): tf.Scalar =>
+/**
+ * Mean cross-entropy of logits [B, C] against int labels [B] over a batch of `total` rows (default B): the sum
+ * over these rows divided by `total`, so the shards of a batch sum to its mean. (The attacks' per-sample loss is
+ * adversary/losses `crossEntropy`.)
+ */
+export const meanCrossEntropy = (logits: tf.Tensor2D, y: tf.Tensor1D, total: number = logits.shape[0]): tf.Scalar =>
   tf.tidy(() => {
     const logp = tf.logSoftmax(logits)
-    return tf.neg(tf.mean(tf.sum(tf.mul(logp, tf.oneHot(y, logits.shape[1])), 1))) as tf.Scalar
+    return tf.div(tf.neg(tf.sum(tf.mul(logp, tf.oneHot(y, logits.shape[1])))), total) as tf.Scalar
   })
 
 /** KL(softmax(p) || softmax(q)) summed over batch and classes (PyTorch KLDivLoss(reduction="sum")). */
@@ -32,6 +37,8 @@ export interface TradesAttackSettings {
   /** "normal": x + 0.001 N(0, 1), not clamped (the paper); "uniform": x + U(-eps, eps) clamped; "none": x */
   readonly start: "uniform" | "normal" | "none"
   readonly seed: number
+  /** x holds these rows of a larger batch: the start noise is that batch's rows */
+  readonly rows?: Rows
 }
 
 /**
@@ -48,9 +55,13 @@ export const tradesAttack = (
   untaped(() =>
     tf.tidy(() => {
       let xa = (s.start === "normal" ?
-        tf.add(x, tf.mul(tf.randomNormal(x.shape, 0, 1, "float32", s.seed), 0.001)) :
+        tf.add(x, tf.mul(rowsOfDraw(x.shape, s.rows, (sh) => tf.randomNormal(sh, 0, 1, "float32", s.seed)), 0.001)) :
         s.start === "uniform" ?
-        tf.clipByValue(tf.add(x, tf.randomUniform(x.shape, -s.eps, s.eps, "float32", s.seed)), 0, 1) :
+        tf.clipByValue(
+          tf.add(x, rowsOfDraw(x.shape, s.rows, (sh) => tf.randomUniform(sh, -s.eps, s.eps, "float32", s.seed))),
+          0,
+          1
+        ) :
         tf.clone(x)) as tf.Tensor4D
       let call = 0
       for (let t = 0; t < s.steps; t++) {
