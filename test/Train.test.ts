@@ -11,10 +11,19 @@ import { beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect, Stream } from "effect"
 import * as Checkpoint from "../src/Checkpoint.ts"
 import * as Data from "../src/Data.ts"
-import { ConfigError } from "../src/Errors.ts"
+import * as Dynamics from "../src/Dynamics.ts"
+import { CheckpointError, ConfigError } from "../src/Errors.ts"
+import { makeBroyden } from "../src/FixedPoint.ts"
+import * as Models from "../src/Models.ts"
+import * as Regularizers from "../src/Regularizers.ts"
 import * as Train from "../src/Train.ts"
 import { makeAdam } from "../src/internal/train/adam.ts"
-import { leakCheck, noLeaks, tf, useBackend } from "../src/Tensor.ts"
+import { correctionLoss, forward } from "../src/internal/train/forward.ts"
+import { meanCrossEntropy } from "../src/internal/train/losses.ts"
+import { combineShards, type ShardInput, type ShardOutput, shardStep } from "../src/internal/train/shard.ts"
+import * as State from "../src/internal/train/state.ts"
+import { makeStepContext } from "../src/internal/train/step.ts"
+import { acquire, leakCheck, noLeaks, Rng, stream, tf, untaped, useBackend } from "../src/Tensor.ts"
 
 beforeAll(async () => {
   await useBackend("wasm")
@@ -307,4 +316,296 @@ describe("Adam", () => {
       b.dispose()
     })
   })
+})
+
+describe("TrainState", () => {
+  const sums = { loss: 1.5, accuracy: 20, advAccuracy: 12, samples: 32, batches: 1, seconds: 0.25 }
+  const state: State.TrainState = {
+    epoch: 3,
+    batch: 2,
+    step: 18,
+    ended: false,
+    optimizerSteps: 18,
+    best: { metric: 0.75, epoch: 2 },
+    sums
+  }
+
+  it.effect("encodes to the checkpoint's JSON and restores to the same value (through a JSON round trip)", () =>
+    Effect.gen(function*() {
+      const config = { model: { _tag: "fc" }, lr: 0.001 }
+      const json = JSON.parse(JSON.stringify(State.encode(state, config, "wasm")))
+      expect(json).toMatchObject({ format: "effect-deq/train-state", epoch: 3, batch: 2, step: 18, adamSteps: 18, bestMetric: 0.75, bestEpoch: 2, backend: "wasm" })
+      const back = yield* State.restore(json, { path: "ckpt" })
+      expect(back.state).toEqual(state)
+      expect(back.config).toEqual(config)
+      // no best yet, and a checkpoint written before `step` was stored: metadata.step fills it in
+      const { best: _best, ...fresh } = state
+      const { step: _step, ...old } = State.encode(fresh, config, "wasm")
+      expect((yield* State.restore(old, { path: "ckpt", step: 18 })).state).toEqual(fresh)
+    }))
+
+  it("transitions: a batch adds to the sums and the position, an ended epoch resumes at the next one", () => {
+    const a = State.afterBatch(State.initial, { loss: 0.5, correct: 10, advCorrect: 4, samples: 16, seconds: 0.1 })
+    const b = State.afterBatch(a, { loss: 1, correct: 6, samples: 8, seconds: 0.2 })
+    expect([b.epoch, b.batch, b.step, b.optimizerSteps, b.ended]).toEqual([1, 2, 2, 2, false])
+    expect(b.sums).toEqual({ loss: 0.5 * 16 + 8, accuracy: 16, advAccuracy: 4, samples: 24, batches: 2, seconds: 0.1 + 0.2 })
+    expect(State.means(b)).toEqual({ loss: 16 / 24, accuracy: 16 / 24, advAccuracy: 4 / 24 })
+    // a value: the old state is untouched
+    expect(a.batch).toBe(1)
+    expect(State.resumePoint(b)).toBe(b)
+    const next = State.resumePoint(State.endEpoch(b))
+    expect([next.epoch, next.batch, next.step, next.ended, next.sums.samples]).toEqual([2, 0, 2, false, 0])
+    const first = State.recordEvaluation(b, 0.5, 1)
+    expect(first.improved).toBe(true)
+    expect(first.state.best).toEqual({ metric: 0.5, epoch: 1 })
+    expect(State.recordEvaluation(first.state, 0.5, 2).improved).toBe(false)
+    expect(State.recordEvaluation(first.state, 0.6, 2).state.best).toEqual({ metric: 0.6, epoch: 2 })
+  })
+
+  it.effect("bad input is a CheckpointError naming the checkpoint and the field", () =>
+    Effect.gen(function*() {
+      const good = State.encode(state, {}, "wasm")
+      for (
+        const [bad, field] of [
+          [{ ...good, format: "something-else" }, "format"],
+          [{ ...good, epoch: 0 }, "epoch"],
+          [{ ...good, batch: 1.5 }, "batch"],
+          [{ ...good, sums: { ...sums, samples: -1 } }, "samples"],
+          [{ ...good, extra: true }, "extra"],
+          [{ ...good, bestEpoch: undefined }, "bestEpoch"],
+          ["not an object", ""]
+        ] as const
+      ) {
+        const e = yield* Effect.flip(State.restore(bad, { path: "runs/x/last" }))
+        expect(e).toBeInstanceOf(CheckpointError)
+        expect(e.path).toBe("runs/x/last")
+        expect(e.message).toContain("not a training checkpoint")
+        expect(e.message).toContain(field)
+      }
+      const { step: _step, ...noStep } = good
+      expect((yield* Effect.flip(State.restore(noStep, { path: "p" }))).message).toContain("no step")
+    }))
+})
+
+describe("the shard step (what data-parallel workers run)", () => {
+  /** a step context, a model and a batch of 32 from the dataset under config `c` */
+  const setup = (c: Train.TrainConfig) =>
+    Effect.gen(function*() {
+      const model = yield* Models.buildSeeded(c.model)
+      const context = yield* makeStepContext(model, c).pipe(Effect.provide(Train.layersFromConfig(c)))
+      const keys = Int32Array.from({ length: 32 }, (_, i) => (i * 7 + 3) % dataset.train.count)
+      const { x, y } = Data.toTensors(dataset.train, keys)
+      const xs = x.dataSync() as Float32Array, ys = y.dataSync() as Int32Array
+      tf.dispose([x, y])
+      const per = xs.length / 32
+      const shard = (from: number, to: number, extra: Partial<ShardInput> = {}): ShardInput => ({
+        x: xs.slice(from * per, to * per),
+        y: ys.slice(from, to),
+        keys: keys.slice(from, to),
+        offset: from,
+        batchSize: 32,
+        epoch: 1,
+        batch: 4,
+        step: 9,
+        pretrain: false,
+        seed: c.seed,
+        ...extra
+      })
+      return { model, context, shard }
+    }).pipe(Effect.provide(Rng.seeded(c.seed)))
+
+  const relative = (a: Float32Array, b: Float32Array) => {
+    let d = 0, n = 0
+    for (let i = 0; i < a.length; i++) {
+      d += (a[i]! - b[i]!) ** 2
+      n += b[i]! ** 2
+    }
+    return Math.sqrt(d) / Math.max(Math.sqrt(n), 1e-12)
+  }
+
+  const expectSameStep = (split: ShardOutput, whole: ShardOutput) => {
+    expect(Object.keys(split.grads).sort()).toEqual(Object.keys(whole.grads).sort())
+    let worst = 0
+    for (const [name, g] of Object.entries(whole.grads)) worst = Math.max(worst, relative(split.grads[name]!, g))
+    console.log(`2 shards vs 1: worst relative gradient difference ${worst.toExponential(2)}`)
+    expect(worst).toBeLessThan(1e-5)
+    expect(Math.abs(split.loss - whole.loss) / Math.abs(whole.loss)).toBeLessThan(1e-5)
+    expect(split.correct).toBe(whole.correct)
+    expect(split.advCorrect).toBe(whole.advCorrect)
+    expect(split.samples).toBe(32)
+    expect(split.drawn).toEqual(whole.drawn)
+    expect(split.solverSteps).toBe(whole.solverSteps)
+    if (whole.jacobian !== undefined) expect(Math.abs(split.jacobian! - whole.jacobian) / whole.jacobian).toBeLessThan(1e-5)
+    expect(split.residual).toHaveLength(32)
+    for (let i = 0; i < 32; i++) expect(split.residual[i]!).toBeCloseTo(whole.residual[i]!, 5)
+  }
+
+  it.effect("PGD-AT + random states + Jacobian (jitter) + correction + dropout: 2 shards summed = 1 shard to 1e-5", () =>
+    leakCheck(Effect.scoped(Effect.gen(function*() {
+      const c = config({
+        model: { ...base.model, dropout: 0.2 },
+        method: { _tag: "pgd-at" },
+        regularizers: { randomStates: { max: 6 }, jacobian: { probability: 1, jitter: [-1, 1] }, correction: { states: 2 } }
+      })
+      const { context, shard } = yield* setup(c)
+      const whole = yield* shardStep(context, shard(0, 32))
+      expect(whole.jacobian!).toBeGreaterThan(0)
+      expect(whole.drawn).toHaveLength(1)
+      const split = combineShards([yield* shardStep(context, shard(0, 13)), yield* shardStep(context, shard(13, 32))])
+      expectSameStep(split, whole)
+      // the same step again is the same step (nothing is left in the context)
+      expect((yield* shardStep(context, shard(0, 32))).loss).toBe(whole.loss)
+    }))))
+
+  it.effect("TRADES + per-sample random states on a conv DEQ (GroupNorm): 2 shards summed = 1 shard to 1e-5", () =>
+    leakCheck(Effect.scoped(Effect.gen(function*() {
+      const c = config({
+        model: { _tag: "conv", inputShape: [8, 8, 1], classes: K, channels: 4, groups: 2, dropout: 0.2 },
+        method: { _tag: "trades", beta: 6 },
+        attack: { eps: 0.1, stepSize: 0.025, steps: 2 },
+        regularizers: { randomStates: { max: 5, perSample: true } }
+      })
+      const { context, shard } = yield* setup(c)
+      const whole = yield* shardStep(context, shard(0, 32))
+      // clean and adversarial forward, one n per sample each
+      expect(whole.drawn.map((d) => (d as ReadonlyArray<number>).length)).toEqual([32, 32])
+      const split = combineShards([yield* shardStep(context, shard(0, 16)), yield* shardStep(context, shard(16, 32))])
+      expectSameStep(split, whole)
+    }))))
+
+  it.effect("parameters travel by name; malformed input is a ConfigError naming the field", () =>
+    leakCheck(Effect.scoped(Effect.gen(function*() {
+      const c = config({ method: { _tag: "standard" } })
+      const { model, context, shard } = yield* setup(c)
+      const own = Object.fromEntries(model.params.map((p) => [p.name, p.variable.dataSync() as Float32Array]))
+      const before = yield* shardStep(context, shard(0, 32))
+      // other parameters give another gradient; setting the model's own values back gives the first one again
+      const scaled = Object.fromEntries(Object.entries(own).map(([k, v]) => [k, v.map((a) => a * 0.5)]))
+      expect((yield* shardStep(context, shard(0, 32, { params: scaled }))).loss).not.toBe(before.loss)
+      const again = yield* shardStep(context, shard(0, 32, { params: own }))
+      expect(again.loss).toBe(before.loss)
+      for (const [name, g] of Object.entries(before.grads)) expect(relative(again.grads[name]!, g)).toBe(0)
+      const name = model.params[0]!.name
+      const cases = [
+        [shard(0, 32, { params: { ...own, [name]: new Float32Array(1) } }), `params.${name}`],
+        [shard(0, 32, { keys: new Int32Array(3) }), "keys"],
+        [shard(0, 32, { offset: 8 }), "offset"],
+        [shard(0, 32, { x: new Float32Array(5) }), "x"]
+      ] as const
+      for (const [input, path] of cases) {
+        const e = yield* Effect.flip(shardStep(context, input))
+        expect(e).toBeInstanceOf(ConfigError)
+        expect((e as ConfigError).path).toBe(path)
+      }
+    }))))
+})
+
+describe("the regularizers reuse the training forward", () => {
+  const seed = 1234
+  const setup = Effect.gen(function*() {
+    const model = yield* Models.fc({ inputShape: [8, 8, 1], hidden: 32, classes: K, dropout: 0.2 }, { seed: 5 })
+    const deq = Dynamics.makeWith(model, makeBroyden({ maxIter: 8, tol: 1e-3 }), { backward: Dynamics.unroll(5, 0.5) })
+    const { x, y } = yield* acquire(() => Data.toTensors(dataset.train, Array.from({ length: 16 }, (_, i) => i)))
+    return { model, deq, x, y }
+  })
+  /** value and parameter gradients of a loss */
+  const withGrads = (model: Models.Model, loss: () => tf.Scalar) => {
+    const { value, grads } = tf.variableGrads(loss, model.params.map((p) => p.variable))
+    const out = { value: value.dataSync()[0]!, grads: Object.values(grads).map((g) => g.dataSync() as Float32Array) }
+    tf.dispose([value, ...Object.values(grads)])
+    return out
+  }
+  const expectClose = (a: { value: number; grads: Array<Float32Array> }, b: typeof a) => {
+    expect(Math.abs(a.value - b.value)).toBeLessThanOrEqual(1e-6 * Math.abs(b.value))
+    a.grads.forEach((g, i) => g.forEach((v, j) => expect(Math.abs(v - b.grads[i]![j]!)).toBeLessThanOrEqual(1e-5 * (1 + Math.abs(b.grads[i]![j]!)))))
+  }
+
+  it.effect("the Jacobian penalty at the forward's own state equals a re-solve from z0 (value and gradients)", () =>
+    leakCheck(Effect.scoped(Effect.gen(function*() {
+      const { model, deq, x } = yield* setup
+      const jac = yield* Regularizers.makeJacobian({ weight: 0.4 })
+      const dropoutSeed = 77
+      for (const r of [Dynamics.readOut.state(5), Dynamics.readOut.randomState(6, { perSample: true }), Dynamics.readOut.final]) {
+        // before: prepare again and solve again to the read-out state (z_max for per-sample draws)
+        const resolved = () => {
+          const p = Dynamics.prepare(deq, x, dropoutSeed)
+          const options = r._tag === "State" ? Dynamics.exactSteps(deq, r.n) :
+            r._tag === "RandomState" ? Dynamics.exactSteps(deq, r.max) : { ...deq.solveOptions, recordTrajectory: false }
+          const z = untaped(() => {
+            const res = deq.solver.run(p.f, p.z0, options)
+            return res.z
+          })
+          return jac.penalty(p.f, z, seed)
+        }
+        const reused = () => {
+          const fwd = forward(deq, x, r, { stream: stream(3), dropoutSeed, penaltyState: true })
+          return jac.penalty(fwd.f, fwd.state!, seed)
+        }
+        const a = withGrads(model, reused), b = withGrads(model, resolved)
+        expect(a.value).toBeGreaterThan(0)
+        expectClose(a, b)
+      }
+    }))))
+
+  it.effect("the correction loss from one trajectory equals one solve per state (value and gradients)", () =>
+    leakCheck(Effect.scoped(Effect.gen(function*() {
+      const { model, deq, x, y } = yield* setup
+      const dropoutSeed = 78
+      for (const c of [{ states: 2, gamma: 0.8, weight: 1 }, { states: 3, gamma: 0.5, weight: 0.7 }]) {
+        const top = 7
+        // before: one Dynamics.logits solve per state
+        const perState = () => {
+          const terms: Array<tf.Tensor> = []
+          for (let i = 1; i <= c.states; i++) {
+            const n = Math.max(1, Math.round((i * top) / c.states))
+            const l = Dynamics.logits(deq, x, Dynamics.readOut.state(n), { dropoutSeed })
+            terms.push(tf.mul(meanCrossEntropy(l, y), Math.pow(c.gamma, c.states - i)))
+          }
+          return tf.mul(tf.addN(terms), c.weight) as tf.Scalar
+        }
+        const oneTrajectory = () => {
+          const fwd = forward(deq, x, Dynamics.readOut.state(3), { dropoutSeed })
+          return correctionLoss(deq, fwd, y, c, top)
+        }
+        expectClose(withGrads(model, oneTrajectory), withGrads(model, perState))
+      }
+    }))))
+})
+
+describe("untilEpoch", () => {
+  it.effect("fit(untilEpoch 1), fit(resume, untilEpoch 2), fit(resume) ends byte-identical to one uninterrupted run", () =>
+    leakCheck(Effect.gen(function*() {
+      const c = config({
+        method: { _tag: "pgd-at" },
+        epochs: 3,
+        regularizers: { randomStates: {}, jacobian: { probability: 0.3 } },
+        eval: { ...base.eval, every: 1, subset: 32, steps: 2 }
+      })
+      const full = yield* tempDir()
+      const whole = yield* collect(c, { out: full })
+      expect(whole.summary.complete).toBe(true)
+      const out = yield* tempDir()
+      const first = yield* collect(c, { out, untilEpoch: 1 })
+      expect(first.summary).toMatchObject({ epoch: 1, complete: false, resumed: false })
+      expect(first.events.some((e) => e._tag === "Finished")).toBe(false)
+      // stopped cleanly after epoch 1's checkpoint, as if interrupted there
+      expect(first.events.at(-1)).toMatchObject({ _tag: "Checkpoint", reason: "epoch", epoch: 1 })
+      const second = yield* collect(c, { out, resume: true, untilEpoch: 2 })
+      expect((second.events[0] as Train.Started).epoch).toBe(2)
+      expect(second.summary).toMatchObject({ epoch: 2, complete: false, resumed: true })
+      const third = yield* collect(c, { out, resume: true })
+      expect(third.summary).toMatchObject({ epoch: 3, complete: true, step: whole.summary.step })
+      expect(third.events.at(-1)!._tag).toBe("Finished")
+      expect(third.summary.lastEvaluation!.robust).toBe(whole.summary.lastEvaluation!.robust)
+      const bits = (dir: string) =>
+        Effect.map(Checkpoint.read(dir), (k) => new Map([...k.params, ...k.extras].map((t) => [t.name, Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength)])))
+      const a = yield* bits(Train.checkpointDirs(out).last), b = yield* bits(Train.checkpointDirs(full).last)
+      expect([...a.keys()].sort()).toEqual([...b.keys()].sort())
+      for (const [name, buf] of a) expect(buf.equals(b.get(name)!)).toBe(true)
+      // untilEpoch past the end is a whole run; an already finished run has nothing left to do
+      const done = yield* collect(c, { out, resume: true, untilEpoch: 9 })
+      expect(done.summary).toMatchObject({ epoch: 3, complete: true, step: whole.summary.step })
+      expect(batches(done.events)).toHaveLength(0)
+      yield* Effect.promise(() => Promise.all([out, full].map((d) => fs.rm(d, { recursive: true, force: true }))))
+    })))
 })

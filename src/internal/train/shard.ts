@@ -79,7 +79,7 @@ export const shardStep = (context: StepContext, input: ShardInput): Effect.Effec
       }
       const values = input.params
       yield* Effect.sync(() => {
-        for (const p of model.params) p.variable.assign(tf.tidy(() => tf.tensor(values[p.name]!, p.variable.shape)))
+        for (const p of model.params) tf.tidy(() => p.variable.assign(tf.tensor(values[p.name]!, p.variable.shape)))
       })
     }
     return yield* Effect.scoped(Effect.gen(function*() {
