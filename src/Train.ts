@@ -11,7 +11,8 @@
  *
  * Randomness: every draw derives its seed from the root seed and its position (epoch, batch, step, use) with
  * `deriveSeed`, so a resumed run draws exactly what an uninterrupted one would; on the same backend the final
- * parameters are bit-identical.
+ * parameters are bit-identical. Per-sample draws are keyed by dataset index or taken as rows of the whole batch's
+ * draw, so a step computed on shards of a batch sums to the step on the batch (docs/training.md).
  *
  * @example
  * ```ts
@@ -162,7 +163,7 @@ export type {
 } from "./internal/train/events.ts"
 
 export type {
-  /** Options of a run besides its config: output directory, resume, event callback. */
+  /** Options of a run besides its config: output directory, resume, event callback, untilEpoch. */
   FitOptions,
   /** What a finished run reports. */
   TrainSummary
@@ -334,7 +335,8 @@ export const checkpointDirs = checkpointDirsInternal
  * checkpoint settings; the solver, training read-out, Jacobian penalty, training attack and random source come
  * from the context, so an ablation provides different layers. Checkpoints go to `options.out` (every epoch,
  * best evaluation, and on interruption); `options.resume` continues from the last one. Events go to
- * `options.onEvent`.
+ * `options.onEvent`. `options.untilEpoch` stops cleanly after that epoch (checkpoint written, as if interrupted
+ * there); a later call with `resume` continues bit-exactly.
  *
  * @category programs
  */
