@@ -15,15 +15,27 @@
  * @example
  * ```ts
  * import { Effect, Layer } from "effect"
+ * import type * as Data from "effect-deq/Data"
+ * import type { Solver } from "effect-deq/FixedPoint"
+ * import type * as Models from "effect-deq/Models"
  * import * as Regularizers from "effect-deq/Regularizers"
+ * import { Rng } from "effect-deq/Tensor"
  * import * as Train from "effect-deq/Train"
  *
+ * declare const model: Models.Model
+ * declare const data: Data.Dataset
+ * declare const config: Train.TrainConfig
+ * declare const solver: Layer.Layer<Solver>
+ *
+ * // the same program with and without random intermediate states (Sec. 3.3)
  * const ablation = (ris: boolean) =>
  *   Train.fit(model, data, config).pipe(
  *     Effect.provide(Layer.mergeAll(
  *       ris ? Regularizers.randomIntermediateStates({ max: 8 }) : Regularizers.finalState(),
  *       Regularizers.jacobian({ weight: 0.4, probability: 0.02, untilEpoch: 90 }),
- *       solver, attack, rng
+ *       Train.attackLayer(config),
+ *       solver,
+ *       Rng.seeded(42)
  *     ))
  *   )
  * ```

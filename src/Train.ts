@@ -35,10 +35,10 @@
  * @since 0.1.0
  */
 import { Effect, Layer, Queue, Schema, Stream } from "effect"
-import { Attack, pgd as pgdAttack } from "./Adversary.ts"
+import { Attack, type AttackError, pgd as pgdAttack } from "./Adversary.ts"
 import { decode } from "./Config.ts"
 import * as Data from "./Data.ts"
-import type { DatasetError } from "./Errors.ts"
+import type { CheckpointError, DatasetError } from "./Errors.ts"
 import { ConfigError } from "./Errors.ts"
 import { Solver } from "./FixedPoint.ts"
 import * as Models from "./Models.ts"
@@ -66,14 +66,8 @@ import {
   gradientOf as gradientOfInternal
 } from "./internal/train/config.ts"
 import { NaNLoss } from "./internal/train/events.ts"
-import type { TrainEvent } from "./internal/train/events.ts"
 import { checkpointDirs as checkpointDirsInternal } from "./internal/train/checkpoint.ts"
-import {
-  fit as fitInternal,
-  type FitOptions,
-  type TrainError as TrainErrorInternal,
-  type TrainSummary
-} from "./internal/train/loop.ts"
+import { fit as fitInternal } from "./internal/train/loop.ts"
 
 export {
   /** Adam's constants (PyTorch defaults; no weight decay, as the paper). */
@@ -145,28 +139,137 @@ export const RandomStatesConfig = Regularizers.RandomStatesOptions
 /** A decoded random-states config. */
 export type RandomStatesConfig = Regularizers.RandomStatesOptions
 
-export type {
-  /** Every progress event of a run: Started, Batch, Epoch, Evaluation, Checkpoint, Finished. */
-  TrainEvent,
-  /** One optimisation step finished. */
-  BatchDone,
-  /** A checkpoint was written. */
-  CheckpointSaved,
-  /** An epoch finished. */
-  EpochDone,
-  /** A periodic evaluation. */
-  Evaluated,
-  /** The run finished. */
-  Finished,
-  /** The run started or resumed. */
-  Started
-} from "./internal/train/events.ts"
 
-export type {
-  /** Options of a run besides its config: output directory, resume, event callback, untilEpoch. */
-  FitOptions,
-  /** What a finished run reports. */
-  TrainSummary
+
+// ---------------------------------------------------------------------------------------------------------------
+// events and results
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * Where in a run an event happened: 1-based epoch and global step (batches done).
+ *
+ * @category events
+ */
+export interface At {
+  readonly epoch: number
+  readonly step: number
+}
+
+/** The run started (or resumed). */
+export interface Started extends At {
+  readonly _tag: "Started"
+  readonly epochs: number
+  readonly batchesPerEpoch: number
+  readonly totalSteps: number
+  /** the batch of `epoch` the run continues with (0 for a fresh epoch) */
+  readonly batch: number
+  readonly resumed: boolean
+  readonly parameterCount: number
+  readonly backend: string
+  readonly method: string
+  readonly readOut: string
+  readonly jacobian: string
+  readonly attack: string
+  readonly out?: string
+}
+
+/** One optimisation step finished. */
+export interface BatchDone extends At {
+  readonly _tag: "Batch"
+  readonly phase: "pretrain" | "train"
+  readonly batch: number
+  readonly batches: number
+  /** the total loss that was minimised */
+  readonly loss: number
+  /** accuracy of the logits the main loss term saw (x_adv for PGD-AT, x otherwise) */
+  readonly accuracy: number
+  /** accuracy on x_adv (PGD-AT, TRADES) */
+  readonly advAccuracy?: number
+  /** the weighted Jacobian penalty when it was computed on this batch */
+  readonly jacobian?: number
+  /** solver steps and batch-mean relative residual of the last training forward (0 in pre-training) */
+  readonly solverSteps: number
+  readonly residual: number
+  /** the states drawn by random intermediate states in the training forwards of this batch */
+  readonly drawn?: ReadonlyArray<number>
+  readonly lr: number
+  /** the global L2 norm of the gradient (before clipping; 0 when the loss was not finite) */
+  readonly gradNorm: number
+  readonly seconds: number
+}
+
+/** An epoch finished (means over its batches). */
+export interface EpochDone extends At {
+  readonly _tag: "Epoch"
+  readonly batches: number
+  readonly loss: number
+  readonly accuracy: number
+  readonly advAccuracy?: number
+  readonly lr: number
+  readonly seconds: number
+}
+
+/** A periodic evaluation on the held-out subset. */
+export interface Evaluated extends At {
+  readonly _tag: "Evaluation"
+  readonly samples: number
+  readonly clean: number
+  /** PGD accuracy (absent when the evaluation attack is off) */
+  readonly robust?: number
+  /** the metric used to select the best checkpoint and whether this evaluation improved it */
+  readonly metric: number
+  readonly best: boolean
+  readonly seconds: number
+}
+
+/** A checkpoint was written. */
+export interface CheckpointSaved extends At {
+  readonly _tag: "Checkpoint"
+  readonly path: string
+  readonly reason: "epoch" | "best" | "interrupt"
+  /** batches of `epoch` done at the time of the checkpoint */
+  readonly batch: number
+}
+
+/** The run finished all its epochs. */
+export interface Finished extends At {
+  readonly _tag: "Finished"
+  readonly bestMetric?: number
+  readonly bestEpoch?: number
+  readonly seconds: number
+}
+
+/** Everything a run reports, in order: Started, then Batch / Epoch / Evaluation / Checkpoint, then Finished. */
+export type TrainEvent = Started | BatchDone | EpochDone | Evaluated | CheckpointSaved | Finished
+
+/** Options of a run besides its config. */
+export interface FitOptions {
+  /** output directory: checkpoints go to `<out>/last` (every epoch, and on interruption) and `<out>/best` */
+  readonly out?: string
+  /** continue from `<out>/last` when it exists (a fresh run otherwise) */
+  readonly resume?: boolean
+  /** called with every progress event, in order */
+  readonly onEvent?: (event: TrainEvent) => Effect.Effect<void>
+  /**
+   * stop after this epoch (its evaluation and checkpoint done), as if interrupted there: a later call with
+   * `resume` continues bit-exactly. No `Finished` event unless it is the last epoch.
+   */
+  readonly untilEpoch?: number
+}
+
+/** What a run (or a part of it, with `untilEpoch`) reports. */
+export interface TrainSummary {
+  /** epochs finished */
+  readonly epoch: number
+  readonly step: number
+  readonly resumed: boolean
+  /** all of `config.epochs` are done */
+  readonly complete: boolean
+  readonly lastEpoch?: EpochDone
+  readonly lastEvaluation?: Evaluated
+  readonly bestMetric?: number
+  readonly bestEpoch?: number
+  readonly seconds: number
 }
 
 /**
@@ -174,7 +277,8 @@ export type {
  *
  * @category errors
  */
-export type TrainError = TrainErrorInternal
+export type TrainError = ConfigError | CheckpointError | AttackError | NaNLoss
+
 
 /**
  * The errors of {@link run} and {@link stream}: those of {@link fit} plus a dataset that cannot be loaded.

@@ -504,7 +504,7 @@ describe("the regularizers reuse the training forward", () => {
   const seed = 1234
   const setup = Effect.gen(function*() {
     const model = yield* Models.fc({ inputShape: [8, 8, 1], hidden: 32, classes: K, dropout: 0.2 }, { seed: 5 })
-    const deq = Dynamics.makeWith(model, makeBroyden({ maxIter: 8, tol: 1e-3 }), { backward: Dynamics.unroll(5, 0.5) })
+    const deq = Dynamics.makeWith(model, yield* makeBroyden({ maxIter: 8, tol: 1e-3 }), { backward: Dynamics.unroll(5, 0.5) })
     const { x, y } = yield* acquire(() => Data.toTensors(dataset.train, Array.from({ length: 16 }, (_, i) => i)))
     return { model, deq, x, y }
   })

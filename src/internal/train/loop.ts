@@ -8,9 +8,9 @@
  * @internal
  */
 import { Effect, Ref, Schema } from "effect"
-import type { Attack, AttackError } from "../../Adversary.ts"
+import type { Attack } from "../../Adversary.ts"
 import { type Dataset, toTensors } from "../../Data.ts"
-import { type CheckpointError, ConfigError } from "../../Errors.ts"
+import { ConfigError } from "../../Errors.ts"
 import type { Solver } from "../../FixedPoint.ts"
 import type { Model } from "../../Models.ts"
 import type { JacobianPenalty, TrainReadOut } from "../../Regularizers.ts"
@@ -19,43 +19,11 @@ import { type Adam, makeAdam } from "./adam.ts"
 import * as Checkpoints from "./checkpoint.ts"
 import { TrainConfig } from "./config.ts"
 import { type Evaluator, evaluate, makeEvaluator } from "./evaluate.ts"
-import { type BatchDone, type EpochDone, type Evaluated, NaNLoss, type TrainEvent } from "./events.ts"
+import type { BatchDone, EpochDone, Evaluated, FitOptions, TrainError, TrainEvent, TrainSummary } from "../../Train.ts"
+import { NaNLoss } from "./events.ts"
 import { makeSchedule, type Schedule } from "./schedule.ts"
 import * as State from "./state.ts"
 import { flatDraws, gradients, makeStepContext, type StepContext } from "./step.ts"
-
-/** Options of a run besides its config. */
-export interface FitOptions {
-  /** output directory: checkpoints go to `<out>/last` (every epoch, and on interruption) and `<out>/best` */
-  readonly out?: string
-  /** continue from `<out>/last` when it exists (a fresh run otherwise) */
-  readonly resume?: boolean
-  /** called with every progress event, in order */
-  readonly onEvent?: (event: TrainEvent) => Effect.Effect<void>
-  /**
-   * stop after this epoch (its evaluation and checkpoint done), as if interrupted there: a later call with
-   * `resume` continues bit-exactly. No `Finished` event unless it is the last epoch.
-   */
-  readonly untilEpoch?: number
-}
-
-/** What a run (or a part of it, with `untilEpoch`) reports. */
-export interface TrainSummary {
-  /** epochs finished */
-  readonly epoch: number
-  readonly step: number
-  readonly resumed: boolean
-  /** all of `config.epochs` are done */
-  readonly complete: boolean
-  readonly lastEpoch?: EpochDone
-  readonly lastEvaluation?: Evaluated
-  readonly bestMetric?: number
-  readonly bestEpoch?: number
-  readonly seconds: number
-}
-
-/** The errors of a run. */
-export type TrainError = ConfigError | CheckpointError | AttackError | NaNLoss
 
 /** Everything one run holds. */
 interface Run {
