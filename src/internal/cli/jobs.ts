@@ -11,7 +11,7 @@ import * as Adversary from "../../Adversary.ts"
 import { decode } from "../../Config.ts"
 import type * as Data from "../../Data.ts"
 import type * as Dynamics from "../../Dynamics.ts"
-import type { CheckpointError, ConfigError, DatasetError } from "../../Errors.ts"
+import { type CheckpointError, ConfigError, type DatasetError } from "../../Errors.ts"
 import { analyseDynamics, type AttackFamily, runSuite, SuiteConfig, type SuiteResult, suiteFlags, suiteJson, suiteTable } from "../../Evaluation.ts"
 import * as Models from "../../Models.ts"
 import * as Report from "../../Report.ts"
@@ -361,11 +361,32 @@ export interface BenchOptions {
   readonly out: string
 }
 
+/** The part of bench/suite.ts that `deq bench` uses (its own type is outside the package). */
+interface BenchSuite {
+  readonly runBench: (options: {
+    readonly quick: boolean
+    readonly peer: boolean
+    readonly onProgress: (message: string) => void
+  }) => Promise<{ readonly markdown: string } & Record<string, unknown>>
+}
+
 /** `deq bench`: the benchmark suite (bench/suite.ts), printed and written to `<out>/bench.md` + `bench.json`. */
-export const benchJob = (options: BenchOptions): Effect.Effect<{ readonly markdown: string; readonly json: string }, Report.ReportError> =>
+export const benchJob = (
+  options: BenchOptions
+): Effect.Effect<{ readonly markdown: string; readonly json: string }, Report.ReportError | ConfigError> =>
   Effect.gen(function*() {
-    // bench/ is not part of the library's import graph: loaded only when asked for
-    const { runBench } = yield* Effect.promise(() => import("../../../bench/suite.ts"))
+    // bench/ is not part of the library's import graph nor of the package: loaded only when asked for, in a clone
+    // (a variable specifier keeps tsc from compiling it into dist/)
+    const suite = new URL("../../../bench/suite.ts", import.meta.url)
+    const unavailable = (message: string) => new ConfigError({ path: "bench", message })
+    if (!fs.existsSync(suite)) {
+      return yield* unavailable("the benchmarks (bench/) are not part of the installed package: run `npm run bench` in a clone of the repository")
+    }
+    const { runBench } = yield* Effect.tryPromise({
+      try: () => import(suite.href) as Promise<BenchSuite>,
+      // plain node running dist/ cannot load bench/'s TypeScript
+      catch: (e) => unavailable(`bench/suite.ts could not be loaded (${e instanceof Error ? e.message.split("\n")[0] : String(e)}): run \`npm run bench\``)
+    })
     const result = yield* Effect.promise(() =>
       runBench({ quick: options.quick, peer: options.peer, onProgress: (m) => process.stderr.write(`bench: ${m}\n`) })
     )
