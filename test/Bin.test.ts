@@ -10,7 +10,7 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
-import { beforeAll, describe, expect, it } from "vitest"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { type LoggedEvent, readEvents, runUntil, type RunUntilOptions } from "./interrupt.ts"
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
@@ -41,6 +41,8 @@ beforeAll(() => {
   for (const dir of ["src", "presets", "node_modules"]) fs.symlinkSync(path.join(root, dir), path.join(clone, dir))
   fs.writeFileSync(path.join(tmp, "slow.json"), JSON.stringify(slowConfig))
 })
+
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }))
 
 const since = (events: ReadonlyArray<LoggedEvent>, starts: number) => {
   const i = events.map((e, k) => (e._tag === "Started" ? k : -1)).filter((k) => k >= 0)[starts - 1]
