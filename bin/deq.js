@@ -4,6 +4,7 @@
 // - An installed package runs the compiled dist/bin.js with plain node.
 // - A clone runs src/bin.ts through tsx's loader registered in this process (no build step needed), unless dist/
 //   was built after the last change to src/ (`npm run build`): then dist/ starts faster and is the same code.
+//   `deq bench` always takes the first way: the benchmarks (bench/, not built) are TypeScript.
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { fileURLToPath, pathToFileURL } from "node:url"
@@ -32,7 +33,7 @@ const fail = (message) => {
 if (!fs.existsSync(src)) {
   if (!fs.existsSync(dist)) fail(`${dist} is missing: the package was published without its build`)
   await import(pathToFileURL(dist).href)
-} else if (fresh(dist, path.dirname(src))) {
+} else if (fresh(dist, path.dirname(src)) && !process.argv.slice(2).includes("bench")) {
   await import(pathToFileURL(dist).href)
 } else {
   let register

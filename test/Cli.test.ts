@@ -15,7 +15,6 @@ import type { TrainEvent } from "../src/Train.ts"
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
 const bin = path.join(root, "bin", "deq.js")
-const tsx = path.join(root, "node_modules", "tsx", "dist", "cli.mjs")
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "deq-cli-"))
 const env = { ...process.env, DEQ_BACKEND: "wasm", GLIBC_TUNABLES: "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296" }
 
@@ -145,9 +144,9 @@ describe("deq train", () => {
       batchSize: 16,
       seed: 3
     }))
-    // the process group gets the signal, as a terminal's Ctrl-C does; started as `npm start` starts it (tsx
-    // src/bin.ts): bin/deq.js's spawnSync wrapper does not wait for its child on SIGINT
-    const child = spawn(process.execPath, [tsx, path.join(root, "src", "bin.ts"), "train", "--config", file, "--out", out], {
+    // the process group gets the signal, as a terminal's Ctrl-C does (bin/deq.js runs the command in its own
+    // process, as `npm start` does)
+    const child = spawn(process.execPath, [bin, "train", "--config", file, "--out", out], {
       cwd: root,
       env,
       detached: true

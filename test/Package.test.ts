@@ -46,9 +46,13 @@ const npm = (args: ReadonlyArray<string>, cwd: string) => {
 let packed: { filename: string; files: ReadonlyArray<{ path: string }> }
 
 beforeAll(() => {
-  // everything a clone has, except what is built or installed
-  const skip = new Set(["node_modules", "dist", "runs", "data", ".git"])
-  fs.cpSync(root, stage, { recursive: true, filter: (src) => !skip.has(path.relative(root, src).split(path.sep)[0]!) })
+  // what a clone has: the files git tracks or would track (not dist/, runs/ nor other tests' temp directories)
+  const listed = run("git", ["ls-files", "--cached", "--others", "--exclude-standard", "-z"], root)
+  if (listed.code !== 0) throw new Error(`git ls-files failed: ${listed.stderr}`)
+  for (const file of listed.stdout.split("\0").filter((f) => f.length > 0 && fs.existsSync(path.join(root, f)))) {
+    fs.mkdirSync(path.dirname(path.join(stage, file)), { recursive: true })
+    fs.copyFileSync(path.join(root, file), path.join(stage, file))
+  }
   fs.symlinkSync(path.join(root, "node_modules"), path.join(stage, "node_modules"))
   packed = JSON.parse(npm(["pack", "--json", "--pack-destination", tmp], stage))[0]
   fs.mkdirSync(consumer)
@@ -181,6 +185,17 @@ describe("a consumer of the installed package", () => {
     expect(out.residuals.at(-1)).toBeLessThan(1e-3)
     expect(out.residuals.at(-1)).toBeLessThan(out.residuals[0])
     expect(out.lossAfter).toBeGreaterThan(out.lossBefore)
+  })
+
+  it("runs the README's example as written", () => {
+    const readme = fs.readFileSync(path.join(root, "README.md"), "utf8")
+    const section = readme.slice(readme.indexOf("## Use it in your project"))
+    const example = /```js\n([\s\S]*?)```/.exec(section)![1]!
+    fs.writeFileSync(path.join(consumer, "readme.mjs"), example)
+    const r = run(process.execPath, ["readme.mjs"], consumer, nodeEnv)
+    expect(r.code, r.stderr).toBe(0)
+    expect(r.stdout).toMatch(/shape: \[ 8, 8, 8, 1 \]/)
+    expect(r.stdout).toMatch(/fooled: \[(\s*[01],?){8}\s*\]/)
   })
 
   it("type-checks a strict consumer file (NodeNext, no allowImportingTsExtensions) against the installed types", () => {
