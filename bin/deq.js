@@ -11,6 +11,8 @@ import { fileURLToPath, pathToFileURL } from "node:url"
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
 const dist = path.join(root, "dist", "bin.js")
+// written by `npm run build` after tsc succeeded: a build in progress or one that failed is never run
+const built = path.join(root, "dist", ".built")
 const src = path.join(root, "src", "bin.ts")
 
 /** The newest modification time of a file under `dir` (0 when there is none). */
@@ -33,7 +35,7 @@ const fail = (message) => {
 if (!fs.existsSync(src)) {
   if (!fs.existsSync(dist)) fail(`${dist} is missing: the package was published without its build`)
   await import(pathToFileURL(dist).href)
-} else if (fresh(dist, path.dirname(src)) && !process.argv.slice(2).includes("bench")) {
+} else if (fresh(built, path.dirname(src)) && !process.argv.slice(2).includes("bench")) {
   await import(pathToFileURL(dist).href)
 } else {
   let register

@@ -6,6 +6,7 @@
  * "interrupted" line, log an Interrupted event and leave DIR/last, which the next `--resume` continues from.
  * The installed package's dist/ path is tested in test/Package.test.ts.
  */
+import { spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -48,6 +49,32 @@ const since = (events: ReadonlyArray<LoggedEvent>, starts: number) => {
   const i = events.map((e, k) => (e._tag === "Started" ? k : -1)).filter((k) => k >= 0)[starts - 1]
   return i === undefined ? [] : events.slice(i)
 }
+
+describe("bin/deq.js chooses what it runs", () => {
+  it("dist/ only when its build stamp is newer than every file in src/, src/ otherwise and for bench", () => {
+    // a stand-in dist/ that says it ran; the real src/ lists the presets
+    const other = path.join(tmp, "stamped")
+    fs.mkdirSync(path.join(other, "bin"), { recursive: true })
+    fs.mkdirSync(path.join(other, "dist"))
+    fs.copyFileSync(bin, path.join(other, "bin", "deq.js"))
+    fs.copyFileSync(path.join(root, "package.json"), path.join(other, "package.json"))
+    for (const dir of ["src", "presets", "node_modules"]) fs.symlinkSync(path.join(root, dir), path.join(other, dir))
+    fs.writeFileSync(path.join(other, "dist", "bin.js"), `console.log("dist " + process.argv.slice(2).join(" "))\n`)
+    const deq = (...args: Array<string>) => spawnSync(process.execPath, [path.join(other, "bin", "deq.js"), ...args], { cwd: tmp, env, encoding: "utf8" })
+    const stamp = path.join(other, "dist", ".built")
+    // no stamp: a build in progress or one that failed
+    expect(deq("presets").stdout).toContain("smoke ")
+    fs.writeFileSync(stamp, "")
+    const future = new Date(Date.now() + 3600_000)
+    fs.utimesSync(stamp, future, future)
+    expect(deq("presets").stdout).toBe("dist presets\n")
+    // bench/ is TypeScript: always from src/ (here it fails on its flag before running anything)
+    expect(deq("bench", "--no-such-flag").stdout).not.toContain("dist bench")
+    const past = new Date(0)
+    fs.utimesSync(stamp, past, past)
+    expect(deq("presets").stdout).toContain("smoke ")
+  })
+})
 
 describe("bin/deq.js without a build", () => {
   it("runs src/ in its own process: Ctrl-C at three points saves a checkpoint each time, --resume continues to the end", async () => {
