@@ -66,10 +66,10 @@ afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }))
 describe("the packed package", () => {
   it("holds the build with its types, the presets, the bin and the README; no sources, tests or benchmarks", () => {
     const files = packed.files.map((f) => f.path)
-    for (const f of ["package.json", "README.md", "bin/deq.js", "dist/bin.js", "dist/Tensor.js", "dist/Tensor.d.ts", "dist/Adversary.d.ts", "presets/smoke.json"]) {
+    for (const f of ["package.json", "README.md", "LICENSE", "bin/deq.js", "dist/bin.js", "dist/Tensor.js", "dist/Tensor.d.ts", "dist/Adversary.d.ts", "presets/smoke.json"]) {
       expect(files).toContain(f)
     }
-    expect(files.filter((f) => !/^(bin\/deq\.js|dist\/|presets\/|package\.json$|README\.md$)/.test(f))).toEqual([])
+    expect(files.filter((f) => !/^(bin\/deq\.js|dist\/|presets\/|package\.json$|README\.md$|LICENSE$)/.test(f))).toEqual([])
     expect(files.filter((f) => f.endsWith(".ts") && !f.endsWith(".d.ts"))).toEqual([])
     // tsc rewrote the sources' relative .ts imports to .js
     const js = files.filter((f) => f.endsWith(".js")).map((f) => fs.readFileSync(path.join(installed, f), "utf8"))
