@@ -10,6 +10,8 @@
  * - `deq dynamics --checkpoint DIR`: per-state accuracy, entropy and residual, a table and SVG plots.
  * - `deq bench [--quick] [--no-peer]`: the benchmarks, with the PyTorch peer when torch is importable.
  * - `deq presets`: the shipped presets.
+ * - `deq sweep --grid FILE --out DIR [--storage postgres://...]` / `deq runner --storage postgres://...`: sweeps as
+ *   durable workflows on Effect Cluster (docs/sweeps.md).
  *
  * Failures print one line naming the problem (a config key, a file, a checkpoint) and exit with code 1.
  *
@@ -25,6 +27,7 @@
  * @since 0.1.0
  */
 import * as fs from "node:fs"
+import * as os from "node:os"
 import * as path from "node:path"
 import { NodeServices } from "@effect/platform-node"
 import { Effect, Option, Runtime, Schema } from "effect"
@@ -35,6 +38,7 @@ import { loadConfigFile, loadPreset, mainPreset, type Preset, presetNames } from
 import { attackFamilies as families, type AttackFamily as Family } from "./Evaluation.ts"
 import { resumableConfig, say, trainRun } from "./internal/cli/train.ts"
 import * as Report from "./Report.ts"
+import * as Sweep from "./Sweep.ts"
 import { Backend } from "./Tensor.ts"
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -303,6 +307,42 @@ export const presets = Command.make("presets", {}, () =>
   }).pipe(reported("presets"))).pipe(Command.withDescription("List the shipped presets"))
 
 /**
+ * `deq sweep`: submits a sweep file's runs as durable workflows and follows them (embedded SQLite storage in
+ * `--out`, or the runners of a PostgreSQL cluster with `--storage`); writes summary.md/json, SVG curves, index.html.
+ *
+ * @category commands
+ */
+export const sweep = Command.make("sweep", {
+  grid: Flag.String("grid").pipe(Flag.withDescription("the sweep file (JSON: base preset, axes, eval; presets/sweep-*.json)")),
+  out: Flag.String("out").pipe(Flag.withDescription("output directory (runs/<id>/, summary, index.html; the embedded storage)")),
+  storage: Flag.String("storage").pipe(Flag.withDescription("postgres://user@host:port/db of a cluster of deq runners (default: embedded, in-process)"), Flag.optional),
+  workers: Flag.Int("workers").pipe(Flag.withDescription("activities at once in the embedded process"), Flag.withDefault(1))
+}, (flags) =>
+  Effect.gen(function*() {
+    const storage = opt(flags.storage)
+    const r = yield* Sweep.sweep({ grid: flags.grid, out: flags.out, workers: flags.workers, ...(storage !== undefined ? { storage } : {}) })
+    yield* Effect.sync(() => console.log(r.summary))
+    if (r.failed > 0) return yield* new ConfigError({ path: "sweep", message: `${r.failed} of ${r.done + r.failed} runs failed (see ${flags.out}/summary.md)` })
+  }).pipe(withBackend, reported("sweep"))).pipe(
+  Command.withDescription("Run a sweep (grid of configs x seeds) as durable workflows; live table, summary, index.html")
+)
+
+/**
+ * `deq runner`: joins the PostgreSQL cluster and runs sweep workflows until stopped.
+ *
+ * @category commands
+ */
+export const runner = Command.make("runner", {
+  storage: Flag.String("storage").pipe(Flag.withDescription("postgres://user@host:port/db shared by all runners and deq sweep")),
+  host: Flag.String("host").pipe(Flag.withDescription("the address other runners reach this one at"), Flag.withDefault(os.hostname())),
+  port: Flag.Int("port").pipe(Flag.withDescription("the runner's TCP port"), Flag.withDefault(34431)),
+  workers: Flag.Int("workers").pipe(Flag.withDescription("activities at once (each is a training or evaluation)"), Flag.withDefault(1)),
+  verbose: Flag.Boolean("verbose").pipe(Flag.withDescription("log the cluster's info lines"), Flag.withDefault(false))
+}, (flags) => Sweep.runner(flags).pipe(withBackend, reported("runner"))).pipe(
+  Command.withDescription("Join a sweep cluster (PostgreSQL storage) and run its workflows until stopped")
+)
+
+/**
  * The root command: without a subcommand it runs the main job (`npm start`).
  *
  * @category commands
@@ -310,7 +350,7 @@ export const presets = Command.make("presets", {}, () =>
 export const deq = Command.make("deq", {}, () =>
   runMain(undefined, undefined, undefined, false, "npm start").pipe(withBackend, reported("main"))).pipe(
     Command.withDescription("Robust deep equilibrium models: train, evaluate, analyse the dynamics, benchmark"),
-    Command.withSubcommands([main, train, evaluate, dynamics, bench, presets])
+    Command.withSubcommands([main, train, evaluate, dynamics, bench, presets, sweep, runner])
   )
 
 /**

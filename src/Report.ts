@@ -240,6 +240,8 @@ export const code = (text: string, lang = ""): string => "```" + lang + "\n" + t
 export interface Series {
   readonly name: string
   readonly points: ReadonlyArray<readonly [number, number]>
+  /** an optional shaded band (x, low, high) around the line, e.g. mean +- sd over seeds */
+  readonly band?: ReadonlyArray<readonly [number, number, number]>
 }
 
 /**
@@ -285,7 +287,8 @@ export const series = <R>(
 export const linePlot = (plot: LinePlot): LinePlot => plot
 
 /**
- * The Vega-Lite spec of a line plot: one line with points per series, colour by series, legend at the bottom.
+ * The Vega-Lite spec of a line plot: one line with points per series, colour by series, legend at the bottom; a
+ * series with a `band` gets a shaded area under its line (layered spec).
  *
  * @category plots
  */
@@ -298,13 +301,10 @@ export const vegaLiteSpec = (plot: LinePlot): vegaLite.TopLevelSpec => {
   const integerTicks = plot.xInteger === true
     ? { tickMinStep: 1, format: "d" }
     : {}
-  return {
-    $schema: "https://vega.github.io/schema/vega-lite/v6.json",
-    title: plot.title,
-    width: plot.width ?? 420,
-    height: plot.height ?? 260,
-    background: "white",
-    data: { values },
+  const bands = plot.series.flatMap((s) =>
+    (s.band ?? []).filter(([x, lo, hi]) => [x, lo, hi].every(Number.isFinite)).map(([x, lo, hi]) => ({ x, lo, hi, series: s.name }))
+  )
+  const line = {
     mark: { type: "line", point: true, strokeWidth: 2 },
     encoding: {
       x: { field: "x", type: "quantitative", title: plot.x, axis: integerTicks, scale: { zero: false } },
@@ -325,7 +325,20 @@ export const vegaLiteSpec = (plot: LinePlot): vegaLite.TopLevelSpec => {
         legend: { orient: "bottom", columns: Math.min(3, Math.max(1, plot.series.length)) }
       }
     }
-  } as vegaLite.TopLevelSpec
+  }
+  const frame = { $schema: "https://vega.github.io/schema/vega-lite/v6.json", title: plot.title, width: plot.width ?? 420, height: plot.height ?? 260, background: "white" }
+  if (bands.length === 0) return { ...frame, data: { values }, ...line } as vegaLite.TopLevelSpec
+  const band = {
+    data: { values: bands },
+    mark: { type: "area", opacity: 0.2 },
+    encoding: {
+      x: { field: "x", type: "quantitative" },
+      y: { field: "lo", type: "quantitative" },
+      y2: { field: "hi" },
+      color: { field: "series", type: "nominal", title: null, sort: plot.series.map((s) => s.name) }
+    }
+  }
+  return { ...frame, layer: [band, { data: { values }, ...line }] } as vegaLite.TopLevelSpec
 }
 
 /**

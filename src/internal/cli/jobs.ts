@@ -48,6 +48,8 @@ export interface EvalOptions {
   readonly defence: boolean
   /** suite settings as JSON-like overrides (decoded strictly) */
   readonly suite?: typeof SuiteConfig.Encoded
+  /** no tables on stdout or progress on stderr (a sweep runs many jobs in one process) */
+  readonly quiet?: boolean
 }
 
 /** The provenance line of a report: backend, seed, machine and the wall time since `started` (performance.now). */
@@ -59,7 +61,7 @@ const suiteSection = (suite: SuiteResult): string =>
   [suite.notes.map((n) => `- ${n}`).join("\n"), "", suiteTable(suite), "", "Flags:", "", suiteFlags(suite), "", `Evaluation time: ${Report.duration(1000 * suite.seconds)}.`].join("\n")
 
 /** Runs the suite on a loaded checkpoint. */
-const evaluateLoaded = (loaded: Loaded, suite: SuiteConfig, families: ReadonlySet<AttackFamily>, defence: boolean) =>
+const evaluateLoaded = (loaded: Loaded, suite: SuiteConfig, families: ReadonlySet<AttackFamily>, defence: boolean, quiet = false) =>
   Effect.gen(function*() {
     const split = yield* testSubset(loaded.config, suite.samples)
     const eps = attackEpsOf(loaded.config, suite)
@@ -69,7 +71,7 @@ const evaluateLoaded = (loaded: Loaded, suite: SuiteConfig, families: ReadonlySe
       steps: loaded.steps,
       families,
       defence,
-      log: (m) => say(`eval: ${m}`)
+      log: (m) => (quiet ? Effect.void : say(`eval: ${m}`))
     }).pipe(Effect.provide(Rng.seeded(loaded.config.seed)))
   })
 
@@ -90,7 +92,7 @@ export const evalJob = (options: EvalOptions): Effect.Effect<{ readonly markdown
     const started = performance.now()
     const loaded = yield* loadCheckpoint(options.checkpoint)
     const suite = yield* decode(SuiteConfig, "suite")(options.suite ?? {})
-    const result = yield* evaluateLoaded(loaded, suite, options.families, options.defence)
+    const result = yield* evaluateLoaded(loaded, suite, options.families, options.defence, options.quiet)
     const out = path.resolve(options.out ?? path.join(loaded.runDir, "eval"))
     const markdown = Report.document(`Evaluation of ${rel(loaded.runDir)}`, [
       { title: "Model", body: describeCheckpoint(loaded) },
@@ -113,8 +115,10 @@ export const evalJob = (options: EvalOptions): Effect.Effect<{ readonly markdown
         seconds: (performance.now() - started) / 1000
       }
     })
-    yield* Effect.sync(() => console.log(suiteTable(result)))
-    yield* say(`eval: wrote ${rel(files.markdown)} and ${rel(files.json)}`)
+    if (options.quiet !== true) {
+      yield* Effect.sync(() => console.log(suiteTable(result)))
+      yield* say(`eval: wrote ${rel(files.markdown)} and ${rel(files.json)}`)
+    }
     return files
   }))
 
@@ -132,6 +136,8 @@ export interface DynamicsOptions {
   /** solver states to observe (default: the model's budget) */
   readonly steps?: number
   readonly batchSize?: number
+  /** no table on stdout or progress on stderr */
+  readonly quiet?: boolean
 }
 
 /** What the dynamics analysis found. */
@@ -197,7 +203,7 @@ export const dynamicsJob = (options: DynamicsOptions): Effect.Effect<{ readonly 
     const loaded = yield* loadCheckpoint(options.checkpoint)
     const split = yield* testSubset(loaded.config, options.samples)
     const steps = options.steps ?? loaded.steps
-    yield* say(`dynamics: ${steps} states on ${split.count} test images`)
+    if (options.quiet !== true) yield* say(`dynamics: ${steps} states on ${split.count} test images`)
     const result = yield* analyse(loaded.deq, loaded.readOut, split, {
       steps,
       eps: options.eps ?? loaded.config.eval.eps ?? loaded.config.attack.eps,
@@ -216,8 +222,10 @@ export const dynamicsJob = (options: DynamicsOptions): Effect.Effect<{ readonly 
       markdown,
       json: { checkpoint: loaded.checkpoint, ...result, backend: tf.getBackend(), machine: Report.machine() }
     })
-    yield* Effect.sync(() => console.log(Report.dynamicsTable(result.rows)))
-    yield* say(`dynamics: wrote ${rel(files.markdown)} and the plots in ${rel(out)}`)
+    if (options.quiet !== true) {
+      yield* Effect.sync(() => console.log(Report.dynamicsTable(result.rows)))
+      yield* say(`dynamics: wrote ${rel(files.markdown)} and the plots in ${rel(out)}`)
+    }
     return files
   }))
 

@@ -38,10 +38,10 @@ export interface Preset {
   readonly suite: SuiteConfig
 }
 
-/** The names of the shipped presets (file names without `.json`), sorted. */
+/** The names of the shipped presets (file names without `.json`, not the `sweep-*` sweep files), sorted. */
 export const presetNames = (): Array<string> =>
   fs.existsSync(presetsDir)
-    ? fs.readdirSync(presetsDir).filter((f) => f.endsWith(".json")).map((f) => f.slice(0, -5)).sort()
+    ? fs.readdirSync(presetsDir).filter((f) => f.endsWith(".json") && !f.startsWith("sweep-")).map((f) => f.slice(0, -5)).sort()
     : []
 
 const readJson = (file: string, what: string): Effect.Effect<unknown, ConfigError> =>
