@@ -186,6 +186,7 @@ export const analyse = (run: RunSpec, dir: string): Effect.Effect<void, JobError
 /** Writes the run's own report (`DIR/report.md`, `training.svg`) linking its evaluation and dynamics reports. */
 export const report = (run: RunSpec, dir: string, result: EvalResult): Effect.Effect<void, Report.ReportError> =>
   Effect.gen(function*() {
+    yield* attempt(dir, "report")
     const history = epochRows(readEvents(dir) as unknown as ReadonlyArray<Train.TrainEvent>)
     yield* Report.writeSvg(path.join(dir, "training.svg"), trainingPlot(history))
     const markdown = Report.document(`Run ${run.id}`, [

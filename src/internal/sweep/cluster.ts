@@ -38,7 +38,8 @@ export const parseStorage = (url: string): Effect.Effect<string, StorageError> =
 const pg = (url: string) =>
   PgClient.layer({ url: Redacted.make(url), connectTimeout: "5 seconds", maxConnections: 8, applicationName: "deq-sweep" })
 
-const describeCause = (cause: Cause.Cause<unknown>): string => {
+/** The innermost message of a cause, on one line. */
+export const describeCause = (cause: Cause.Cause<unknown>): string => {
   const e = Cause.squash(cause) as { message?: unknown; reason?: { message?: unknown; cause?: { message?: unknown } } }
   const inner = e?.reason?.cause?.message ?? e?.reason?.message ?? e?.message
   return typeof inner === "string" && inner.length > 0 ? inner : Cause.pretty(cause).split("\n")[0] ?? "unknown error"

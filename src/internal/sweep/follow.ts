@@ -51,7 +51,8 @@ const etaOf = (p: Progress): number | undefined => {
 export const statusOf = (out: string, run: RunSpec): Effect.Effect<RunStatus, never, WorkflowEngine.WorkflowEngine> =>
   Effect.gen(function*() {
     const executionId = yield* RunWorkflow.executionId(payloadOf(out, run))
-    const polled = yield* RunWorkflow.poll(executionId).pipe(Effect.orElseSucceed(() => Option.none()))
+    // an unreachable storage is a defect of poll: the state then comes from the run's files until it is back
+    const polled = yield* RunWorkflow.poll(executionId).pipe(Effect.catchCause(() => Effect.succeed(Option.none())))
     if (Option.isSome(polled) && polled.value._tag === "Complete") {
       const exit = polled.value.exit
       if (exit._tag === "Success") return { id: run.id, state: "done", detail: "done" }

@@ -7,7 +7,7 @@
  */
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { Effect, Layer } from "effect"
+import { Effect, Layer, Schedule } from "effect"
 import type { WorkflowEngine } from "effect/workflow"
 import { ConfigError } from "../../Errors.ts"
 import * as Report from "../../Report.ts"
@@ -80,11 +80,24 @@ const lockEmbedded = (out: string) =>
     (file) => Effect.sync(() => fs.rmSync(file, { force: true }))
   )
 
+/**
+ * Submits one run (the same run submitted again is the same workflow execution). The cluster reports a storage
+ * outage as a defect: retried every second for two minutes, then the sweep fails with one line.
+ */
+const submit = (out: string, run: Grid.RunSpec) =>
+  RunWorkflow.execute(payloadOf(out, run), { discard: true }).pipe(
+    Effect.catchCause((cause) => Effect.fail(cause)),
+    Effect.retry({ schedule: Schedule.spaced("1 second"), times: 120 }),
+    Effect.catch((cause) =>
+      Effect.fail(new Cluster.StorageError({ storage: "cluster", message: `cannot submit run ${run.id}: ${Cluster.describeCause(cause)}` }))
+    )
+  )
+
 /** Submits every run (a run already submitted is the same workflow execution) and follows them to the end. */
 const submitAndFollow = (sweep: Grid.Sweep, out: string, options: SweepOptions, storage: string) =>
   Effect.gen(function*() {
     const started = performance.now()
-    for (const run of sweep.runs) yield* RunWorkflow.execute(payloadOf(out, run), { discard: true })
+    for (const run of sweep.runs) yield* submit(out, run)
     const display = makeDisplay(options.display ?? process.stderr)
     const firstRunning = new Map<string, number>()
     const durations: Array<number> = []

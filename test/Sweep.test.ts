@@ -1,0 +1,153 @@
+/**
+ * Sweeps without processes: sweep files are decoded strictly (an unknown axis or key is a ConfigError naming it),
+ * expand into runs with stable ids, the SQLite SqlClient under the embedded storage behaves as effect/sql
+ * expects (parameters, booleans, transactions), and the per-arm aggregation and plots are what the summary says.
+ */
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import { Effect, Exit } from "effect"
+import * as SqlClient from "effect/sql/SqlClient"
+import { describe, expect, it } from "vitest"
+import { ConfigError } from "../src/Errors.ts"
+import * as Report from "../src/Report.ts"
+import * as Sqlite from "../src/internal/sweep/sqlite.ts"
+import { plots } from "../src/internal/sweep/results.ts"
+import * as Sweep from "../src/Sweep.ts"
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "deq-sweep-unit-"))
+const quick = path.resolve("presets", "sweep-quick.json")
+
+const writeSweep = (name: string, value: unknown): string => {
+  const file = path.join(tmp, `${name}.json`)
+  fs.writeFileSync(file, JSON.stringify(value))
+  return file
+}
+
+const failure = <A>(effect: Effect.Effect<A, ConfigError>): ConfigError => {
+  const exit = Effect.runSyncExit(effect)
+  if (Exit.isSuccess(exit)) throw new Error("expected a ConfigError")
+  const e = exit.cause.reasons[0]
+  if (e?._tag !== "Fail") throw new Error(`expected a failure, got ${e?._tag}`)
+  return e.error
+}
+
+describe("sweep files", () => {
+  it("sweep-quick expands to 4 runs (2 arms x 2 seeds) with stable, distinct ids", () => {
+    const a = Effect.runSync(Sweep.load(quick))
+    const b = Effect.runSync(Sweep.load(quick))
+    expect(a.runs.map((r) => r.id)).toEqual(b.runs.map((r) => r.id))
+    expect(new Set(a.runs.map((r) => r.id)).size).toBe(4)
+    expect([...new Set(a.runs.map((r) => r.arm))]).toEqual(["final", "ris"])
+    expect(a.runs.map((r) => r.seed)).toEqual([1, 2, 1, 2])
+    for (const r of a.runs) expect(r.id).toMatch(new RegExp(`^${r.arm}-s${r.seed}-[0-9a-f]{10}$`))
+    // the axes land in the resolved training configs
+    const ris = a.runs.find((r) => r.arm === "ris")!.train as { regularizers: { randomStates?: unknown }; seed: number }
+    const fin = a.runs.find((r) => r.arm === "final")!.train as { regularizers: { randomStates?: unknown } }
+    expect(ris.regularizers.randomStates).toBeDefined()
+    expect(fin.regularizers.randomStates).toBeUndefined()
+  })
+
+  it("the id hashes the resolved config: a changed setting changes it, the arm and seed alone do not decide it", () => {
+    const base = JSON.parse(fs.readFileSync(quick, "utf8"))
+    const same = Effect.runSync(Sweep.load(writeSweep("same", base)))
+    const changed = Effect.runSync(Sweep.load(writeSweep("lr", { ...base, train: { lr: 0.001 } })))
+    const original = Effect.runSync(Sweep.load(quick))
+    expect(same.runs.map((r) => r.id)).toEqual(original.runs.map((r) => r.id))
+    for (let i = 0; i < 4; i++) {
+      expect(changed.runs[i]!.arm).toBe(original.runs[i]!.arm)
+      expect(changed.runs[i]!.id).not.toBe(original.runs[i]!.id)
+    }
+  })
+
+  it("an unknown axis is a ConfigError naming it and the valid axes", () => {
+    const e = failure(Sweep.load(writeSweep("axis", { base: "smoke", axes: { optimizer: ["adam"] } })))
+    expect(e).toBeInstanceOf(ConfigError)
+    expect(e.path).toBe("axes.optimizer")
+    expect(e.message).toContain("unknown axis \"optimizer\"")
+    expect(e.message).toContain("readOut")
+  })
+
+  it("an unknown key, a bad axis value, an unknown train key and an unknown base are ConfigErrors naming them", () => {
+    const key = failure(Sweep.load(writeSweep("key", { base: "smoke", axes: {}, seeds: [1] })))
+    expect(key.path).toBe("seeds")
+    const value = failure(Sweep.load(writeSweep("value", { base: "smoke", axes: { readOut: ["middle"] } })))
+    expect(value.path).toMatch(/^axes\.readOut/)
+    expect(value.message).toContain("\"final\" | \"ris\"")
+    const train = failure(Sweep.load(writeSweep("train", { base: "smoke", train: { epocs: 3 }, axes: {} })))
+    expect(train.path).toBe("train.epocs")
+    const base = failure(Sweep.load(writeSweep("base", { base: "nope", axes: {} })))
+    expect(base.path).toBe("base")
+    expect(base.message).toContain("smoke")
+    const missing = failure(Sweep.load(path.join(tmp, "absent.json")))
+    expect(missing.message).toContain("does not exist")
+  })
+
+  it("both shipped sweeps decode; the ablation is method x read-out x 3 seeds", () => {
+    const paper = Effect.runSync(Sweep.load(path.resolve("presets", "sweep-paper-ablation.json")))
+    expect(paper.runs.length).toBe(12)
+    expect(new Set(paper.runs.map((r) => r.arm)).size).toBe(4)
+  })
+})
+
+describe("SQLite SqlClient (embedded storage)", () => {
+  it("binds parameters and booleans, returns rows, rolls a failed transaction back", async () => {
+    const file = path.join(tmp, "t.db")
+    const program = Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, flag INTEGER)`
+      yield* sql`INSERT INTO t ${sql.insert({ id: 1, name: "a", flag: true })}`
+      yield* sql`INSERT INTO t (id, name, flag) VALUES (${2}, ${"b"}, ${false})`
+      const failed = yield* sql.withTransaction(Effect.andThen(sql`INSERT INTO t (id, name) VALUES (3, 'c')`, Effect.fail("boom"))).pipe(Effect.flip)
+      const rows = yield* sql<{ id: number; name: string; flag: number }>`SELECT * FROM t ORDER BY id`
+      const values = yield* sql`SELECT name FROM t ORDER BY id`.values
+      return { failed, rows, values }
+    })
+    const r = await Effect.runPromise(program.pipe(Effect.provide(Sqlite.layer(file))))
+    expect(r.failed).toBe("boom")
+    expect(r.rows).toEqual([{ id: 1, name: "a", flag: 1 }, { id: 2, name: "b", flag: 0 }])
+    expect(r.values).toEqual([["a"], ["b"]])
+    expect(fs.existsSync(file)).toBe(true)
+  })
+})
+
+describe("results", () => {
+  const robustReport = (rows: Array<[string, number, number]>) => ({
+    evaluation: { rows: rows.map(([defence, clean, robust]) => ({ defence, result: { cleanAccuracy: clean, robustAccuracy: robust, samples: 32 } })) }
+  })
+
+  it("robustOf is the lowest robust accuracy over the undefended rows", () => {
+    const r = Sweep.robustOf(robustReport([["none", 0.9, 0.5], ["none", 0.9, 0.3], ["entropy", 0.9, 0.1]]))
+    expect(r).toEqual({ clean: 0.9, robust: 0.3, samples: 32 })
+  })
+
+  it("summarize gives mean +- sample sd per arm and per state; the plot has one band per arm and measure", () => {
+    const sweep = Effect.runSync(Sweep.load(quick))
+    const results = sweep.runs.map((run, i) => ({
+      id: run.id, arm: run.arm, seed: run.seed, clean: 0.5 + 0.1 * i, robust: 0.2 + 0.1 * i, samples: 32,
+      states: [1, 2].map((n) => ({ n, cleanAccuracy: 0.1 * n + 0.1 * i, robustAccuracy: 0.05 * n, cleanEntropy: 1 / n, robustEntropy: 2 / n }))
+    }))
+    const arms = Sweep.summarize(sweep, results)
+    expect(arms.map((a) => a.arm)).toEqual(["final", "ris"])
+    expect(arms[0]!.clean.mean).toBeCloseTo(0.55, 12)
+    expect(arms[0]!.clean.sd).toBeCloseTo(Math.SQRT1_2 * 0.1, 12)
+    expect(arms[1]!.states[1]!.cleanAccuracy.mean).toBeCloseTo(0.45, 12)
+    const p = plots(arms)
+    expect(p.accuracy.series.map((s) => s.name)).toEqual(["final (clean)", "ris (clean)", "final (robust)", "ris (robust)"])
+    expect(p.accuracy.series[0]!.band).toEqual([[1, 0.15 - Math.SQRT1_2 * 0.1, 0.15 + Math.SQRT1_2 * 0.1], [2, 0.25 - Math.SQRT1_2 * 0.1, 0.25 + Math.SQRT1_2 * 0.1]].map(([n, lo, hi]) => [n, expect.closeTo(lo!, 12), expect.closeTo(hi!, 12)]))
+  })
+
+  it("a plot with bands renders to SVG with a shaded area per series", async () => {
+    const svg = await Effect.runPromise(Report.renderSvg({
+      title: "t", x: "n", y: "acc", series: [{ name: "a", points: [[1, 0.5], [2, 0.6]], band: [[1, 0.4, 0.6], [2, 0.5, 0.7]] }]
+    }))
+    expect(svg).toContain("<svg")
+    expect(svg).toMatch(/class="mark-area/)
+    expect(svg).toMatch(/class="mark-line/)
+  })
+
+  it("meanSd of one value has sd 0; of none is NaN", () => {
+    expect(Sweep.meanSd([0.4])).toEqual({ mean: 0.4, sd: 0, n: 1 })
+    expect(Number.isNaN(Sweep.meanSd([]).mean)).toBe(true)
+  })
+})
