@@ -323,7 +323,7 @@ export const sweep = Command.make("sweep", {
     const r = yield* Sweep.sweep({ grid: flags.grid, out: flags.out, workers: flags.workers, ...(storage !== undefined ? { storage } : {}) })
     yield* Effect.sync(() => console.log(r.summary))
     if (r.failed > 0) return yield* new ConfigError({ path: "sweep", message: `${r.failed} of ${r.done + r.failed} runs failed (see ${flags.out}/summary.md)` })
-  }).pipe(withBackend, reported("sweep"))).pipe(
+  }).pipe(reported("sweep"))).pipe(
   Command.withDescription("Run a sweep (grid of configs x seeds) as durable workflows; live table, summary, index.html")
 )
 

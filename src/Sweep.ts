@@ -14,12 +14,10 @@
  * ```ts
  * import { Effect } from "effect"
  * import * as Sweep from "effect-deq/Sweep"
- * import { Backend } from "effect-deq/Tensor"
  *
- * // the same as `deq sweep --grid presets/sweep-quick.json --out runs/sweep-quick`
- * const program = Sweep.sweep({ grid: "presets/sweep-quick.json", out: "runs/sweep-quick" }).pipe(
- *   Effect.provide(Backend.auto)
- * )
+ * // the same as `deq sweep --grid presets/sweep-quick.json --out runs/sweep-quick` (embedded: the workflows run
+ * // in this process, which chooses its tfjs backend itself)
+ * const outcome = await Effect.runPromise(Sweep.sweep({ grid: "presets/sweep-quick.json", out: "runs/sweep-quick" }))
  * ```
  *
  * @since 0.1.0

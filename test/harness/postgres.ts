@@ -75,6 +75,15 @@ const run = (bin: string, args: ReadonlyArray<string>): string => {
   return execFileSync(cmd, argv, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], timeout: 60_000 })
 }
 
+/** Creates database `name` on a running server; returns its URL. */
+export const createDatabase = (server: Server, name: string): string => {
+  execFileSync(path.join(binDir()!, "psql"), ["-h", "127.0.0.1", "-p", String(server.port), "-U", "deq", "-d", "postgres", "-qc", `CREATE DATABASE ${name}`], {
+    stdio: ["ignore", "pipe", "pipe"],
+    timeout: 30_000
+  })
+  return `postgres://deq@127.0.0.1:${server.port}/${name}`
+}
+
 /** Initialises and starts a server on a free loopback port; undefined (see {@link skipReason}) when it cannot. */
 export const start = async (): Promise<Server | undefined> => {
   if (skipReason() !== undefined) return undefined

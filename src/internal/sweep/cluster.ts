@@ -1,5 +1,5 @@
 /**
- * The three ways a process joins a sweep's Effect Cluster (docs/sweeps.md, "Runners and storage"):
+ * The three ways a process joins a sweep's Effect Cluster (docs/sweeps.md, "The model" and "Storage"):
  * - embedded: one process, SingleRunner on a SQLite file in the output directory (no server);
  * - runner: a socket runner on PostgreSQL that runs workflows and their activities (`deq runner`);
  * - client: PostgreSQL storage, no shards (`deq sweep --storage`): submits workflows and polls them.

@@ -14,7 +14,7 @@ import { attackFamilies, SuiteConfig } from "../../Evaluation.ts"
 import * as Train from "../../Train.ts"
 import { loadPreset, presetNames } from "../cli/presets.ts"
 
-/** The axes a sweep may vary, with the values each takes (docs/sweeps.md, "Axes"). */
+/** The axes a sweep may vary, with the values each takes (docs/sweeps.md, "The sweep file"). */
 export const Axes = Schema.Struct({
   readOut: Schema.optional(Schema.Array(Schema.Literals(["final", "ris"]))),
   method: Schema.optional(Schema.Array(Schema.Literals(["standard", "pgd-at", "trades"]))),

@@ -11,6 +11,7 @@ import { Effect, Layer, Schedule } from "effect"
 import type { WorkflowEngine } from "effect/workflow"
 import { ConfigError } from "../../Errors.ts"
 import * as Report from "../../Report.ts"
+import { Backend } from "../../Tensor.ts"
 import * as Cluster from "./cluster.ts"
 import { counts, makeDisplay, payloadOf, type RunStatus, statusOf, sweepEta } from "./follow.ts"
 import * as Grid from "./grid.ts"
@@ -150,10 +151,10 @@ export const sweepJob = (options: SweepOptions): Effect.Effect<SweepOutcome, Con
       : Cluster.client(storage)
     const quiet = Cluster.loggerLayer(false, (l) => void process.stderr.write(l + "\n"))
     const follow = submitAndFollow(sweep, out, options, label)
+    // the tfjs backend is chosen only where activities run: here when embedded, on the runners otherwise
     return yield* (storage === undefined
-      ? follow
-      : Effect.raceFirst(follow, Cluster.watchStorage(storage, say) as Effect.Effect<never>)).pipe(
-        Effect.provide(engine),
+      ? Effect.andThen(Effect.service(Backend), follow.pipe(Effect.provide(engine))).pipe(Effect.provide(Backend.auto))
+      : Effect.raceFirst(follow, Cluster.watchStorage(storage, say) as Effect.Effect<never>).pipe(Effect.provide(engine))).pipe(
         Effect.provide(quiet)
       )
   }))
