@@ -12,6 +12,7 @@ import { describe, expect, it } from "vitest"
 import { ConfigError } from "../src/Errors.ts"
 import * as Report from "../src/Report.ts"
 import * as Sqlite from "../src/internal/sweep/sqlite.ts"
+import { counts, makeDisplay, type RunStatus, sweepEta, tableText } from "../src/internal/sweep/follow.ts"
 import { plots } from "../src/internal/sweep/results.ts"
 import * as Sweep from "../src/Sweep.ts"
 
@@ -149,5 +150,41 @@ describe("results", () => {
   it("meanSd of one value has sd 0; of none is NaN", () => {
     expect(Sweep.meanSd([0.4])).toEqual({ mean: 0.4, sd: 0, n: 1 })
     expect(Number.isNaN(Sweep.meanSd([]).mean)).toBe(true)
+  })
+})
+
+describe("live table", () => {
+  const sweep = Effect.runSync(Sweep.load(quick))
+  const rows: Array<RunStatus> = [
+    { id: sweep.runs[0]!.id, state: "done", detail: "done" },
+    { id: sweep.runs[1]!.id, state: "running", detail: "train epoch 2/2 (75%)", eta: 10, runner: "a:1" },
+    { id: sweep.runs[2]!.id, state: "running", detail: "evaluate", runner: "b:2" },
+    { id: sweep.runs[3]!.id, state: "queued", detail: "waiting for a runner" }
+  ]
+
+  it("counts states; the sweep ETA spreads the remaining work over the runners at work", () => {
+    expect(counts(rows)).toEqual({ queued: 1, running: 2, done: 1, failed: 0 })
+    // running: 10 s + (no ETA: the mean run) 30 s, queued: 30 s; two runners
+    expect(sweepEta(rows, 30)).toBe(35)
+    expect(sweepEta(rows, undefined)).toBeUndefined()
+    const text = tableText(sweep, rows, 35)
+    expect(text.split("\n")[0]).toBe("sweep sweep-quick: 1 queued, 2 running, 1 done, 0 failed; ETA 35s")
+    expect(text).toContain(`| ${sweep.runs[1]!.id} | final | running | train epoch 2/2 (75%) | 10s | a:1 |`)
+  })
+
+  it("off a terminal it prints the table when a state changes, not on every poll", () => {
+    const written: Array<string> = []
+    const display = makeDisplay({ isTTY: false, write: (s) => written.push(s) })
+    display.show(sweep, rows, 35)
+    display.show(sweep, rows.map((r) => (r.state === "running" ? { ...r, detail: r.detail + "." } : r)), 30)
+    expect(written.length).toBe(1)
+    display.show(sweep, rows.map((r) => (r.state === "queued" ? { ...r, state: "running" as const } : r)), 20)
+    expect(written.length).toBe(2)
+    const tty: Array<string> = []
+    const live = makeDisplay({ isTTY: true, write: (s) => tty.push(s) })
+    live.show(sweep, rows, 35)
+    live.show(sweep, rows, 35)
+    // the second frame moves the cursor up over the first (7 lines: head, header, rule, 4 runs) and redraws
+    expect(tty[1]!.startsWith("\x1b[7F\x1b[J")).toBe(true)
   })
 })
