@@ -9,7 +9,7 @@
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { Deferred, Effect, Fiber } from "effect"
+import { Context, Deferred, Effect, Fiber } from "effect"
 import * as Checkpoint from "../../Checkpoint.ts"
 import * as Report from "../../Report.ts"
 import * as Train from "../../Train.ts"
@@ -43,8 +43,17 @@ export interface Progress {
 
 const writeProgress = (dir: string, p: Progress) => Effect.ignore(Report.writeJson(progressFile(dir), p))
 
+/** Where a process says which activity it starts (a runner's stderr; nothing in the embedded sweep). */
+export const ActivityLog = Context.Reference<(line: string) => void>("effect-deq/Sweep/ActivityLog", {
+  defaultValue: () => () => {}
+})
+
 const attempt = (dir: string, activity: string, extra: Record<string, unknown> = {}) =>
-  Report.appendJsonLine(attemptsFile(dir), { time: new Date().toISOString(), activity, runner: runnerName, ...extra })
+  Effect.andThen(
+    Effect.flatMap(Effect.service(ActivityLog), (log) =>
+      Effect.sync(() => log(`run ${path.basename(dir)}: ${activity}${extra.from !== undefined ? ` (from epoch ${extra.from})` : ""}`))),
+    Report.appendJsonLine(attemptsFile(dir), { time: new Date().toISOString(), activity, runner: runnerName, ...extra })
+  )
 
 /** Epochs a run directory's `last/` checkpoint has completed (0 when there is none). */
 export const completedEpochs = (dir: string): number => {

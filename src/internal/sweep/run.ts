@@ -12,6 +12,7 @@ import type { WorkflowEngine } from "effect/workflow"
 import { ConfigError } from "../../Errors.ts"
 import * as Report from "../../Report.ts"
 import { Backend } from "../../Tensor.ts"
+import { ActivityLog } from "./activities.ts"
 import * as Cluster from "./cluster.ts"
 import { counts, makeDisplay, payloadOf, type RunStatus, statusOf, sweepEta } from "./follow.ts"
 import * as Grid from "./grid.ts"
@@ -170,8 +171,10 @@ export const runnerJob = (options: RunnerJobOptions): Effect.Effect<never, Clust
     const storage = yield* Cluster.parseStorage(options.storage)
     yield* Cluster.ping(storage)
     yield* say(`runner ${options.host}:${options.port} joining ${Cluster.redact(storage)} (${options.workers} worker${options.workers === 1 ? "" : "s"})`)
+    const stamp = () => new Date().toISOString().slice(11, 19)
     return yield* Effect.andThen(say("runner ready"), Cluster.watchStorage(storage, say)).pipe(
       Effect.provide(Cluster.runner({ ...options, storage })),
+      Effect.provideService(ActivityLog, (line) => void process.stderr.write(`${stamp()} ${line}\n`)),
       Effect.provide(Cluster.loggerLayer(options.verbose === true, (l) => void process.stderr.write(l + "\n")))
     ) as Effect.Effect<never, Cluster.StorageError>
   })
