@@ -169,6 +169,8 @@ describe.skipIf(pgSkip !== undefined)("a cluster of runners on PostgreSQL", () =
     expect(retried.map((a) => a.from)).toEqual([1, 1])
     expect(retried[0]!.runner).toBe(runner)
     expect(retried[1]!.runner).not.toBe(runner)
+    const survivor = rs.find((r) => r !== killed)!
+    expect(survivor.stderr()).toContain(`run ${path.basename(victim!)}: train-2 (from epoch 1)`)
     for (const r of rs) r.kill("SIGKILL")
   }, 150_000)
 
