@@ -9,7 +9,7 @@
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { Context, Deferred, Effect, Fiber } from "effect"
+import { Context, Effect } from "effect"
 import * as Checkpoint from "../../Checkpoint.ts"
 import * as Report from "../../Report.ts"
 import * as Train from "../../Train.ts"
@@ -129,7 +129,6 @@ export const trainUntil = (run: RunSpec, dir: string, epoch: number): Effect.Eff
     const started = Date.now()
     let last = 0
     let firstStep: number | undefined
-    const reached = yield* Deferred.make<void>()
     const onEvent = (event: Train.TrainEvent) =>
       Effect.gen(function*() {
         yield* Effect.ignore(Report.appendJsonLine(eventsFile(dir), { time: new Date().toISOString(), ...event }))
@@ -141,15 +140,10 @@ export const trainUntil = (run: RunSpec, dir: string, epoch: number): Effect.Eff
             step: event.step, totalSteps: config.epochs * event.batches, firstStep: firstStep ?? 0
           })
         }
-        // stop cleanly after this epoch's checkpoint: the next activity continues from it
-        if (event._tag === "Checkpoint" && event.reason === "epoch" && event.epoch >= epoch && epoch < config.epochs) {
-          yield* Deferred.succeed(reached, undefined)
-        }
       })
     yield* writeProgress(dir, { phase: "train", runner: runnerName, started, updated: started, epoch: done + 1, epochs: config.epochs })
-    const fiber = yield* Effect.forkChild(Train.run(config, { out: dir, resume: true, onEvent }))
-    yield* Effect.raceFirst(Effect.asVoid(Fiber.join(fiber)), Deferred.await(reached))
-    yield* Fiber.interrupt(fiber)
+    // stops cleanly after `epoch` with DIR/last written; the next activity resumes from it
+    yield* Train.run(config, { out: dir, resume: true, onEvent, untilEpoch: epoch })
     return epochResult(dir, epoch)
   })
 
