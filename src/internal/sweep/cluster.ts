@@ -41,8 +41,11 @@ const pg = (url: string) =>
 /** The innermost message of a cause, on one line. */
 export const describeCause = (cause: Cause.Cause<unknown>): string => {
   const e = Cause.squash(cause) as { message?: unknown; reason?: { message?: unknown; cause?: { message?: unknown } } }
-  const inner = e?.reason?.cause?.message ?? e?.reason?.message ?? e?.message
-  return typeof inner === "string" && inner.length > 0 ? inner : Cause.pretty(cause).split("\n")[0] ?? "unknown error"
+  const parts = [e?.reason?.message ?? e?.message, e?.reason?.cause?.message]
+    .filter((m): m is string => typeof m === "string" && m.length > 0)
+    .map((m) => m.split("\n")[0]!)
+  const text = [...new Set(parts)].join(": ")
+  return text.length > 0 ? text : Cause.pretty(cause).split("\n")[0] ?? "unknown error"
 }
 
 /** One `SELECT 1` against the storage, failing with a one-line {@link StorageError}. */

@@ -3,11 +3,12 @@
  * directory. Effect ships no SQLite driver for effect 4.1 on Node 20 (the effect-4 `@effect/sql-sqlite-node`
  * betas import modules 4.1 no longer exports, and use `node:sqlite`, which Node 20 lacks), so this is our own,
  * small: one connection, statements serialized by a semaphore, WAL journal so a killed process loses nothing that
- * was committed (docs/sweeps.md, "Storage").
+ * was committed (docs/sweeps.md, "Storage"). better-sqlite3 is an optional peer dependency, loaded on first use, so
+ * the rest of the package works without it.
  *
  * @internal
  */
-import Database from "better-sqlite3"
+import type Database from "better-sqlite3"
 import { Effect, Layer, Scope, Semaphore, Stream } from "effect"
 import * as Reactivity from "effect/reactivity/Reactivity"
 import * as SqlClient from "effect/sql/SqlClient"
@@ -25,8 +26,18 @@ const failure = (operation: string) => (cause: unknown) =>
 /** Opens `file` (created when absent) and wraps it as one effect/sql connection. */
 const connect = (file: string): Effect.Effect<SqlConnection.Connection, SqlError, Scope.Scope> =>
   Effect.gen(function*() {
+    const Driver = yield* Effect.tryPromise({
+      try: () => import("better-sqlite3").then((m) => m.default),
+      catch: (cause) =>
+        new SqlError({
+          reason: classifySqliteError(cause, {
+            message: "the embedded sweep storage needs the package better-sqlite3 12 (npm install better-sqlite3@12)",
+            operation: "open"
+          })
+        })
+    })
     const db = yield* Effect.acquireRelease(
-      Effect.try({ try: () => new Database(file, { timeout: 10_000 }), catch: failure("open") }),
+      Effect.try({ try: () => new Driver(file, { timeout: 10_000 }), catch: failure("open") }),
       (d) => Effect.sync(() => d.close())
     )
     yield* Effect.try({
