@@ -69,7 +69,8 @@ const describeError = (e: unknown): string => {
   if (typeof e === "object" && e !== null) {
     const tag = (e as { _tag?: unknown })._tag
     const message = (e as { message?: unknown }).message
-    const at = (e as { path?: unknown }).path
+    // a ConfigError / CheckpointError names its path, a DatasetError its file
+    const at = (e as { path?: unknown }).path ?? (e as { file?: unknown }).file
     if (typeof message === "string" && message.length > 0) {
       const where = typeof at === "string" && at.length > 0 && !message.includes(at) ? ` (at ${at})` : ""
       const text = message.split("\n").map((l) => l.trim()).filter((l) => l.length > 0).join(" ")

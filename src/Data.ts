@@ -31,7 +31,8 @@ import { createRequire } from "node:module"
 import * as path from "node:path"
 import { defaulted, NonNegative, PositiveInt } from "./Config.ts"
 import { DatasetError } from "./Errors.ts"
-import { cifarDataset, digits, fashionNames, idxDataset, syntheticDataset } from "./internal/data/loaders.ts"
+import { cifarDataset, digits, fashionNames, idxDataset, syntheticDataset, syntheticDefaults } from "./internal/data/loaders.ts"
+import { sizeProblem } from "./internal/data/synthetic.ts"
 import { stream, tf } from "./Tensor.ts"
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -145,7 +146,15 @@ export class DatasetConfig extends Schema.Class<DatasetConfig>("DatasetConfig")(
   }).check(
     Schema.makeFilter((c) => {
       if (c.name === "synthetic") {
-        return c.dir === undefined ? undefined : { path: ["dir"], issue: `"dir" does not apply to name "synthetic"` }
+        if (c.dir !== undefined) return { path: ["dir"], issue: `"dir" does not apply to name "synthetic"` }
+        const size = sizeProblem({
+          height: c.height ?? syntheticDefaults.height,
+          width: c.width ?? syntheticDefaults.width,
+          channels: c.channels ?? syntheticDefaults.channels,
+          trainSize: c.trainSize ?? syntheticDefaults.trainSize,
+          testSize: c.testSize ?? syntheticDefaults.testSize
+        })
+        return size === undefined ? undefined : { path: [size.key], issue: size.message }
       }
       return syntheticKeys
         .filter((k) => c[k] !== undefined)

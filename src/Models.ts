@@ -21,18 +21,88 @@
  * @since 0.1.0
  */
 import { Effect, Schema, type Scope } from "effect"
-import { decode, defaulted, PositiveInt } from "./Config.ts"
+import { decode, defaulted, heapProblem, PositiveInt } from "./Config.ts"
 import type { DeqModel, Param } from "./Dynamics.ts"
 import { ConfigError } from "./Errors.ts"
-import { convCore, convModelSpecs } from "./internal/models/conv.ts"
-import { fcCore, fcSpecs } from "./internal/models/fc.ts"
-import { makeInit } from "./internal/models/layers.ts"
-import { branchSizes, multiscaleCore, multiscaleSpecs } from "./internal/models/multiscale.ts"
+import { convCore, convModelSpecs, type ConvSettings } from "./internal/models/conv.ts"
+import { fcCore, type FcSettings, fcSpecs } from "./internal/models/fc.ts"
+import { makeInit, strided } from "./internal/models/layers.ts"
+import { branchSizes, multiscaleCore, type MultiscaleSettings, multiscaleSpecs } from "./internal/models/multiscale.ts"
 import { Rng, type tf, variable } from "./Tensor.ts"
 
 // ---------------------------------------------------------------------------------------------------------------
 // Configs
 // ---------------------------------------------------------------------------------------------------------------
+
+
+// ---------------------------------------------------------------------------------------------------------------
+// Size bounds
+// ---------------------------------------------------------------------------------------------------------------
+
+/** the fields of any model config, before it is a class instance (what the size check sees) */
+type ModelFields =
+  | ({ readonly _tag: "fc" } & FcSettings)
+  | ({ readonly _tag: "conv" } & ConvSettings)
+  | ({ readonly _tag: "multiscale" } & MultiscaleSettings)
+
+const product = (xs: ReadonlyArray<number>): number => xs.reduce((a, b) => a * b, 1)
+const argmax = (xs: ReadonlyArray<number>): number => xs.indexOf(Math.max(...xs))
+/** float32 and int32 values take 4 bytes */
+const valueBytes = 4
+/** training holds every parameter four times: the weights, their gradients and Adam's two moments */
+const trainingCopies = 4
+
+/** values of the state z per sample */
+const stateValues = (c: ModelFields): number => {
+  if (c._tag === "fc") return c.hidden
+  const [h0, w0] = [strided(c.inputShape[0], c.stemStride), strided(c.inputShape[1], c.stemStride)]
+  if (c._tag === "conv") return h0 * w0 * c.channels
+  return h0 * w0 * c.channels[0] + strided(h0, 2) * strided(w0, 2) * c.channels[1]
+}
+
+/** The field that makes the parameter count large (the leaf a size error names). */
+const paramDriver = (c: ModelFields): string => {
+  const inputDim = `inputShape.${argmax(c.inputShape)}`
+  if (c._tag === "fc") {
+    const d = product(c.inputShape)
+    const terms: Array<[string, number]> = [[inputDim, d * c.hidden], ["hidden", c.hidden * c.hidden], ["classes", c.hidden * c.classes]]
+    return terms.reduce((a, b) => (b[1] > a[1] ? b : a))[0]
+  }
+  const widest = c._tag === "conv" ? c.channels : Math.max(...c.channels)
+  const channels = c._tag === "conv" ? "channels" : `channels.${argmax(c.channels)}`
+  const terms: Array<[string, number]> = [
+    [channels, 9 * widest * widest * c.expansion],
+    ["expansion", c.expansion > widest ? 9 * widest * widest * c.expansion + 1 : 0],
+    ["inputShape.2", 9 * c.inputShape[2] * widest],
+    ["classes", widest * c.classes]
+  ]
+  return terms.reduce((a, b) => (b[1] > a[1] ? b : a))[0]
+}
+
+/**
+ * What of a model does not fit the wasm heap (Config.heapBytes): one input image, one sample's state, or the
+ * parameters with what training keeps per parameter. Each problem names the leaf field that makes it large.
+ */
+const sizeProblems = (c: ModelFields): Array<{ readonly path: ReadonlyArray<string | number>; readonly issue: string }> => {
+  const pathOf = (field: string) => field.split(".").map((k) => (/^[0-9]+$/.test(k) ? Number(k) : k))
+  const image = product(c.inputShape)
+  const imageProblem = heapProblem(image * valueBytes, `one input image (${c.inputShape.join("x")} = ${image} values, float32)`)
+  if (imageProblem !== undefined) return [{ path: pathOf(`inputShape.${argmax(c.inputShape)}`), issue: imageProblem }]
+  const state = stateValues(c)
+  const stateProblem = heapProblem(state * valueBytes, `the state of one sample (${state} values, float32)`)
+  if (stateProblem !== undefined) {
+    const channels = c._tag === "fc" ? "hidden" : c._tag === "conv" ? "channels" : `channels.${argmax(c.channels)}`
+    return [{ path: pathOf(channels), issue: stateProblem }]
+  }
+  const init = makeInit(0) // initialisers are thunks: nothing is allocated to count
+  const specs = c._tag === "fc" ? fcSpecs(c, init) : c._tag === "conv" ? convModelSpecs(c, init) : multiscaleSpecs(c, init)
+  const params = specs.reduce((n, spec) => n + product(spec.shape), 0)
+  const paramProblem = heapProblem(
+    params * valueBytes * trainingCopies,
+    `training the model's ${params} parameters (weights, gradients and Adam's two moments, float32)`
+  )
+  return paramProblem === undefined ? [] : [{ path: pathOf(paramDriver(c)), issue: paramProblem }]
+}
 
 const InputShape = Schema.Tuple([PositiveInt, PositiveInt, PositiveInt])
 const Classes = Schema.Int.check(Schema.isBetween({ minimum: 2, maximum: 100_000 }))
@@ -60,15 +130,18 @@ const convFields = {
  *
  * @category config
  */
-export class FcConfig extends Schema.TaggedClass<FcConfig>("FcConfig")("fc", {
-  inputShape: defaulted(InputShape, [28, 28, 1]),
-  classes: defaulted(Classes, 10),
-  hidden: defaulted(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 8192 })), 128),
-  norm: defaulted(Schema.Literals(["layer", "none"]), "layer"),
-  act: defaulted(Schema.Literals(["relu", "tanh"]), "relu"),
-  dropout: defaulted(Dropout, 0),
-  wScale: defaulted(Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 10, exclusiveMinimum: true })), 0.25)
-}) {}
+export class FcConfig extends Schema.TaggedClass<FcConfig>("FcConfig")(
+  "fc",
+  Schema.Struct({
+    inputShape: defaulted(InputShape, [28, 28, 1]),
+    classes: defaulted(Classes, 10),
+    hidden: defaulted(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 8192 })), 128),
+    norm: defaulted(Schema.Literals(["layer", "none"]), "layer"),
+    act: defaulted(Schema.Literals(["relu", "tanh"]), "relu"),
+    dropout: defaulted(Dropout, 0),
+    wScale: defaulted(Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 10, exclusiveMinimum: true })), 0.25)
+  }).check(Schema.makeFilter((c) => sizeProblems({ _tag: "fc", ...c })))
+) {}
 
 /**
  * Convolutional DEQ with the MDEQ residual cell (docs/method.md, "The model") on one resolution:
@@ -81,12 +154,15 @@ export class FcConfig extends Schema.TaggedClass<FcConfig>("FcConfig")("fc", {
  *
  * @category config
  */
-export class ConvConfig extends Schema.TaggedClass<ConvConfig>("ConvConfig")("conv", {
-  inputShape: defaulted(InputShape, [28, 28, 1]),
-  classes: defaulted(Classes, 10),
-  channels: defaulted(PositiveInt, 8),
-  ...convFields
-}) {}
+export class ConvConfig extends Schema.TaggedClass<ConvConfig>("ConvConfig")(
+  "conv",
+  Schema.Struct({
+    inputShape: defaulted(InputShape, [28, 28, 1]),
+    classes: defaulted(Classes, 10),
+    channels: defaulted(PositiveInt, 8),
+    ...convFields
+  }).check(Schema.makeFilter((c) => sizeProblems({ _tag: "conv", ...c })))
+) {}
 
 /**
  * A small multiscale DEQ (MDEQ with 2 branches at full and half resolution): one residual block per branch,
@@ -96,12 +172,15 @@ export class ConvConfig extends Schema.TaggedClass<ConvConfig>("ConvConfig")("co
  *
  * @category config
  */
-export class MultiscaleConfig extends Schema.TaggedClass<MultiscaleConfig>("MultiscaleConfig")("multiscale", {
-  inputShape: defaulted(InputShape, [28, 28, 1]),
-  classes: defaulted(Classes, 10),
-  channels: defaulted(Schema.Tuple([PositiveInt, PositiveInt]), [8, 16]),
-  ...convFields
-}) {}
+export class MultiscaleConfig extends Schema.TaggedClass<MultiscaleConfig>("MultiscaleConfig")(
+  "multiscale",
+  Schema.Struct({
+    inputShape: defaulted(InputShape, [28, 28, 1]),
+    classes: defaulted(Classes, 10),
+    channels: defaulted(Schema.Tuple([PositiveInt, PositiveInt]), [8, 16]),
+    ...convFields
+  }).check(Schema.makeFilter((c) => sizeProblems({ _tag: "multiscale", ...c })))
+) {}
 
 /**
  * Any model config, tagged by `_tag`: "fc" | "conv" | "multiscale".

@@ -1,17 +1,18 @@
 /**
- * Reading dataset files: directory checks, `.gz`-or-raw resolution, gunzip. Every failure is a DatasetError
- * naming the file.
+ * Reading dataset files: directory checks, `.gz`-or-raw resolution, and {@link scanFile}, which streams a file
+ * (gunzipping gzip data on the way) chunk by chunk into a parser, so memory stays at what the parser keeps and a
+ * gzip bomb is stopped as soon as it inflates past what the parser accepts. Only regular files are read (a FIFO
+ * or a device would block a read forever). Every failure is a DatasetError naming the file.
  *
  * @internal
  */
 import { Effect } from "effect"
+import { constants } from "node:fs"
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
-import { promisify } from "node:util"
+import { pipeline, type Readable } from "node:stream"
 import * as zlib from "node:zlib"
 import { DatasetError, messageOf } from "../../Errors.ts"
-
-const gunzip = promisify(zlib.gunzip)
 
 const describe = (u: unknown): string => {
   const code = typeof u === "object" && u !== null && "code" in u ? String((u as { code: unknown }).code) : ""
@@ -27,6 +28,35 @@ const describe = (u: unknown): string => {
       return "permission denied"
     default:
       return messageOf(u)
+  }
+}
+
+/** What a non-regular file is, for messages. */
+const kindOf = (stat: { isDirectory(): boolean; isFIFO(): boolean; isSocket(): boolean; isCharacterDevice(): boolean; isBlockDevice(): boolean }): string =>
+  stat.isDirectory() ? "a directory" :
+  stat.isFIFO() ? "a FIFO (named pipe)" :
+  stat.isSocket() ? "a socket" :
+  stat.isCharacterDevice() || stat.isBlockDevice() ? "a device" :
+  "not a regular file"
+
+/**
+ * Opens a file for reading only when it is a regular file, and returns its handle and size. O_NONBLOCK keeps the
+ * open itself from blocking on a FIFO; fstat of the open handle (not a stat before the open) says what was
+ * opened. Rejects with an Error (code `ENOTREG`) saying what the file is instead.
+ *
+ * @internal
+ */
+export const openRegularFile = async (file: string): Promise<{ readonly handle: fs.FileHandle; readonly size: number }> => {
+  const handle = await fs.open(file, constants.O_RDONLY | constants.O_NONBLOCK)
+  try {
+    const stat = await handle.stat()
+    if (!stat.isFile()) {
+      throw Object.assign(new Error(`${kindOf(stat)}, not a regular file: refused before reading`), { code: "ENOTREG" })
+    }
+    return { handle, size: stat.size }
+  } catch (e) {
+    await handle.close().catch(() => undefined)
+    throw e
   }
 }
 
@@ -70,22 +100,58 @@ export const resolveMaybeGz = (dir: string, name: string): Effect.Effect<string,
   })
 
 /**
- * Reads a file whole; gzip data (magic 1f 8b) is decompressed whatever the file's name.
+ * A parser fed by {@link scanFile}: `chunk` sees the (decompressed) bytes in order and may throw a DatasetError to
+ * stop reading; `end` runs after the last byte and returns what was parsed.
  *
  * @internal
  */
-export const readBytes = (file: string): Effect.Effect<Uint8Array, DatasetError> =>
+export interface Scanner<A> {
+  readonly chunk: (bytes: Uint8Array) => void
+  readonly end: () => A
+}
+
+/** Reads the first bytes of an open file (fewer when the file is shorter). */
+const readHead = async (handle: fs.FileHandle, n: number): Promise<Uint8Array> => {
+  const buffer = new Uint8Array(n)
+  const { bytesRead } = await handle.read(buffer, 0, n, 0)
+  return buffer.subarray(0, bytesRead)
+}
+
+/**
+ * Streams a regular file through the parser `make` builds (told whether the file is gzip data and its size on
+ * disk, which is the data's size when it is not compressed): gzip data (magic 1f 8b, whatever the file's name) is decompressed on
+ * the way, 64 KiB at a time, so memory is what the parser keeps. A parser that throws stops the read at once (the
+ * streams are destroyed), which bounds the work a gzip bomb can cause by what the parser accepts.
+ *
+ * @internal
+ */
+export const scanFile = <A>(
+  file: string,
+  make: (info: { readonly compressed: boolean; readonly size: number }) => Scanner<A>
+): Effect.Effect<A, DatasetError> =>
   Effect.tryPromise({
-    try: () => fs.readFile(file),
-    catch: (e) => new DatasetError({ file, message: describe(e) })
-  }).pipe(
-    Effect.flatMap((raw) =>
-      raw.length >= 2 && raw[0] === 0x1f && raw[1] === 0x8b
-        ? Effect.tryPromise({
-          try: () => gunzip(raw),
-          catch: (e) => new DatasetError({ file, message: `corrupt gzip data: ${describe(e)}` })
-        })
-        : Effect.succeed(raw)
-    ),
-    Effect.map((bytes) => new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength))
-  )
+    try: async () => {
+      const { handle, size } = await openRegularFile(file)
+      let source: Readable | undefined
+      try {
+        const head = await readHead(handle, 2)
+        const compressed = head.length === 2 && head[0] === 0x1f && head[1] === 0x8b
+        const scanner = make({ compressed, size })
+        source = handle.createReadStream({ start: 0, highWaterMark: 64 * 1024, autoClose: false })
+        const stream: Readable = compressed ? pipeline(source, zlib.createGunzip(), () => undefined) : source
+        try {
+          for await (const chunk of stream) scanner.chunk(chunk as Uint8Array)
+        } catch (e) {
+          if (e instanceof DatasetError) throw e
+          throw new DatasetError({ file, message: compressed ? `corrupt gzip data: ${describe(e)}` : describe(e) })
+        } finally {
+          stream.destroy()
+        }
+        return scanner.end()
+      } finally {
+        source?.destroy()
+        await handle.close().catch(() => undefined)
+      }
+    },
+    catch: (e) => (e instanceof DatasetError ? e : new DatasetError({ file, message: describe(e) }))
+  })

@@ -8,9 +8,9 @@ import { Effect } from "effect"
 import * as path from "node:path"
 import type { Dataset, DatasetName, FileOptions, Split, SyntheticOptions } from "../../Data.ts"
 import { DatasetError } from "../../Errors.ts"
-import { exists, readBytes, requireDirectory, resolveMaybeGz } from "./files.ts"
-import { checkCifarBatch, cifarSplit, idxSplit } from "./idx.ts"
-import { prototypes, type SyntheticParams, syntheticSplit } from "./synthetic.ts"
+import { exists, requireDirectory, resolveMaybeGz, scanFile } from "./files.ts"
+import { type CifarBatch, cifarScanner, cifarSplit, fail, idxScanner, toUnit } from "./idx.ts"
+import { prototypes, sizeProblem, type SyntheticParams, syntheticSplit } from "./synthetic.ts"
 
 /** Class names of the loaders. */
 export const digits = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
@@ -27,13 +27,6 @@ export const fashionNames = [
   "Ankle boot"
 ]
 export const cifarNames = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-/** Runs a synchronous parser; anything it throws that is not already a DatasetError is attributed to `file`. */
-const parse = <A>(file: string, f: () => A): Effect.Effect<A, DatasetError> =>
-  Effect.try({
-    try: f,
-    catch: (e) => (e instanceof DatasetError ? e : new DatasetError({ file, message: String(e) }))
-  })
 
 const checkSize = (file: string, key: string, value: number | undefined): Effect.Effect<void, DatasetError> =>
   value === undefined || (Number.isInteger(value) && value >= 1)
@@ -58,6 +51,49 @@ const sameShape = (name: DatasetName, train: Split, test: Split, file: string, c
       })
     )
 
+/** The split key a size came from, for messages. */
+type SizeKey = "trainSize" | "testSize"
+
+/**
+ * One IDX split: the images file first (its header says how many images there are and how large), then the labels
+ * file (its count must match before its data is read; every label is checked). Only the first `size` images are
+ * kept in memory; the rest of each file is streamed through and checked.
+ */
+const idxSplit = (imagesFile: string, labelsFile: string, classes: number, size: number | undefined, key: SizeKey) =>
+  Effect.gen(function*() {
+    let n = 0
+    let count = 0
+    const images = yield* scanFile(imagesFile, (info) =>
+      idxScanner(imagesFile, 3, info, {
+        keep: (dims) => {
+          n = dims[0]!
+          count = size ?? n
+          if (count > n) fail(imagesFile, `${key} ${count} asks for more images than the file holds (${n})`)
+          return count
+        }
+      }))
+    const labels = yield* scanFile(labelsFile, (info) =>
+      idxScanner(labelsFile, 1, info, {
+        keep: (dims) => {
+          if (dims[0] !== n) fail(labelsFile, `count mismatch: ${dims[0]} labels but ${imagesFile} has ${n} images`)
+          return count
+        },
+        check: (label, i) => {
+          if (label >= classes) fail(labelsFile, `label ${label} at index ${i} is out of range 0..${classes - 1}`)
+        }
+      }))
+    const [, height, width] = images.dims as [number, number, number]
+    return {
+      images: toUnit(images.data),
+      labels: Int32Array.from(labels.data),
+      count,
+      height,
+      width,
+      channels: 1,
+      classes
+    }
+  })
+
 /** An IDX dataset (train-* and t10k-* images and labels, `.gz` or raw) from `dir`. */
 export const idxDataset = Effect.fnUntraced(function*(
   name: DatasetName,
@@ -68,29 +104,41 @@ export const idxDataset = Effect.fnUntraced(function*(
   yield* checkSize(dir, "trainSize", options.trainSize)
   yield* checkSize(dir, "testSize", options.testSize)
   yield* requireDirectory(dir)
-  const loadSplit = (prefix: string, size: number | undefined) =>
+  const loadSplit = (prefix: string, size: number | undefined, key: SizeKey) =>
     Effect.gen(function*() {
       const [imagesFile, labelsFile] = yield* Effect.all([
         resolveMaybeGz(dir, `${prefix}-images-idx3-ubyte`),
         resolveMaybeGz(dir, `${prefix}-labels-idx1-ubyte`)
       ])
-      const [images, labels] = yield* Effect.all([readBytes(imagesFile), readBytes(labelsFile)], {
-        concurrency: 2
-      })
-      return yield* parse(
-        imagesFile,
-        () => idxSplit({ file: imagesFile, bytes: images }, { file: labelsFile, bytes: labels }, 10, size)
-      )
+      return yield* idxSplit(imagesFile, labelsFile, 10, size, key)
     })
-  const train = yield* loadSplit("train", options.trainSize)
-  const test = yield* loadSplit("t10k", options.testSize)
+  const train = yield* loadSplit("train", options.trainSize, "trainSize")
+  const test = yield* loadSplit("t10k", options.testSize, "testSize")
   return yield* sameShape(name, train, test, path.join(dir, "t10k-images-idx3-ubyte"), classNames)
 })
 
-const cifarBatch = (file: string) =>
-  readBytes(file).pipe(
-    Effect.flatMap((bytes) => parse(file, () => ({ file, bytes, count: checkCifarBatch(bytes, file, 10) })))
-  )
+/**
+ * CIFAR-10 batches read in order, keeping the first `size` records across them (all without `size`); a `size`
+ * beyond what they hold is an error naming the files and the key.
+ */
+const cifarSplitOf = (files: ReadonlyArray<string>, size: number | undefined, key: SizeKey) =>
+  Effect.gen(function*() {
+    const batches: Array<CifarBatch> = []
+    let wanted = size ?? Infinity
+    for (const file of files) {
+      const batch = yield* scanFile(file, (info) => cifarScanner(file, info, 10, wanted))
+      wanted -= batch.kept
+      batches.push(batch)
+    }
+    const total = batches.reduce((a, b) => a + b.count, 0)
+    if (size !== undefined && size > total) {
+      return yield* new DatasetError({
+        file: files.join(", "),
+        message: `${key} ${size} asks for more images than the files hold (${total})`
+      })
+    }
+    return cifarSplit(batches, 10)
+  })
 
 /** CIFAR-10 from `given` or its `cifar-10-batches-bin` folder. */
 export const cifarDataset = (given: string, options: FileOptions): Effect.Effect<Dataset, DatasetError> =>
@@ -104,23 +152,34 @@ export const cifarDataset = (given: string, options: FileOptions): Effect.Effect
     const dir = useNested ? nested : given
     const trainFiles = [1, 2, 3, 4, 5].map((i) => path.join(dir, `data_batch_${i}.bin`))
     const testFile = path.join(dir, "test_batch.bin")
-    const trainBatches = yield* Effect.forEach(trainFiles, cifarBatch, { concurrency: 2 })
-    const testBatch = yield* cifarBatch(testFile)
-    const train = yield* parse(trainFiles.join(", "), () => cifarSplit(trainBatches, 10, options.trainSize))
-    const test = yield* parse(testFile, () => cifarSplit([testBatch], 10, options.testSize))
+    const train = yield* cifarSplitOf(trainFiles, options.trainSize, "trainSize")
+    const test = yield* cifarSplitOf([testFile], options.testSize, "testSize")
     return yield* sameShape("cifar10", train, test, testFile, cifarNames)
   })
 
+/** The defaults of the synthetic dataset's options. */
+export const syntheticDefaults: SyntheticParams = {
+  classes: 10,
+  height: 28,
+  width: 28,
+  channels: 1,
+  trainSize: 1000,
+  testSize: 200,
+  noise: 0.3,
+  seed: 0
+}
+
 const syntheticParams = (options: SyntheticOptions): Effect.Effect<SyntheticParams, DatasetError> => {
+  const d = syntheticDefaults
   const p: SyntheticParams = {
-    classes: options.classes ?? 10,
-    height: options.height ?? 28,
-    width: options.width ?? 28,
-    channels: options.channels ?? 1,
-    trainSize: options.trainSize ?? 1000,
-    testSize: options.testSize ?? 200,
-    noise: options.noise ?? 0.3,
-    seed: options.seed ?? 0
+    classes: options.classes ?? d.classes,
+    height: options.height ?? d.height,
+    width: options.width ?? d.width,
+    channels: options.channels ?? d.channels,
+    trainSize: options.trainSize ?? d.trainSize,
+    testSize: options.testSize ?? d.testSize,
+    noise: options.noise ?? d.noise,
+    seed: options.seed ?? d.seed
   }
   const bad = (["classes", "height", "width", "channels", "trainSize", "testSize"] as const).find((k) =>
     !Number.isInteger(p[k]) || p[k] < (k === "classes" ? 2 : 1)
@@ -138,6 +197,10 @@ const syntheticParams = (options: SyntheticOptions): Effect.Effect<SyntheticPara
   }
   if (!Number.isFinite(p.noise) || p.noise < 0) {
     return Effect.fail(new DatasetError({ file: "synthetic", message: `noise must be >= 0, got ${p.noise}` }))
+  }
+  const size = sizeProblem(p)
+  if (size !== undefined) {
+    return Effect.fail(new DatasetError({ file: "synthetic", message: `${size.key}: ${size.message}` }))
   }
   if (!Number.isInteger(p.seed)) {
     return Effect.fail(new DatasetError({ file: "synthetic", message: `seed must be an integer, got ${p.seed}` }))

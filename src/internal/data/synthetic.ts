@@ -7,6 +7,7 @@
  *
  * @internal
  */
+import { heapProblem } from "../../Config.ts"
 import { deriveSeed, stream } from "../../Tensor.ts"
 
 /**
@@ -23,6 +24,29 @@ export interface SyntheticParams {
   readonly testSize: number
   readonly noise: number
   readonly seed: number
+}
+
+/**
+ * Which size of a synthetic dataset does not fit the wasm heap (Config.heapBytes), naming the leaf key: one image
+ * (its largest dimension), else a split (`trainSize` / `testSize`); undefined when everything fits.
+ *
+ * @internal
+ */
+export const sizeProblem = (
+  p: Pick<SyntheticParams, "height" | "width" | "channels" | "trainSize" | "testSize">
+): { readonly key: "height" | "width" | "channels" | "trainSize" | "testSize"; readonly message: string } | undefined => {
+  const pixels = p.height * p.width * p.channels
+  const image = heapProblem(pixels * 4, `one image (${p.height}x${p.width}x${p.channels} = ${pixels} values, float32)`)
+  if (image !== undefined) {
+    const dims = [["height", p.height], ["width", p.width], ["channels", p.channels]] as const
+    const key = dims.reduce((a, b) => (b[1] > a[1] ? b : a))[0]
+    return { key, message: image }
+  }
+  for (const key of ["trainSize", "testSize"] as const) {
+    const problem = heapProblem(p[key] * pixels * 4, `a split of ${p[key]} images of ${pixels} values (float32)`)
+    if (problem !== undefined) return { key, message: problem }
+  }
+  return undefined
 }
 
 /**
