@@ -3,14 +3,17 @@
  * tensors, backend, library version) in a directory:
  *
  * - `checkpoint.json`: format and version, the model config, the metadata, and a manifest of every tensor
- *   (name, group, shape, dtype, byte offset and length in weights.bin) with the size and SHA-256 of weights.bin;
- * - `weights.bin`: the raw little-endian tensor data, back to back.
+ *   (name, group, shape, dtype, byte offset and length in weights.bin) with the size and SHA-256 of weights.bin,
+ *   and the SHA-256 of the manifest itself ({@link manifestChecksum}), so an edited config or metadata is refused;
+ * - `weights.bin`: the raw little-endian tensor data, back to back, tiling the file exactly.
  *
  * Writes are atomic: everything goes to a temporary directory next to the target, is flushed to disk, and only then
  * renamed into place (an existing checkpoint is moved aside first and removed last), so a failed write never
- * destroys the previous checkpoint. Loading verifies everything (files, JSON, checksum, sizes, every tensor's shape
- * against the model) before it assigns a single variable; every problem is a {@link CheckpointError} naming the
- * file or tensor.
+ * destroys the previous checkpoint. A process killed between those two renames leaves the target absent and a
+ * complete copy beside it: {@link read} then reads the newest complete copy, {@link recover} puts it back in place,
+ * and the next save removes what killed saves left behind. Loading verifies everything (regular files, sizes by
+ * stat before reading, JSON, both checksums, the tiling, finite values, every tensor's shape against the model)
+ * before it assigns a single variable; every problem is a {@link CheckpointError} naming the file or tensor.
  *
  * @example
  * ```ts
@@ -27,13 +30,17 @@
  *
  * @since 0.1.0
  */
-import { createHash, randomBytes } from "node:crypto"
+import { createHash } from "node:crypto"
 import * as fs from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
 import { Effect, Schema, type Scope } from "effect"
-import { decode, NonNegativeInt } from "./Config.ts"
-import { CheckpointError, messageOf } from "./Errors.ts"
+import { decode, formatBytes, heapProblem, NonNegativeInt } from "./Config.ts"
+import { CheckpointError } from "./Errors.ts"
+import { exists, io, libraryVersion, readRegular, reason } from "./internal/checkpoint/io.ts"
+import { hold, release, removeStale, type Sibling, siblingPath, siblings, syncDir, writerAlive } from "./internal/checkpoint/swap.ts"
+import { firstNonFinite, manifestChecksum as checksumOf, tilingProblem } from "./internal/checkpoint/verify.ts"
+import { checkEntries, type Entry, swapInto, writeManifest, writeWeights } from "./internal/checkpoint/write.ts"
 import { build, decodeConfig, encodeConfig, type Model, type ModelConfig } from "./Models.ts"
 import { tf } from "./Tensor.ts"
 
@@ -42,7 +49,10 @@ export const MANIFEST = "checkpoint.json"
 /** The data file of a checkpoint directory. */
 export const WEIGHTS = "weights.bin"
 const FORMAT = "effect-deq/checkpoint"
-const VERSION = 1
+/** 2: the manifest carries its own checksum (version 1 covered weights.bin only) */
+const VERSION = 2
+/** a manifest lists tensors, it is never large; a bigger file is refused before it is read */
+const maxManifestBytes = 64 * 1024 ** 2
 
 // ---------------------------------------------------------------------------------------------------------------
 // Schemas
@@ -118,7 +128,9 @@ export const Manifest = Schema.Struct({
     sha256: Schema.String,
     byteOrder: Schema.Literal("little")
   }),
-  tensors: Schema.Array(TensorEntry)
+  tensors: Schema.Array(TensorEntry),
+  /** SHA-256 of the manifest without this field ({@link manifestChecksum}) */
+  checksum: Schema.String
 })
 
 /**
@@ -156,11 +168,13 @@ export interface StoredTensor {
 }
 
 /**
- * A checkpoint read and verified: its config, metadata, parameters and extras.
+ * A checkpoint read and verified: the directory actually read (the one asked for, or the newest complete copy an
+ * interrupted save left beside it), its config, metadata, parameters and extras.
  *
  * @category models
  */
 export interface Contents {
+  readonly dir: string
   readonly config: ModelConfig
   readonly metadata: Metadata
   readonly params: ReadonlyArray<StoredTensor>
@@ -173,6 +187,8 @@ export interface Contents {
  * @category models
  */
 export interface Loaded {
+  /** the directory actually read (see {@link Contents}) */
+  readonly dir: string
   readonly config: ModelConfig
   readonly metadata: Metadata
   readonly extras: ReadonlyArray<StoredTensor>
@@ -186,50 +202,16 @@ export interface Loaded {
 export const toTensor = (t: StoredTensor): tf.Tensor => tf.tensor(t.data, t.shape as Array<number>, t.dtype)
 
 // ---------------------------------------------------------------------------------------------------------------
-// IO helpers
+// Checksums
 // ---------------------------------------------------------------------------------------------------------------
 
-const reason = (u: unknown): string => {
-  const code = u instanceof Error ? (u as NodeJS.ErrnoException).code : undefined
-  return code !== undefined ? `${code}: ${messageOf(u)}` : messageOf(u)
-}
-
-const io = <A>(file: string, what: string, f: () => Promise<A>, tensor?: string): Effect.Effect<A, CheckpointError> =>
-  Effect.tryPromise({
-    try: f,
-    catch: (e) =>
-      new CheckpointError({ path: file, ...(tensor !== undefined ? { tensor } : {}), message: `${what}: ${reason(e)}` })
-  })
-
-const exists = (p: string): Promise<boolean> => fs.stat(p).then(() => true, () => false)
-
-/** fsync a directory so the renames in it are durable; not every file system allows it, so failures are ignored */
-const syncDir = async (dir: string): Promise<void> => {
-  let fh: fs.FileHandle | undefined
-  try {
-    fh = await fs.open(dir, "r")
-    await fh.sync()
-  } catch {
-    // e.g. EISDIR / EINVAL on some platforms: durability is then best effort
-  } finally {
-    await fh?.close().catch(() => undefined)
-  }
-}
-
-let versionCache: string | undefined
-
-const libraryVersion = async (): Promise<string> => {
-  if (versionCache !== undefined) return versionCache
-  try {
-    const pkg = JSON.parse(await fs.readFile(new URL("../package.json", import.meta.url), "utf8")) as { version?: unknown }
-    versionCache = typeof pkg.version === "string" ? pkg.version : "unknown"
-  } catch {
-    versionCache = "unknown"
-  }
-  return versionCache
-}
-
-const bytesOf = (data: Float32Array | Int32Array): Uint8Array => new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+/**
+ * The checksum a manifest must carry: SHA-256 (hex) of its canonical JSON (keys sorted, no whitespace) without
+ * the `checksum` field. Anything that edits a manifest on purpose (a test, a migration) recomputes it with this.
+ *
+ * @category io
+ */
+export const manifestChecksum: (manifest: unknown) => string = checksumOf
 
 const isLittleEndian = os.endianness() === "LE"
 
@@ -248,93 +230,12 @@ export interface SaveOptions {
   readonly extras?: ReadonlyArray<NamedTensor>
 }
 
-type Entry = { readonly name: string; readonly group: "param" | "extra"; readonly tensor: tf.Tensor }
-
-/** Every tensor has a non-empty unique name and a storable dtype. */
-const checkEntries = (target: string, entries: ReadonlyArray<Entry>): Effect.Effect<void, CheckpointError> =>
-  Effect.suspend(() => {
-    const seen = new Set<string>()
-    for (const e of entries) {
-      const fail = (message: string) => Effect.fail(new CheckpointError({ path: target, tensor: e.name, message }))
-      if (e.name.length === 0) return fail("empty tensor name")
-      if (seen.has(e.name)) return fail(`duplicate tensor name "${e.name}"`)
-      seen.add(e.name)
-      if (e.tensor.dtype !== "float32" && e.tensor.dtype !== "int32") {
-        return fail(`tensor "${e.name}" has dtype ${e.tensor.dtype}; checkpoints store float32 and int32`)
-      }
-    }
-    return Effect.void
-  })
-
-/** Writes the tensors one after another into `file` (fsynced); returns their manifest entries, size and hash. */
-const writeWeights = (file: string, target: string, entries: ReadonlyArray<Entry>) =>
-  Effect.gen(function*() {
-    const hash = createHash("sha256")
-    const tensors: Array<TensorEntry> = []
-    let offset = 0
-    const fh = yield* io(file, "cannot open for writing", () => fs.open(file, "wx"))
-    yield* Effect.ensuring(
-      Effect.gen(function*() {
-        for (const e of entries) {
-          const data = yield* io(target, `cannot read tensor "${e.name}"`, async () => {
-            if (e.tensor.isDisposed) throw new Error("the tensor is disposed")
-            return (await e.tensor.data()) as Float32Array | Int32Array
-          }, e.name)
-          const bytes = bytesOf(data)
-          yield* io(file, "write failed", () => fh.write(bytes, 0, bytes.length), e.name)
-          hash.update(bytes)
-          tensors.push({
-            name: e.name,
-            group: e.group,
-            shape: [...e.tensor.shape],
-            dtype: e.tensor.dtype as "float32" | "int32",
-            offset,
-            length: bytes.length
-          })
-          offset += bytes.length
-        }
-        yield* io(file, "fsync failed", () => fh.sync())
-      }),
-      Effect.promise(() => fh.close().catch(() => undefined))
-    )
-    return { tensors, bytes: offset, sha256: hash.digest("hex") }
-  })
-
-/** Writes and fsyncs the manifest as JSON. */
-const writeManifest = (file: string, manifest: Manifest): Effect.Effect<void, CheckpointError> =>
-  io(file, "write failed", async () => {
-    const mh = await fs.open(file, "wx")
-    try {
-      await mh.writeFile(JSON.stringify(manifest, null, 2) + "\n", "utf8")
-      await mh.sync()
-    } finally {
-      await mh.close()
-    }
-  })
-
-/** Swaps the written directory `tmp` into `target`: old aside, new in, old removed; a failed swap puts the old back. */
-const swapInto = (tmp: string, target: string): Effect.Effect<void, CheckpointError> =>
-  Effect.gen(function*() {
-    const parent = path.dirname(target)
-    if (yield* Effect.promise(() => exists(target))) {
-      const aside = path.join(parent, `.${path.basename(target)}.old-${process.pid}-${randomBytes(4).toString("hex")}`)
-      yield* io(target, "cannot move the previous checkpoint aside", () => fs.rename(target, aside))
-      yield* io(target, "cannot move the new checkpoint into place", () => fs.rename(tmp, target)).pipe(
-        Effect.tapError(() => Effect.promise(() => fs.rename(aside, target).catch(() => undefined)))
-      )
-      yield* Effect.promise(() => syncDir(parent))
-      yield* io(aside, "cannot remove the previous checkpoint", () => fs.rm(aside, { recursive: true, force: true }))
-    } else {
-      yield* io(target, "cannot move the new checkpoint into place", () => fs.rename(tmp, target))
-      yield* Effect.promise(() => syncDir(parent))
-    }
-  })
-
 /**
  * Writes a checkpoint of `model` to the directory `dir`, atomically: a temporary sibling directory is written and
  * flushed, then renamed into place; an existing checkpoint at `dir` is moved aside first and removed only once the
  * new one is in place (and moved back if that rename fails). On any failure the temporary directory is removed
- * and the previous checkpoint is untouched. Returns the manifest written.
+ * and the previous checkpoint is untouched. After a successful swap, the temporary and aside copies that killed
+ * saves left next to `dir` are removed. A non-finite value in any tensor is refused. Returns the manifest written.
  *
  * @category io
  */
@@ -356,27 +257,31 @@ export const save = (dir: string, model: Model, options: SaveOptions = {}): Effe
       return yield* new CheckpointError({ path: target, message: "the target exists and is not a directory" })
     }
     const version = yield* Effect.promise(libraryVersion)
-    const tmp = path.join(parent, `.${path.basename(target)}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`)
+    const tmp = siblingPath(target, "tmp")
     const write = Effect.gen(function*() {
       yield* io(tmp, "cannot create the temporary directory", () => fs.mkdir(tmp))
       const weights = yield* writeWeights(path.join(tmp, WEIGHTS), target, entries)
-      const manifest: Manifest = {
+      const body = {
         format: FORMAT,
         version: VERSION,
         config: encodeConfig(model.config),
         metadata: { ...options.metadata, backend: tf.getBackend(), libraryVersion: version, createdAt: new Date().toISOString() },
         weights: { file: WEIGHTS, bytes: weights.bytes, sha256: weights.sha256, byteOrder: "little" },
         tensors: weights.tensors
-      }
+      } as const
+      const manifest: Manifest = { ...body, checksum: checksumOf(body) }
       yield* writeManifest(path.join(tmp, MANIFEST), manifest)
       yield* Effect.promise(() => syncDir(tmp))
       yield* swapInto(tmp, target)
+      yield* Effect.promise(() => removeStale(target))
       return manifest
     })
+    hold(tmp)
     // on failure or interruption: remove the temporary directory (the previous checkpoint was never touched, or
     // was moved back by the failed swap)
     return yield* write.pipe(
-      Effect.onError(() => Effect.promise(() => fs.rm(tmp, { recursive: true, force: true }).catch(() => undefined)))
+      Effect.onError(() => Effect.promise(() => fs.rm(tmp, { recursive: true, force: true }).catch(() => undefined))),
+      Effect.ensuring(Effect.sync(() => release(tmp)))
     )
   })
 
@@ -386,48 +291,54 @@ export const save = (dir: string, model: Model, options: SaveOptions = {}): Effe
 
 const sizeOf = (shape: ReadonlyArray<number>): number => shape.reduce((a, b) => a * b, 1)
 
-/**
- * Reads and verifies a checkpoint directory without building anything: both files exist, the manifest parses and
- * decodes, weights.bin has the recorded size and SHA-256, every tensor's extent lies inside weights.bin and matches
- * its shape and dtype, names are unique, and the model config decodes.
- *
- * @category io
- */
-export const read = (dir: string): Effect.Effect<Contents, CheckpointError> =>
+/** Reads, parses and verifies checkpoint.json: schema, model config, its own checksum, the tensors' tiling. */
+const readManifest = (manifestFile: string) =>
   Effect.gen(function*() {
-    const root = path.resolve(dir)
-    const manifestFile = path.join(root, MANIFEST)
-    const weightsFile = path.join(root, WEIGHTS)
-    const stat = yield* Effect.promise(() => fs.stat(root).catch(() => undefined))
-    if (stat === undefined || !stat.isDirectory()) {
-      // an interrupted swap leaves the previous checkpoint next to it under .<name>.old-*
-      const siblings = yield* Effect.promise(() => fs.readdir(path.dirname(root)).catch(() => [] as Array<string>))
-      const aside = siblings.filter((s) => s.startsWith(`.${path.basename(root)}.old-`))
-      return yield* new CheckpointError({
-        path: root,
-        message: (stat === undefined ? "no checkpoint directory" : "not a directory") +
-          (aside.length > 0 ? `; a previous checkpoint was left aside at ${path.join(path.dirname(root), aside[0]!)}` : "")
-      })
-    }
-    const text = yield* io(manifestFile, "cannot read", () => fs.readFile(manifestFile, "utf8"))
+    const bytes = yield* readRegular(manifestFile, (size) =>
+      size > maxManifestBytes ? `${formatBytes(size)}: a manifest is never larger than ${formatBytes(maxManifestBytes)}` : undefined)
     const json = yield* Effect.try({
-      try: () => JSON.parse(text) as unknown,
+      try: () => JSON.parse(bytes.toString("utf8")) as unknown,
       catch: (e) => new CheckpointError({ path: manifestFile, message: `invalid JSON: ${reason(e)}` })
     })
-    const manifest = yield* decode(Manifest, "checkpoint")(json).pipe(
-      Effect.mapError((e) => new CheckpointError({ path: manifestFile, message: `invalid manifest: ${e.message}` }))
-    )
-    const config = yield* decodeConfig(manifest.config, "config").pipe(
-      Effect.mapError((e) => new CheckpointError({ path: manifestFile, message: `invalid model config: ${e.message}` }))
-    )
-    const weights = yield* io(weightsFile, "cannot read", () => fs.readFile(weightsFile))
-    if (weights.length !== manifest.weights.bytes) {
-      return yield* new CheckpointError({
-        path: weightsFile,
-        message: `${weights.length < manifest.weights.bytes ? "truncated" : "too long"}: ${weights.length} bytes, ` +
-          `the manifest says ${manifest.weights.bytes}`
-      })
+    const fail = (message: string, tensor?: string) =>
+      new CheckpointError({ path: manifestFile, ...(tensor !== undefined ? { tensor } : {}), message })
+    const version = (json as { version?: unknown } | null)?.version
+    if (version === 1) {
+      return yield* fail(`format version 1 does not protect its config and metadata by a checksum; load it with the effect-deq that wrote it and save it again`)
     }
+    const manifest = yield* decode(Manifest, "checkpoint")(json).pipe(Effect.mapError((e) => fail(`invalid manifest: ${e.message}`)))
+    const config = yield* decodeConfig(manifest.config, "config").pipe(Effect.mapError((e) => fail(`invalid model config: ${e.message}`)))
+    const checksum = checksumOf(json)
+    if (checksum !== manifest.checksum) {
+      return yield* fail(
+        `manifest checksum mismatch: sha256 ${checksum}, the manifest says ${manifest.checksum} ` +
+          `(its config, metadata or tensor list was changed after it was written)`
+      )
+    }
+    const names = new Set<string>()
+    for (const t of manifest.tensors) {
+      if (names.has(t.name)) return yield* fail(`duplicate tensor "${t.name}"`, t.name)
+      names.add(t.name)
+      if (t.length !== sizeOf(t.shape) * 4) {
+        return yield* fail(`tensor "${t.name}": ${t.length} bytes do not hold shape [${t.shape}] of ${t.dtype}`, t.name)
+      }
+      if (t.offset % 4 !== 0 || t.offset + t.length > manifest.weights.bytes) {
+        return yield* fail(`tensor "${t.name}": bytes ${t.offset}..${t.offset + t.length} lie outside weights.bin (${manifest.weights.bytes} bytes)`, t.name)
+      }
+    }
+    const tiling = tilingProblem(manifest.tensors, manifest.weights.bytes)
+    if (tiling !== undefined) return yield* fail(tiling.message, tiling.tensor)
+    return { manifest, config }
+  })
+
+/** Reads weights.bin (its size checked by fstat first) and verifies its SHA-256. */
+const readWeights = (weightsFile: string, manifest: Manifest) =>
+  Effect.gen(function*() {
+    const expected = manifest.weights.bytes
+    const weights = yield* readRegular(weightsFile, (size) =>
+      size !== expected
+        ? `${size < expected ? "truncated" : "too long"}: ${size} bytes, the manifest says ${expected}`
+        : heapProblem(size, `the weights (${size} bytes)`))
     const digest = createHash("sha256").update(weights).digest("hex")
     if (digest !== manifest.weights.sha256) {
       return yield* new CheckpointError({
@@ -435,26 +346,122 @@ export const read = (dir: string): Effect.Effect<Contents, CheckpointError> =>
         message: `checksum mismatch: sha256 ${digest}, the manifest says ${manifest.weights.sha256}`
       })
     }
-    const names = new Set<string>()
+    return weights
+  })
+
+/** Verifies and reads one checkpoint directory. */
+const readDir = (root: string): Effect.Effect<Contents, CheckpointError> =>
+  Effect.gen(function*() {
+    const manifestFile = path.join(root, MANIFEST)
+    const { manifest, config } = yield* readManifest(manifestFile)
+    const weights = yield* readWeights(path.join(root, WEIGHTS), manifest)
     const params: Array<StoredTensor> = [], extras: Array<StoredTensor> = []
     for (const t of manifest.tensors) {
-      const fail = (message: string) => new CheckpointError({ path: manifestFile, tensor: t.name, message })
-      if (names.has(t.name)) return yield* fail(`duplicate tensor "${t.name}"`)
-      names.add(t.name)
-      if (t.length !== sizeOf(t.shape) * 4) {
-        return yield* fail(`tensor "${t.name}": ${t.length} bytes do not hold shape [${t.shape}] of ${t.dtype}`)
-      }
-      if (t.offset % 4 !== 0 || t.offset + t.length > weights.length) {
-        return yield* fail(`tensor "${t.name}": bytes ${t.offset}..${t.offset + t.length} lie outside weights.bin (${weights.length} bytes)`)
-      }
       // copy: a Buffer's byteOffset need not be aligned for a typed-array view
       const buf = weights.buffer.slice(weights.byteOffset + t.offset, weights.byteOffset + t.offset + t.length)
       const data = t.dtype === "float32" ? new Float32Array(buf) : new Int32Array(buf)
+      const bad = firstNonFinite(data)
+      if (bad >= 0) {
+        return yield* new CheckpointError({
+          path: path.join(root, WEIGHTS),
+          tensor: t.name,
+          message: `tensor "${t.name}" holds ${data[bad]} at index ${bad}; a checkpoint stores finite values only`
+        })
+      }
       const stored: StoredTensor = { name: t.name, shape: t.shape, dtype: t.dtype, data }
       if (t.group === "param") params.push(stored)
       else extras.push(stored)
     }
-    return { config, metadata: manifest.metadata, params, extras }
+    return { dir: root, config, metadata: manifest.metadata, params, extras }
+  })
+
+/** When a copy was written, from its manifest (0 when that cannot be read: tried last). */
+const createdAt = (dir: string): Promise<number> =>
+  fs.readFile(path.join(dir, MANIFEST), "utf8").then(
+    (text) => Date.parse((JSON.parse(text) as { metadata?: { createdAt?: string } }).metadata?.createdAt ?? "") || 0,
+    () => 0
+  )
+
+/**
+ * The newest complete copy an interrupted save left next to `root` (its temporary directory or the previous
+ * checkpoint moved aside), verified like any checkpoint; `dead` keeps only copies whose writer is gone.
+ */
+const newestCopy = (root: string, dead: boolean) =>
+  Effect.gen(function*() {
+    const copies = (yield* Effect.promise(() => siblings(root))).filter((s) => !dead || !writerAlive(s))
+    const dated = yield* Effect.promise(() => Promise.all(copies.map(async (s) => ({ s, at: await createdAt(s.path) }))))
+    dated.sort((a, b) => b.at - a.at)
+    const failures: Array<string> = []
+    for (const { s } of dated) {
+      const result = yield* Effect.result(readDir(s.path))
+      if (result._tag === "Success") return { copy: s as Sibling, contents: result.success, failures }
+      failures.push(`${s.path}: ${result.failure.message}`)
+    }
+    return { copy: undefined, contents: undefined, failures }
+  })
+
+/**
+ * Reads and verifies a checkpoint directory without building anything: both files are regular files, their sizes
+ * (by stat, before reading) are plausible and match the manifest, the manifest parses and decodes and matches its
+ * own checksum, weights.bin matches its SHA-256, the tensors tile weights.bin exactly and agree with their shapes
+ * and dtypes, names are unique, every value is finite, and the model config decodes (its sizes within the wasm
+ * heap). When `dir` does not exist but an interrupted save left complete copies next to it, the newest is read
+ * (`dir` of the result says which).
+ *
+ * @category io
+ */
+export const read = (dir: string): Effect.Effect<Contents, CheckpointError> =>
+  Effect.gen(function*() {
+    const root = path.resolve(dir)
+    const stat = yield* Effect.promise(() => fs.stat(root).catch(() => undefined))
+    if (stat !== undefined) {
+      if (!stat.isDirectory()) return yield* new CheckpointError({ path: root, message: "not a directory" })
+      return yield* readDir(root)
+    }
+    const { contents, failures } = yield* newestCopy(root, false)
+    if (contents !== undefined) return contents
+    return yield* new CheckpointError({
+      path: root,
+      message: "no checkpoint directory" +
+        (failures.length > 0 ? `; no copy left by an interrupted save is complete (${failures.join("; ")})` : "")
+    })
+  })
+
+/**
+ * Whether `dir` holds a checkpoint or, when it is absent, an interrupted save left a copy next to it that
+ * {@link read} would try (a cheap look at the files; `read` verifies).
+ *
+ * @category io
+ */
+export const present = (dir: string): Effect.Effect<boolean> =>
+  Effect.promise(async () => {
+    const root = path.resolve(dir)
+    if (await exists(root)) return exists(path.join(root, MANIFEST))
+    for (const s of await siblings(root)) if (await exists(path.join(s.path, MANIFEST))) return true
+    return false
+  })
+
+/**
+ * Finishes what an interrupted save left: when `dir` is absent and a complete copy whose writer is gone lies next
+ * to it, the newest such copy is renamed into place; then the stale copies are removed. Returns `dir` when it now
+ * holds a checkpoint, `undefined` when there is none. Resuming a run calls this first, so a kill inside a
+ * checkpoint swap never loses the checkpoint.
+ *
+ * @category io
+ */
+export const recover = (dir: string): Effect.Effect<string | undefined, CheckpointError> =>
+  Effect.gen(function*() {
+    const root = path.resolve(dir)
+    const stat = yield* Effect.promise(() => fs.stat(root).catch(() => undefined))
+    if (stat !== undefined && !stat.isDirectory()) return yield* new CheckpointError({ path: root, message: "not a directory" })
+    if (stat === undefined) {
+      const { copy } = yield* newestCopy(root, true)
+      if (copy === undefined) return undefined
+      yield* io(root, `cannot move ${copy.path} into place`, () => fs.rename(copy.path, root))
+      yield* Effect.promise(() => syncDir(path.dirname(root)))
+    }
+    yield* Effect.promise(() => removeStale(root))
+    return root
   })
 
 /**
@@ -512,8 +519,8 @@ export const assign = (
 export const load = (dir: string, model: Model): Effect.Effect<Loaded, CheckpointError> =>
   Effect.gen(function*() {
     const contents = yield* read(dir)
-    yield* assign(model, contents.params, path.join(path.resolve(dir), MANIFEST))
-    return { config: contents.config, metadata: contents.metadata, extras: contents.extras }
+    yield* assign(model, contents.params, path.join(contents.dir, MANIFEST))
+    return { dir: contents.dir, config: contents.config, metadata: contents.metadata, extras: contents.extras }
   })
 
 /**
@@ -524,10 +531,10 @@ export const load = (dir: string, model: Model): Effect.Effect<Loaded, Checkpoin
 export const loadModel = (dir: string): Effect.Effect<Loaded & { readonly model: Model }, CheckpointError, Scope.Scope> =>
   Effect.gen(function*() {
     const contents = yield* read(dir)
-    const manifestFile = path.join(path.resolve(dir), MANIFEST)
+    const manifestFile = path.join(contents.dir, MANIFEST)
     const model = yield* build(contents.config).pipe(
       Effect.mapError((e) => new CheckpointError({ path: manifestFile, message: `cannot build the stored model: ${e.message}` }))
     )
     yield* assign(model, contents.params, manifestFile)
-    return { model, config: contents.config, metadata: contents.metadata, extras: contents.extras }
+    return { model, dir: contents.dir, config: contents.config, metadata: contents.metadata, extras: contents.extras }
   })

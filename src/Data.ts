@@ -27,11 +27,13 @@
  * @since 0.1.0
  */
 import { Cause, Channel, Effect, Schema, Scope, Stream } from "effect"
+import type { FileHandle } from "node:fs/promises"
 import { createRequire } from "node:module"
 import * as path from "node:path"
 import { defaulted, NonNegative, PositiveInt } from "./Config.ts"
 import { DatasetError } from "./Errors.ts"
 import { cifarDataset, digits, fashionNames, idxDataset, syntheticDataset, syntheticDefaults } from "./internal/data/loaders.ts"
+import { openRegularFile as openRegularFileInternal } from "./internal/data/files.ts"
 import { sizeProblem } from "./internal/data/synthetic.ts"
 import { stream, tf } from "./Tensor.ts"
 
@@ -293,6 +295,16 @@ export const load = (config: DatasetConfig): Effect.Effect<Dataset, DatasetError
       })
   }
 }
+
+/**
+ * Opens a file for reading only when it is a regular file, returning its handle (the caller closes it) and size:
+ * a FIFO, socket or device would block a read forever, so it is refused (an Error with code `ENOTREG`) before
+ * anything is read. The dataset loaders and Checkpoint read every file through it.
+ *
+ * @category loaders
+ */
+export const openRegularFile: (file: string) => Promise<{ readonly handle: FileHandle; readonly size: number }> =
+  openRegularFileInternal
 
 // ---------------------------------------------------------------------------------------------------------------
 // Splits

@@ -57,6 +57,9 @@ const expectCheckpointError = <A>(
     check(e)
   })
 
+/** a manifest edited on purpose, with its own checksum recomputed (so the deeper checks are what refuse it) */
+const sealed = (m: Record<string, unknown>) => JSON.stringify({ ...m, checksum: Checkpoint.manifestChecksum(m) })
+
 /** copies a checkpoint directory (so a corruption test never touches the original) */
 const copyDir = (from: string, to: string) => Effect.promise(() => fs.cp(from, to, { recursive: true }))
 
@@ -248,7 +251,7 @@ describe("corruption", () => {
           name: "tensor extent outside weights.bin",
           corrupt: (d) => {
             const tensors = manifest.tensors.map((t: any, i: number) => (i === 1 ? { ...t, offset: manifest.weights.bytes } : t))
-            return fs.writeFile(path.join(d, Checkpoint.MANIFEST), JSON.stringify({ ...manifest, tensors }))
+            return fs.writeFile(path.join(d, Checkpoint.MANIFEST), sealed({ ...manifest, tensors }))
           },
           file: Checkpoint.MANIFEST,
           tensor: manifest.tensors[1].name,
@@ -258,16 +261,23 @@ describe("corruption", () => {
           name: "shape inconsistent with its bytes",
           corrupt: (d) => {
             const tensors = manifest.tensors.map((t: any, i: number) => (i === 2 ? { ...t, shape: [3, 3] } : t))
-            return fs.writeFile(path.join(d, Checkpoint.MANIFEST), JSON.stringify({ ...manifest, tensors }))
+            return fs.writeFile(path.join(d, Checkpoint.MANIFEST), sealed({ ...manifest, tensors }))
           },
           file: Checkpoint.MANIFEST,
           tensor: manifest.tensors[2].name,
           message: /do not hold/
         },
         {
-          name: "config and tensors disagree (hidden changed)",
+          name: "config edited (act changed), checksum not recomputed",
           corrupt: (d) =>
-            fs.writeFile(path.join(d, Checkpoint.MANIFEST), JSON.stringify({ ...manifest, config: { ...manifest.config, hidden: 8 } })),
+            fs.writeFile(path.join(d, Checkpoint.MANIFEST), JSON.stringify({ ...manifest, config: { ...manifest.config, act: "tanh" } })),
+          file: Checkpoint.MANIFEST,
+          message: /manifest checksum mismatch/
+        },
+        {
+          name: "config and tensors disagree (hidden changed, resealed)",
+          corrupt: (d) =>
+            fs.writeFile(path.join(d, Checkpoint.MANIFEST), sealed({ ...manifest, config: { ...manifest.config, hidden: 8 } })),
           file: Checkpoint.MANIFEST,
           tensor: "fc/inject/U",
           message: /shape \[64,16\].*\[64,8\]/

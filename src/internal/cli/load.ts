@@ -33,34 +33,31 @@ export interface Loaded {
   readonly steps: number
 }
 
-const hasManifest = (dir: string): boolean => fs.existsSync(path.join(dir, Checkpoint.MANIFEST))
-
 /**
  * The checkpoint a path names: the directory itself when it holds a checkpoint, else its `last/` (the end of
- * training), else its `best/`. `last/` comes first because `best/` is selected on held-out test images, which an
- * evaluation on the same images would then overrate. A CheckpointError says where it looked.
+ * training), else its `best/`; a `last/` or `best/` that a kill inside a checkpoint swap left absent counts when a
+ * copy of it lies beside it (Checkpoint.present; the load reads the newest complete copy). `last/` comes first
+ * because `best/` is selected on held-out test images, which an evaluation on the same images would then
+ * overrate. A CheckpointError says where it looked.
  */
 export const resolveCheckpoint = (dir: string): Effect.Effect<{ readonly checkpoint: string; readonly runDir: string }, CheckpointError> =>
-  Effect.suspend(() => {
+  Effect.gen(function*() {
     const root = path.resolve(dir)
-    if (!fs.existsSync(root)) {
-      return Effect.fail(new CheckpointError({ path: root, message: `no checkpoint: ${root} does not exist` }))
-    }
-    if (hasManifest(root)) {
-      const parent = path.dirname(root)
+    if (yield* Checkpoint.present(root)) {
       const base = path.basename(root)
-      return Effect.succeed({ checkpoint: root, runDir: base === "best" || base === "last" ? parent : root })
+      return { checkpoint: root, runDir: base === "best" || base === "last" ? path.dirname(root) : root }
+    }
+    if (!fs.existsSync(root)) {
+      return yield* new CheckpointError({ path: root, message: `no checkpoint: ${root} does not exist` })
     }
     for (const sub of ["last", "best"]) {
       const candidate = path.join(root, sub)
-      if (hasManifest(candidate)) return Effect.succeed({ checkpoint: candidate, runDir: root })
+      if (yield* Checkpoint.present(candidate)) return { checkpoint: candidate, runDir: root }
     }
-    return Effect.fail(
-      new CheckpointError({
-        path: root,
-        message: `no checkpoint in ${root}: looked for ${Checkpoint.MANIFEST} there and in its last/ and best/ directories`
-      })
-    )
+    return yield* new CheckpointError({
+      path: root,
+      message: `no checkpoint in ${root}: looked for ${Checkpoint.MANIFEST} there and in its last/ and best/ directories`
+    })
   })
 
 /** The training config stored in a checkpoint's metadata (written by Train). */

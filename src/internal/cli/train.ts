@@ -37,20 +37,23 @@ export const stderrSink: ProgressSink = {
 /** Writes a line to stderr (CLI status messages; results go to stdout). */
 export const say = (message: string): Effect.Effect<void> => Effect.sync(() => void process.stderr.write(message + "\n"))
 
-/** The training config stored in `<dir>/last` (what `--resume DIR` continues), or a ConfigError saying why not. */
+/**
+ * The training config stored in `<dir>/last` (what `--resume DIR` continues), or a ConfigError saying why not. A
+ * `last` that a kill inside a checkpoint swap left absent is read from its complete copy (Checkpoint.read).
+ */
 export const resumableConfig = (dir: string): Effect.Effect<Train.TrainConfig, ConfigError> =>
   Effect.gen(function*() {
     const last = Train.checkpointDirs(dir).last
-    if (!fs.existsSync(path.join(last, Checkpoint.MANIFEST))) {
+    if (!(yield* Checkpoint.present(last))) {
       return yield* new ConfigError({
         path: "resume",
         message: `nothing to resume in ${path.resolve(dir)}: no checkpoint at ${last}`
       })
     }
-    const { metadata } = yield* Checkpoint.read(last).pipe(
+    const { dir: read, metadata } = yield* Checkpoint.read(last).pipe(
       Effect.mapError((e) => new ConfigError({ path: "resume", message: `cannot read ${last}: ${e.message}` }))
     )
-    return yield* storedConfig(last, metadata).pipe(
+    return yield* storedConfig(read, metadata).pipe(
       Effect.mapError((e) => new ConfigError({ path: "resume", message: e.message }))
     )
   })
@@ -94,22 +97,39 @@ export interface TrainRunOptions {
 export const trainRun = (
   config: Train.TrainConfig,
   options: TrainRunOptions
-): Effect.Effect<{ readonly summary: Train.TrainSummary; readonly events: ReadonlyArray<Train.TrainEvent> }, Train.RunError | Report.ReportError> =>
+): Effect.Effect<
+  { readonly summary: Train.TrainSummary; readonly events: ReadonlyArray<Train.TrainEvent> },
+  Train.RunError | Report.ReportError
+> =>
   Effect.gen(function*() {
     const out = path.resolve(options.out)
-    yield* Report.writeJson(configFile(out), Train.encodeConfig(config))
     const log = eventsFile(out)
-    if (!options.resume && fs.existsSync(log)) yield* Effect.sync(() => fs.rmSync(log, { force: true }))
+    const dirs = Train.checkpointDirs(out)
+    if (options.resume) {
+      // a kill inside a checkpoint swap leaves a complete copy next to last/ or best/: put it back first
+      yield* Checkpoint.recover(dirs.best)
+      yield* Checkpoint.recover(dirs.last)
+    }
+    // nothing is written until Train has accepted the config and the checkpoint (its Started event): a refused
+    // command leaves the directory as it was
+    let begun = false
+    let beginError: Report.ReportError | undefined
+    const begin = Effect.gen(function*() {
+      begun = true
+      yield* Report.writeJson(configFile(out), Train.encodeConfig(config))
+      if (!options.resume && fs.existsSync(log)) yield* Effect.sync(() => fs.rmSync(log, { force: true }))
+    }).pipe(Effect.catch((e) => Effect.sync(() => void (beginError = e))))
     const progress = makeProgress(options.sink ?? stderrSink)
     const events: Array<Train.TrainEvent> = []
     const summary = yield* Train.run(config, {
       out,
       resume: options.resume,
       onEvent: (event) =>
-        Effect.sync(() => {
-          events.push(event)
-          progress.onEvent(event)
-        }).pipe(
+        Effect.suspend(() => (begun ? Effect.void : begin)).pipe(
+          Effect.andThen(Effect.sync(() => {
+            events.push(event)
+            progress.onEvent(event)
+          })),
           Effect.andThen(Report.appendJsonLine(log, { time: new Date().toISOString(), ...event })),
           Effect.catch(() => Effect.void)
         )
@@ -117,17 +137,20 @@ export const trainRun = (
       Effect.ensuring(Effect.sync(() => progress.close())),
       // Train saves <out>/last on interruption (its own finalizer runs first); record where in the log
       Effect.onInterrupt(() =>
-        Effect.andThen(
-          interruptedLine(out).pipe(
-            Effect.flatMap((line) => Report.appendJsonLine(log, line)),
-            Effect.catch(() => Effect.void)
-          ),
-          say(
-            `\ninterrupted: the last checkpoint is in ${Train.checkpointDirs(out).last}; ` +
-              `continue with: deq train --resume ${path.relative(process.cwd(), out) || "."}`
+        begun
+          ? Effect.andThen(
+            interruptedLine(out).pipe(
+              Effect.flatMap((line) => Report.appendJsonLine(log, line)),
+              Effect.catch(() => Effect.void)
+            ),
+            say(
+              `\ninterrupted: the last checkpoint is in ${dirs.last}; ` +
+                `continue with: deq train --resume ${path.relative(process.cwd(), out) || "."}`
+            )
           )
-        )
+          : Effect.void
       )
     )
+    if (beginError !== undefined) return yield* beginError
     return { summary, events }
   })
