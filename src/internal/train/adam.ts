@@ -84,17 +84,25 @@ export const makeAdam = (params: ReadonlyArray<Param>, s: AdamSettings): Adam =>
         { name: `adam/v/${p.name}`, tensor: v.get(p.name)! }
       ]),
     restore: (steps, lookup) => {
-      for (const p of params) {
-        for (const [kind, map] of [["m", m], ["v", v]] as const) {
-          const name = `adam/${kind}/${p.name}`
-          const stored = lookup(name)
-          if (stored === undefined) throw new Error(`optimizer state "${name}" is missing`)
-          if (stored.shape.join(",") !== p.variable.shape.join(",")) {
-            throw new Error(`optimizer state "${name}" has shape [${stored.shape}], the parameter [${p.variable.shape}]`)
+      // every moment is checked before any is replaced; on a failure the tensors looked up so far are disposed
+      const next: Array<{ readonly map: Map<string, tf.Tensor>; readonly name: string; readonly tensor: tf.Tensor }> = []
+      try {
+        for (const p of params) {
+          for (const [kind, map] of [["m", m], ["v", v]] as const) {
+            const name = `adam/${kind}/${p.name}`
+            const stored = lookup(name)
+            if (stored === undefined) throw new Error(`optimizer state "${name}" is missing`)
+            next.push({ map, name: p.name, tensor: stored })
+            if (stored.shape.join(",") !== p.variable.shape.join(",")) {
+              throw new Error(`optimizer state "${name}" has shape [${stored.shape}], the parameter [${p.variable.shape}]`)
+            }
           }
-          replace(map, p.name, stored)
         }
+      } catch (e) {
+        next.forEach((x) => x.tensor.dispose())
+        throw e
       }
+      for (const x of next) replace(x.map, x.name, x.tensor)
       t = steps
     },
     dispose: () => {

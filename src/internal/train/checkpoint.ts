@@ -5,7 +5,6 @@
  *
  * @internal
  */
-import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { Effect } from "effect"
 import * as Checkpoint from "../../Checkpoint.ts"
@@ -63,19 +62,19 @@ const firstDifference = (a: unknown, b: unknown, at = ""): string | undefined =>
 
 /**
  * Loads the training checkpoint in `dir` into the target's model and optimiser and returns its state, or
- * undefined when there is none. A checkpoint of another config is a ConfigError naming the first differing key.
+ * undefined when there is none (a `dir` that a kill inside a checkpoint swap left absent is read from its complete
+ * copy: Checkpoint.present / read). Everything is checked before anything is assigned: the checkpoint itself, the
+ * config (another config is a ConfigError naming the first differing key) and every optimiser moment's shape; a
+ * failure leaves the model, the optimiser and the tensor count as they were.
  */
 export const restore = (
   dir: string,
   target: Target
 ): Effect.Effect<State.TrainState | undefined, CheckpointError | ConfigError> =>
   Effect.gen(function*() {
-    const present = yield* Effect.promise(() =>
-      fs.stat(path.join(dir, Checkpoint.MANIFEST)).then(() => true, () => false)
-    )
-    if (!present) return undefined
-    const loaded = yield* Checkpoint.load(dir, target.model)
-    const { state, config } = yield* State.restore(loaded.metadata.extra, { path: dir, step: loaded.metadata.step })
+    if (!(yield* Checkpoint.present(dir))) return undefined
+    const contents = yield* Checkpoint.read(dir)
+    const { state, config } = yield* State.restore(contents.metadata.extra, { path: dir, step: contents.metadata.step })
     const diff = firstDifference(config, target.config)
     if (diff !== undefined) {
       return yield* new ConfigError({
@@ -83,14 +82,28 @@ export const restore = (
         message: `resume: the checkpoint in ${dir} was trained with a different "${diff}"; start a new run or use the same config`
       })
     }
-    const byName = new Map(loaded.extras.map((t) => [t.name, t]))
+    const byName = new Map(contents.extras.map((t) => [t.name, t]))
+    for (const moment of target.optimizer.tensors()) {
+      const stored = byName.get(moment.name)
+      if (stored === undefined) {
+        return yield* new CheckpointError({ path: contents.dir, tensor: moment.name, message: `optimizer state "${moment.name}" is missing` })
+      }
+      if (stored.shape.join(",") !== moment.tensor.shape.join(",")) {
+        return yield* new CheckpointError({
+          path: contents.dir,
+          tensor: moment.name,
+          message: `optimizer state "${moment.name}" has shape [${stored.shape}], the parameter [${moment.tensor.shape}]`
+        })
+      }
+    }
+    yield* Checkpoint.assign(target.model, contents.params, path.join(contents.dir, Checkpoint.MANIFEST))
     yield* Effect.try({
       try: () =>
         target.optimizer.restore(state.optimizerSteps, (name) => {
           const t = byName.get(name)
           return t === undefined ? undefined : Checkpoint.toTensor(t)
         }),
-      catch: (e) => new CheckpointError({ path: dir, message: e instanceof Error ? e.message : String(e) })
+      catch: (e) => new CheckpointError({ path: contents.dir, message: e instanceof Error ? e.message : String(e) })
     })
     return state
   })

@@ -180,7 +180,12 @@ const evaluateEpoch = (run: Run, epoch: number) =>
     const acc = yield* evaluate(run.evaluator, epoch)
     const metric = run.config.eval.select === "robust" && acc.robust !== undefined ? acc.robust : acc.clean
     const { state, improved } = State.recordEvaluation(yield* Ref.get(run.state), metric, epoch)
-    yield* Ref.set(run.state, state)
+    // a new best and its checkpoint go together: an interruption never leaves a state naming a best/ not written
+    const saved = improved && run.dirs !== undefined
+    yield* Effect.uninterruptible(Effect.andThen(
+      Ref.set(run.state, state),
+      saved ? Checkpoints.save(run.dirs!.best, run.target, state) : Effect.void
+    ))
     const event: Evaluated = {
       _tag: "Evaluation",
       epoch,
@@ -193,7 +198,9 @@ const evaluateEpoch = (run: Run, epoch: number) =>
       seconds: acc.seconds
     }
     yield* run.emit(event)
-    if (improved) yield* checkpoint(run, "best")
+    if (saved) {
+      yield* run.emit({ _tag: "Checkpoint", epoch, step: state.step, batch: state.batch, path: run.dirs!.best, reason: "best" })
+    }
     return event
   })
 
