@@ -41,7 +41,7 @@ import { exists, io, libraryVersion, readRegular, reason } from "./internal/chec
 import { hold, release, removeStale, type Sibling, siblingPath, siblings, syncDir, writerAlive } from "./internal/checkpoint/swap.ts"
 import { firstNonFinite, manifestChecksum as checksumOf, tilingProblem } from "./internal/checkpoint/verify.ts"
 import { checkEntries, type Entry, swapInto, writeManifest, writeWeights } from "./internal/checkpoint/write.ts"
-import { build, decodeConfig, encodeConfig, type Model, type ModelConfig } from "./Models.ts"
+import { build, decodeConfig, encodeConfig, type Model, type ModelConfig, parameterSpecs } from "./Models.ts"
 import { tf } from "./Tensor.ts"
 
 /** The manifest file of a checkpoint directory. */
@@ -291,7 +291,10 @@ export const save = (dir: string, model: Model, options: SaveOptions = {}): Effe
 
 const sizeOf = (shape: ReadonlyArray<number>): number => shape.reduce((a, b) => a * b, 1)
 
-/** Reads, parses and verifies checkpoint.json: schema, model config, its own checksum, the tensors' tiling. */
+/**
+ * Reads, parses and verifies checkpoint.json: schema, model config, its own checksum, the tensors' tiling, and
+ * that the parameters are exactly those of the stored config.
+ */
 const readManifest = (manifestFile: string) =>
   Effect.gen(function*() {
     const bytes = yield* readRegular(manifestFile, (size) =>
@@ -328,6 +331,20 @@ const readManifest = (manifestFile: string) =>
     }
     const tiling = tilingProblem(manifest.tensors, manifest.weights.bytes)
     if (tiling !== undefined) return yield* fail(tiling.message, tiling.tensor)
+    // the parameters are exactly those the stored config describes (names and shapes; nothing is allocated)
+    const stored = new Map(manifest.tensors.filter((t) => t.group === "param").map((t) => [t.name, t]))
+    const specs = parameterSpecs(config)
+    for (const spec of specs) {
+      const t = stored.get(spec.name)
+      if (t === undefined) return yield* fail(`parameter "${spec.name}" of the stored config is missing from the tensors`, spec.name)
+      if (t.shape.join(",") !== spec.shape.join(",")) {
+        return yield* fail(`parameter "${spec.name}": the checkpoint has shape [${t.shape}], its config [${spec.shape}]`, spec.name)
+      }
+    }
+    const known = new Set(specs.map((spec) => spec.name))
+    for (const name of stored.keys()) {
+      if (!known.has(name)) return yield* fail(`the stored config has no parameter "${name}"`, name)
+    }
     return { manifest, config }
   })
 
@@ -404,8 +421,8 @@ const newestCopy = (root: string, dead: boolean) =>
  * Reads and verifies a checkpoint directory without building anything: both files are regular files, their sizes
  * (by stat, before reading) are plausible and match the manifest, the manifest parses and decodes and matches its
  * own checksum, weights.bin matches its SHA-256, the tensors tile weights.bin exactly and agree with their shapes
- * and dtypes, names are unique, every value is finite, and the model config decodes (its sizes within the wasm
- * heap). When `dir` does not exist but an interrupted save left complete copies next to it, the newest is read
+ * and dtypes, names are unique, every value is finite, the model config decodes (its sizes within the wasm heap)
+ * and its parameters are exactly the stored ones (names and shapes). When `dir` does not exist but an interrupted save left complete copies next to it, the newest is read
  * (`dir` of the result says which).
  *
  * @category io

@@ -79,6 +79,7 @@ describe("checkpoint corrupter", () => {
   it("every corruption is a CheckpointError or an identical load; the target model is never touched", async () => {
     const cases = fc.sample(corruption(manifest), { numRuns: counts.checkpoints, seed })
     const kinds = new Map<string, number>()
+    const loadedKinds = new Set<string>()
     const stats = { cases: 0, refused: 0, loaded: 0, maxMs: 0, maxRssMiB: 0 }
     await Effect.runPromise(Effect.scoped(Effect.gen(function*() {
       const target = yield* buildModel(2)
@@ -106,6 +107,7 @@ describe("checkpoint corrupter", () => {
             expectIdentical(built.value.extras, what)
           }
           stats.loaded++
+          loadedKinds.add(c.kind)
         } else {
           stats.refused++
           failureOf(into, what)
@@ -116,7 +118,7 @@ describe("checkpoint corrupter", () => {
         fs.rmSync(path.dirname(dir), { recursive: true, force: true })
       }
     })))
-    tally("checkpoints", { ...stats, maxMs: Math.round(stats.maxMs), maxRssMiB: Math.round(stats.maxRssMiB), kinds: kinds.size })
+    tally("checkpoints", { ...stats, maxMs: Math.round(stats.maxMs), maxRssMiB: Math.round(stats.maxRssMiB), kinds: kinds.size, loadedKinds: [...loadedKinds].sort().join("/") || "none" })
     // a FIFO never blocks and a sparse 1.5 GiB weights.bin is never read: every case is quick and small
     expect(stats.maxMs).toBeLessThan(5000)
     expect(stats.maxRssMiB).toBeLessThan(256)

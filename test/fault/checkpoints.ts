@@ -93,11 +93,11 @@ export const corruption = (m: Manifest): fc.Arbitrary<Corruption> => {
       make("length", `tensor ${i} claims 4 bytes more${s ? " (resealed)" : ""}`, editTensor(i, (t) => ({ ...t, length: t.length + 4, shape: [...t.shape.slice(0, -1), (t.shape.at(-1) ?? 1) + 1] }), s))),
     // a transposed square matrix is the same tensor: it may load, and must then be identical
     fc.tuple(param, seal).map(([i, s]) =>
-      make("shape", `tensor ${i} gets a transposed shape${s ? " (resealed)" : ""}`, editTensor(i, (t) => ({ ...t, shape: [...t.shape].reverse().concat(t.shape.length === 1 ? [1] : []) }), s), s)),
+      make("shape", `tensor ${i} gets a transposed shape${s ? " (resealed)" : ""}`, editTensor(i, (t) => ({ ...t, shape: [...t.shape].reverse().concat(t.shape.length === 1 ? [1] : []) }), s), true)),
     fc.tuple(param, seal).map(([i, s]) =>
       make("dtype", `parameter ${i} changes dtype${s ? " (resealed)" : ""}`, editTensor(i, (t) => ({ ...t, dtype: t.dtype === "float32" ? "int32" : "float32" }), s))),
-    fc.tuple(tensor, fc.nat(n - 1), seal).map(([i, j, s]) =>
-      make("name", `tensor ${i} is renamed${s ? " (resealed)" : ""}`, editTensor(i, (t, all) => ({ ...t, name: i % n === j % n ? `${t.name}/x` : all[j % n]!.name }), s))),
+    fc.tuple(param, fc.nat(n - 1), seal).map(([i, j, s]) =>
+      make("name", `parameter ${i} is renamed${s ? " (resealed)" : ""}`, editTensor(i, (t, all) => ({ ...t, name: i % n === j % n ? `${t.name}/x` : all[j % n]!.name }), s))),
     fc.tuple(param, seal).map(([i, s]) =>
       make("group", `parameter ${i} becomes an extra${s ? " (resealed)" : ""}`, editTensor(i, (t) => ({ ...t, group: t.group === "param" ? "extra" : "param" }), s))),
     // unsealed: any edit is caught by the manifest's checksum; resealed: only edits a correct reader can still

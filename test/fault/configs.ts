@@ -161,14 +161,19 @@ export const startsWith = (p: Path, prefix: Path): boolean => prefix.every((k, i
 
 /**
  * Whether an error path names a leaf of the input: the value there is a primitive, missing, or an empty container,
- * or it is (under) a path the mutation touched (a replaced section is itself the wrong value), or an unknown key.
+ * or it is (under) a path the mutation touched (a replaced section is itself the wrong value), an unknown key, or a
+ * section given where a plain value belongs (the schema's own location of the issue no deeper than the path).
  */
 export const namesLeaf = (input: unknown, errorPath: Path, touched: ReadonlyArray<Path>, message = ""): boolean => {
   if (touched.some((t) => startsWith(errorPath, t))) return true
   // an unknown key is itself the field that is wrong, whatever it holds
   if (/excess property/.test(message)) return true
   const v = valueAt(input, errorPath)
-  if (Array.isArray(v)) return v.length === 0
-  if (isRecord(v)) return Object.keys(v).length === 0
-  return true
+  if (Array.isArray(v) ? v.length === 0 : !isRecord(v) || Object.keys(v).length === 0) return true
+  // a tuple of plain values (a shape, a [lo, hi] range) is one field when the issue is about the tuple as a whole
+  if (Array.isArray(v) && v.every((x) => x === null || typeof x !== "object") && !/Expected|Missing key/.test(message.split("\n")[0]!.replace(/^[^:]*: /, "").slice(0, 12))) return true
+  // a section or list given where a plain value belongs is itself the wrong field, unless the schema's own
+  // location of the issue (`at ["a"]["b"]` in the message) lies deeper than the path reported
+  const deeper = [...message.matchAll(/at ((?:\[[^\]]*\])+)/g)].some((m) => (m[1]!.match(/\[/g) ?? []).length > errorPath.length)
+  return !deeper && /Expected (number|string|boolean|an integer|a finite number|array|"[^"]*"( \| "[^"]*")*)\b/.test(message)
 }

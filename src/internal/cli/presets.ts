@@ -44,15 +44,28 @@ export const presetNames = (): Array<string> =>
     ? fs.readdirSync(presetsDir).filter((f) => f.endsWith(".json") && !f.startsWith("sweep-")).map((f) => f.slice(0, -5)).sort()
     : []
 
+/** A file's text, read only when it is a regular file (a FIFO would block the read forever). */
+const readRegular = (file: string): string => {
+  const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK)
+  try {
+    if (!fs.fstatSync(fd).isFile()) throw Object.assign(new Error("not a regular file"), { code: "ENOTREG" })
+    return fs.readFileSync(fd, "utf8")
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
 const readJson = (file: string, what: string): Effect.Effect<unknown, ConfigError> =>
   Effect.try({
-    try: () => JSON.parse(fs.readFileSync(file, "utf8")) as unknown,
+    try: () => JSON.parse(readRegular(file)) as unknown,
     catch: (e) => {
       const code = (e as NodeJS.ErrnoException).code
       return new ConfigError({
         path: file,
         message: code === "ENOENT"
           ? `${what} ${file} does not exist`
+          : code === "ENOTREG"
+          ? `${what} ${file} is not a regular file (a FIFO, device or directory): refused before reading`
           : `${what} ${file} is not valid JSON: ${messageOf(e)}`
       })
     }
