@@ -393,10 +393,14 @@ const readDir = (root: string): Effect.Effect<Contents, CheckpointError> =>
   })
 
 /** When a copy was written, from its manifest (0 when that cannot be read: tried last). */
-const createdAt = (dir: string): Promise<number> =>
-  fs.readFile(path.join(dir, MANIFEST), "utf8").then(
-    (text) => Date.parse((JSON.parse(text) as { metadata?: { createdAt?: string } }).metadata?.createdAt ?? "") || 0,
-    () => 0
+const createdAt = (dir: string): Effect.Effect<number> =>
+  readRegular(path.join(dir, MANIFEST), (size) => (size > maxManifestBytes ? "too large" : undefined)).pipe(
+    Effect.map((bytes) => {
+      const parsed = JSON.parse(bytes.toString("utf8")) as { metadata?: { createdAt?: string } } | null
+      return Date.parse(parsed?.metadata?.createdAt ?? "") || 0
+    }),
+    Effect.catchDefect(() => Effect.succeed(0)),
+    Effect.orElseSucceed(() => 0)
   )
 
 /**
@@ -406,7 +410,7 @@ const createdAt = (dir: string): Promise<number> =>
 const newestCopy = (root: string, dead: boolean) =>
   Effect.gen(function*() {
     const copies = (yield* Effect.promise(() => siblings(root))).filter((s) => !dead || !writerAlive(s))
-    const dated = yield* Effect.promise(() => Promise.all(copies.map(async (s) => ({ s, at: await createdAt(s.path) }))))
+    const dated = yield* Effect.forEach(copies, (s) => Effect.map(createdAt(s.path), (at) => ({ s, at })))
     dated.sort((a, b) => b.at - a.at)
     const failures: Array<string> = []
     for (const { s } of dated) {
@@ -422,8 +426,8 @@ const newestCopy = (root: string, dead: boolean) =>
  * (by stat, before reading) are plausible and match the manifest, the manifest parses and decodes and matches its
  * own checksum, weights.bin matches its SHA-256, the tensors tile weights.bin exactly and agree with their shapes
  * and dtypes, names are unique, every value is finite, the model config decodes (its sizes within the wasm heap)
- * and its parameters are exactly the stored ones (names and shapes). When `dir` does not exist but an interrupted save left complete copies next to it, the newest is read
- * (`dir` of the result says which).
+ * and its parameters are exactly the stored ones (names and shapes). When `dir` does not exist but an interrupted
+ * save left complete copies next to it, the newest is read (`dir` of the result says which).
  *
  * @category io
  */
