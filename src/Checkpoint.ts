@@ -300,7 +300,7 @@ const readManifest = (manifestFile: string) =>
     const bytes = yield* readRegular(manifestFile, (size) =>
       size > maxManifestBytes ? `${formatBytes(size)}: a manifest is never larger than ${formatBytes(maxManifestBytes)}` : undefined)
     const json = yield* Effect.try({
-      try: () => JSON.parse(bytes.toString("utf8")) as unknown,
+      try: () => JSON.parse(new TextDecoder().decode(bytes)) as unknown,
       catch: (e) => new CheckpointError({ path: manifestFile, message: `invalid JSON: ${reason(e)}` })
     })
     const fail = (message: string, tensor?: string) =>
@@ -374,7 +374,7 @@ const readDir = (root: string): Effect.Effect<Contents, CheckpointError> =>
     const weights = yield* readWeights(path.join(root, WEIGHTS), manifest)
     const params: Array<StoredTensor> = [], extras: Array<StoredTensor> = []
     for (const t of manifest.tensors) {
-      // copy: a Buffer's byteOffset need not be aligned for a typed-array view
+      // copy: every tensor gets its own buffer, aligned for its typed array
       const buf = weights.buffer.slice(weights.byteOffset + t.offset, weights.byteOffset + t.offset + t.length)
       const data = t.dtype === "float32" ? new Float32Array(buf) : new Int32Array(buf)
       const bad = firstNonFinite(data)
@@ -396,7 +396,7 @@ const readDir = (root: string): Effect.Effect<Contents, CheckpointError> =>
 const createdAt = (dir: string): Effect.Effect<number> =>
   readRegular(path.join(dir, MANIFEST), (size) => (size > maxManifestBytes ? "too large" : undefined)).pipe(
     Effect.map((bytes) => {
-      const parsed = JSON.parse(bytes.toString("utf8")) as { metadata?: { createdAt?: string } } | null
+      const parsed = JSON.parse(new TextDecoder().decode(bytes)) as { metadata?: { createdAt?: string } } | null
       return Date.parse(parsed?.metadata?.createdAt ?? "") || 0
     }),
     Effect.catchDefect(() => Effect.succeed(0)),

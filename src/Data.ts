@@ -27,13 +27,12 @@
  * @since 0.1.0
  */
 import { Cause, Channel, Effect, Schema, Scope, Stream } from "effect"
-import type { FileHandle } from "node:fs/promises"
 import { createRequire } from "node:module"
 import * as path from "node:path"
 import { defaulted, NonNegative, PositiveInt } from "./Config.ts"
 import { DatasetError } from "./Errors.ts"
 import { cifarDataset, digits, fashionNames, idxDataset, syntheticDataset, syntheticDefaults } from "./internal/data/loaders.ts"
-import { openRegularFile as openRegularFileInternal } from "./internal/data/files.ts"
+import { readRegularFile as readRegularFileInternal } from "./internal/data/files.ts"
 import { sizeProblem } from "./internal/data/synthetic.ts"
 import { stream, tf } from "./Tensor.ts"
 
@@ -297,14 +296,16 @@ export const load = (config: DatasetConfig): Effect.Effect<Dataset, DatasetError
 }
 
 /**
- * Opens a file for reading only when it is a regular file, returning its handle (the caller closes it) and size:
- * a FIFO, socket or device would block a read forever, so it is refused (an Error with code `ENOTREG`) before
- * anything is read. The dataset loaders and Checkpoint read every file through it.
+ * Reads a file whole, only when it is a regular file: a FIFO, socket or device would block a read forever, so it
+ * is refused (a rejection with an Error of code `ENOTREG`) before anything is read; `check` sees the size first and
+ * may refuse it (its message comes back as `refused`). The dataset loaders and Checkpoint read through it.
  *
  * @category loaders
  */
-export const openRegularFile: (file: string) => Promise<{ readonly handle: FileHandle; readonly size: number }> =
-  openRegularFileInternal
+export const readRegularFile: (
+  file: string,
+  check?: (size: number) => string | undefined
+) => Promise<{ readonly bytes: Uint8Array } | { readonly refused: string }> = readRegularFileInternal
 
 // ---------------------------------------------------------------------------------------------------------------
 // Splits

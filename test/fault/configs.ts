@@ -5,20 +5,18 @@
  */
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { fileURLToPath } from "node:url"
 import fc from "fast-check"
+import { presetNames, presetsDir } from "../../src/internal/cli/presets.ts"
 import * as Train from "../../src/Train.ts"
 
 export type Json = null | boolean | number | string | ReadonlyArray<Json> | { readonly [k: string]: Json }
 export type Path = ReadonlyArray<string | number>
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..")
-
-/** The shipped presets' files, parsed. */
+/** The shipped presets' files (the CLI's list: sweep files are not presets), parsed. */
 export const presetFiles = (): Array<{ readonly name: string; readonly json: { train: Json; suite?: Json } }> =>
-  fs.readdirSync(path.join(root, "presets")).filter((f) => f.endsWith(".json")).sort().map((f) => ({
-    name: f.slice(0, -5),
-    json: JSON.parse(fs.readFileSync(path.join(root, "presets", f), "utf8"))
+  presetNames().map((name) => ({
+    name,
+    json: JSON.parse(fs.readFileSync(path.join(presetsDir, `${name}.json`), "utf8"))
   }))
 
 /** Hand-made configs that switch on what the presets leave off (every model kind, solver, gradient, method). */

@@ -6,7 +6,7 @@
  */
 import * as fs from "node:fs/promises"
 import { Effect } from "effect"
-import { openRegularFile } from "../../Data.ts"
+import { readRegularFile } from "../../Data.ts"
 import { CheckpointError, messageOf } from "../../Errors.ts"
 
 /**
@@ -44,22 +44,9 @@ export const exists = (p: string): Promise<boolean> => fs.stat(p).then(() => tru
  *
  * @internal
  */
-export const readRegular = (file: string, check: (size: number) => string | undefined): Effect.Effect<Buffer, CheckpointError> =>
-  Effect.gen(function*() {
-    const { handle, size } = yield* io(file, "cannot read", () => openRegularFile(file))
-    return yield* Effect.gen(function*() {
-      const problem = check(size)
-      if (problem !== undefined) return yield* new CheckpointError({ path: file, message: problem })
-      const buffer = Buffer.allocUnsafe(size)
-      let at = 0
-      while (at < size) {
-        const { bytesRead } = yield* io(file, "cannot read", () => handle.read(buffer, at, size - at, at))
-        if (bytesRead === 0) return yield* new CheckpointError({ path: file, message: `truncated while reading: ${at} of ${size} bytes` })
-        at += bytesRead
-      }
-      return buffer
-    }).pipe(Effect.ensuring(Effect.promise(() => handle.close().catch(() => undefined))))
-  })
+export const readRegular = (file: string, check: (size: number) => string | undefined): Effect.Effect<Uint8Array, CheckpointError> =>
+  Effect.flatMap(io(file, "cannot read", () => readRegularFile(file, check)), (r) =>
+    "refused" in r ? Effect.fail(new CheckpointError({ path: file, message: r.refused })) : Effect.succeed(r.bytes))
 
 let versionCache: string | undefined
 

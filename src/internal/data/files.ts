@@ -61,6 +61,33 @@ export const openRegularFile = async (file: string): Promise<{ readonly handle: 
 }
 
 /**
+ * Reads a regular file whole (see {@link openRegularFile}) after `check` has seen its size: a message from `check`
+ * refuses it before a byte is read.
+ *
+ * @internal
+ */
+export const readRegularFile = async (
+  file: string,
+  check: (size: number) => string | undefined = () => undefined
+): Promise<{ readonly bytes: Uint8Array } | { readonly refused: string }> => {
+  const { handle, size } = await openRegularFile(file)
+  try {
+    const refused = check(size)
+    if (refused !== undefined) return { refused }
+    const bytes = new Uint8Array(size)
+    let at = 0
+    while (at < size) {
+      const { bytesRead } = await handle.read(bytes, at, size - at, at)
+      if (bytesRead === 0) return { refused: `truncated while reading: ${at} of ${size} bytes` }
+      at += bytesRead
+    }
+    return { bytes }
+  } finally {
+    await handle.close().catch(() => undefined)
+  }
+}
+
+/**
  * Succeeds when `dir` is an existing directory.
  *
  * @internal
