@@ -84,7 +84,11 @@ for (const [name] of kernels) ctx.counts[name] = { native: 0, fallback: 0 }
 export const defaultMatMulMinWork = 32_768
 ctx.matMulMinWork = defaultMatMulMinWork
 
-const off = (v: string | undefined): boolean => v !== undefined && ["0", "false", "off", "no"].includes(v.trim().toLowerCase())
+/** Whether `DEQ_NATIVE` in `env` switches the native kernels off ("0", "false", "off", "no"). */
+export const nativeSwitchedOff = (env: NodeJS.ProcessEnv = process.env): boolean => {
+  const v = env["DEQ_NATIVE"]
+  return v !== undefined && ["0", "false", "off", "no"].includes(v.trim().toLowerCase())
+}
 
 const threadsFrom = (env: NodeJS.ProcessEnv): { threads: number; warning?: string } => {
   const cores = availableParallelism()
@@ -103,7 +107,7 @@ const isOurs = (name: string, fn: tf.KernelFunc): boolean => tf.getKernel(name, 
  * conv-gradient kernels are registered. Idempotent; returns the resulting status.
  */
 export const registerNativeKernels = (env: NodeJS.ProcessEnv = process.env): NativeStatus => {
-  if (off(env["DEQ_NATIVE"])) {
+  if (nativeSwitchedOff(env)) {
     unregisterNativeKernels()
     status = { active: false, kernels: [], threads: 0, reason: `off (DEQ_NATIVE=${env["DEQ_NATIVE"]})` }
     return status
@@ -212,3 +216,14 @@ export const resetNativeCounts = (): void => {
 
 /** The loaded addon itself (benchmarks and tests), or undefined. */
 export const nativeAddon = (): Addon | undefined => ctx.addon
+
+/**
+ * Replaces the addon the registered kernels call and forgets the shapes refused so far; returns the previous
+ * addon. For fault tests (an addon that throws must leave the answer and the heap as pure wasm would).
+ */
+export const replaceAddon = (addon: Addon | undefined): Addon | undefined => {
+  const prev = ctx.addon
+  ctx.addon = addon
+  ctx.refused.clear()
+  return prev
+}
