@@ -41,10 +41,17 @@ export const loadAddon = (path: string = addonPath): Loaded => {
       reason: `addon not built (${path} is absent; it is built by npm ci when libdnnl-dev is installed, or by npm run build:native)`
     }
   }
+  // OpenMP threads that spin while waiting make a 2-thread call up to 100x slower when the cores are shared
+  // (measured, docs/performance.md); libgomp reads this once, when the addon loads it, so the variable is set
+  // only around the load and child processes (e.g. a PyTorch peer) do not inherit it
+  const policy = process.env["OMP_WAIT_POLICY"]
+  if (policy === undefined) process.env["OMP_WAIT_POLICY"] = "passive"
   try {
     return { ok: true, addon: createRequire(import.meta.url)(path) as Addon }
   } catch (e) {
     return { ok: false, reason: `addon failed to load: ${e instanceof Error ? e.message.split("\n")[0] : String(e)}` }
+  } finally {
+    if (policy === undefined) delete process.env["OMP_WAIT_POLICY"]
   }
 }
 
@@ -81,7 +88,7 @@ for (const [name] of kernels) ctx.counts[name] = { native: 0, fallback: 0 }
  * Matmuls below this many multiply-adds stay on wasm: there XNNPACK's call is cheaper than the addon's
  * (measured by bench/native.ts; see docs/performance.md).
  */
-export const defaultMatMulMinWork = 32_768
+export const defaultMatMulMinWork = 65_536
 ctx.matMulMinWork = defaultMatMulMinWork
 
 /** Whether `DEQ_NATIVE` in `env` switches the native kernels off ("0", "false", "off", "no"). */
