@@ -21,6 +21,7 @@ import {
   unregisterNativeKernels
 } from "../src/internal/tensor/native.ts"
 import * as Report from "../src/Report.ts"
+import { groupNorm } from "../src/internal/models/layers.ts"
 import { tf, useBackend } from "../src/Tensor.ts"
 import { median } from "./timing.ts"
 
@@ -182,6 +183,62 @@ export const runNativeBench = async (options: NativeBenchOptions = {}): Promise<
   return rows
 }
 
+/** One workload of the conv cell, with the native kernels off (wasm) and on (2 threads). */
+export interface CellRow {
+  readonly cell: string
+  readonly workload: string
+  readonly wasmMs: number
+  readonly nativeMs: number
+}
+
+/**
+ * The DEQ conv cell f(z) = relu(groupNorm(conv3x3(z) + u)) (the project's GroupNorm; 8 groups at 32 channels, 4 at
+ * 16): one evaluation, and one VJP w.r.t. z and the weight (the unit of a backward pass). Rounds alternate
+ * off / on so load changes hit both; each number is the median over rounds.
+ */
+export const runCellBench = async (options: { batch?: number; rounds?: number } = {}): Promise<ReadonlyArray<CellRow>> => {
+  const { batch = 64, rounds = 5 } = options
+  await useBackend("wasm")
+  if (!nativeKernels().active) return []
+  const rows: Array<CellRow> = []
+  for (const [c, s, groups] of [[32, 28, 8], [16, 14, 4]] as const) {
+    const name = `B${batch} ${c}ch ${s}x${s}`
+    const w = tf.variable(tf.randomNormal([3, 3, c, c], 0, Math.sqrt(2 / (9 * c)), "float32", 1))
+    const u = tf.randomNormal([batch, s, s, c], 0, 1, "float32", 2)
+    const z = tf.randomNormal([batch, s, s, c], 0, 1, "float32", 3)
+    const f = (zi: tf.Tensor, wi: tf.Tensor) =>
+      tf.relu(groupNorm(tf.add(tf.conv2d(zi as tf.Tensor4D, wi as tf.Tensor4D, 1, "same"), u) as tf.Tensor4D, groups))
+    const workloads: ReadonlyArray<readonly [string, () => void]> = [
+      ["f(z)", () => tf.tidy(() => void f(z, w))],
+      ["VJP of f w.r.t. z and W", () => tf.tidy(() => void tf.grads((zi: tf.Tensor, wi: tf.Tensor) => f(zi, wi).sum())([z, w]))]
+    ]
+    for (const [workload, run] of workloads) {
+      const off: Array<number> = [], on: Array<number> = []
+      for (let r = 0; r < rounds; r++) {
+        for (const native of [false, true]) {
+          if (native) registerNativeKernels()
+          else unregisterNativeKernels()
+          run()
+          const start = performance.now()
+          run()
+          ;(native ? on : off).push(performance.now() - start)
+        }
+      }
+      rows.push({ cell: name, workload, wasmMs: median(off), nativeMs: median(on) })
+    }
+    tf.dispose([w, u, z])
+  }
+  registerNativeKernels()
+  return rows
+}
+
+/** The cell rows as a Markdown table. */
+export const cellTable = (rows: ReadonlyArray<CellRow>): string =>
+  Report.table(
+    ["cell", "workload", "wasm ms", "native ms", "speed-up"],
+    rows.map((r) => [r.cell, r.workload, Report.num(r.wasmMs, 2), Report.num(r.nativeMs, 2), `${(r.wasmMs / r.nativeMs).toFixed(1)}x`])
+  )
+
 /** The rows as a Markdown table. */
 export const nativeTable = (rows: ReadonlyArray<NativeRow>): string =>
   Report.table(
@@ -208,6 +265,11 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
   } else {
     console.log(`${Report.machine()}; oneDNN ${nativeKernels().version}; median of ${quick ? 3 : 15} runs after warm-up`)
     console.log(nativeTable(rows))
-    if (jsonAt > 0 && process.argv[jsonAt + 1] !== undefined) writeFileSync(process.argv[jsonAt + 1]!, JSON.stringify(rows, null, 2))
+    const cells = await runCellBench(quick ? { batch: 8, rounds: 2 } : {})
+    console.log("")
+    console.log(cellTable(cells))
+    if (jsonAt > 0 && process.argv[jsonAt + 1] !== undefined) {
+      writeFileSync(process.argv[jsonAt + 1]!, JSON.stringify({ kernels: rows, cells }, null, 2))
+    }
   }
 }
