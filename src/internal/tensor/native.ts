@@ -8,10 +8,13 @@
  *
  * @example
  * ```ts
- * import { registerNativeKernels, nativeKernels } from "./native.ts"
+ * import * as Tensor from "effect-deq/Tensor"
  *
- * registerNativeKernels()          // after the wasm backend is active and its conv-gradient kernels registered
- * nativeKernels().active           // true when oneDNN serves Conv2D, its gradients and BatchMatMul
+ * // starting the wasm backend registers the native kernels when the addon is built and DEQ_NATIVE is not 0
+ * Tensor.useBackend("wasm").then(() => {
+ *   const native = Tensor.nativeKernels()
+ *   console.log(native.active ? `oneDNN for ${native.kernels.join(", ")}` : `wasm only: ${native.reason}`)
+ * })
  * ```
  */
 import * as tf from "@tensorflow/tfjs"
