@@ -32,6 +32,9 @@ enum Kind : int32_t { kConv = 0, kConvInput = 1, kConvFilter = 2, kMatMul = 3 };
 constexpr size_t kConvParams = 15;
 constexpr size_t kMatMulParams = 7;
 constexpr size_t kMaxPlans = 512;
+// below this many multiply-adds a call runs on one thread: waking a second (passively waiting) OpenMP thread
+// costs about 0.1 ms, more than it saves on a small kernel (measured by bench/native.ts)
+constexpr double kSerialWork = 8.0 * 1024 * 1024;
 
 // One compiled kernel: the primitive, the user-layout memories whose handles are swapped per call, and the
 // weights in oneDNN's preferred layout with the reorder that fills (or drains) them.
@@ -44,6 +47,8 @@ struct Plan {
   memory reorderScratch;
   bool reorderIn = false, reorderOut = false;
   size_t sizeA = 0, sizeB = 0, sizeC = 0;
+  // the OpenMP team size the primitive was created for, and runs with
+  int team = 1;
   std::string impl;
 };
 
@@ -167,19 +172,41 @@ std::unique_ptr<Plan> matMulPlan(Env& env, const int32_t* q) {
   return p;
 }
 
+// multiply-adds of one call: N*OH*OW*Co*Ci*KH*KW for the three convolutions, batch*M*K*N for matmul
+double workOf(Kind kind, const int32_t* q) {
+  if (kind == kMatMul) return double(q[0] > q[1] ? q[0] : q[1]) * q[2] * q[3] * q[4];
+  return double(q[0]) * q[7] * q[8] * q[6] * q[3] * q[4] * q[5];
+}
+
+// Runs a scope with this thread's OpenMP team size set to `team`, then restores the configured one.
+struct TeamScope {
+  Env& env;
+  bool changed;
+  TeamScope(Env& e, int team) : env(e), changed(team != e.threads) {
+    if (changed) omp_set_num_threads(team);
+  }
+  ~TeamScope() {
+    if (changed) omp_set_num_threads(env.threads);
+  }
+};
+
 Plan& planFor(Env& env, Kind kind, const int32_t* q, size_t count) {
   std::string key(reinterpret_cast<const char*>(q), count * sizeof(int32_t));
   key.push_back(static_cast<char>(kind));
   auto it = env.plans.find(key);
   if (it != env.plans.end()) return *it->second;
   if (env.plans.size() >= kMaxPlans) env.plans.clear();
+  const int team = workOf(kind, q) < kSerialWork ? 1 : env.threads;
+  TeamScope scope(env, team);
   auto plan = kind == kMatMul ? matMulPlan(env, q) : convPlan(env, kind, q);
+  plan->team = team;
   Plan& ref = *plan;
   env.plans.emplace(std::move(key), std::move(plan));
   return ref;
 }
 
 void execute(Env& env, Plan& p, float* a, float* b, float* c) {
+  TeamScope scope(env, p.team);
   p.a.set_data_handle(a);
   p.b.set_data_handle(b);
   p.c.set_data_handle(c);
