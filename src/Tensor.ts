@@ -25,9 +25,18 @@ import { Config, Context, Effect, Layer, Schema, Scope } from "effect"
 import { defaulted } from "./Config.ts"
 import { ConfigError, messageOf, TensorLeak } from "./Errors.ts"
 import { registerWasmConvGradients } from "./internal/tensor/convGrad.ts"
+import { describeKernels, registerNativeKernels } from "./internal/tensor/native.ts"
 
 /** TensorFlow.js itself, re-exported so user code and examples use the same instance as effect-deq. */
 export { tf }
+
+/**
+ * The optional oneDNN kernels on wasm: `nativeKernels()` says whether they are active and which;
+ * `setNativeThreads(n)` sets their thread count for the calling thread (1 per worker_thread, say).
+ *
+ * @category backend
+ */
+export { nativeKernels, setNativeThreads } from "./internal/tensor/native.ts"
 
 // ---------------------------------------------------------------------------------------------------------------
 // Backend
@@ -113,7 +122,11 @@ const activate = async (name: BackendName): Promise<string> => {
   const ok = await tf.setBackend(id)
   if (!ok) throw new Error(`tf.setBackend("${id}") failed`)
   await tf.ready()
-  if (id === "wasm") registerWasmConvGradients()
+  if (id === "wasm") {
+    registerWasmConvGradients()
+    // optional oneDNN kernels over wasm's and ours (they fall back to them); off without the addon or DEQ_NATIVE=0
+    registerNativeKernels()
+  }
   return tf.getBackend()
 }
 
@@ -134,7 +147,7 @@ const select = (requested: string): Effect.Effect<Backend["Service"], ConfigErro
       if (result._tag === "Success") {
         const service = Backend.of({ name, tfBackend: result.success, skipped })
         yield* Effect.logInfo(
-          `effect-deq backend: ${name}` +
+          `effect-deq backend: ${name}` + (name === "wasm" ? `, ${describeKernels()}` : "") +
             (skipped.length > 0 ? ` (skipped ${skipped.map((s) => `${s.name}: ${s.reason}`).join("; ")})` : "")
         )
         return service

@@ -114,6 +114,9 @@ const convCase: fc.Arbitrary<ConvCase> = fc
     return { x: [batch, h, w, ci], w: [kh, kw, ci, co], stride, pad: p, seed }
   })
 
+// these tests are about the project's own wasm kernels; the optional oneDNN ones are tested in test/Native.test.ts
+process.env["DEQ_NATIVE"] = "0"
+
 beforeAll(async () => {
   const backend = await useBackend("wasm")
   expect(backend.name).toBe("wasm")
