@@ -27,6 +27,19 @@ const deq = (...args: Array<string>) => {
 
 const smokeRun = path.join(tmp, "smoke")
 
+/** Runs `deq args` in this process (Cli.runArgs) and returns its failure as text ("" when it succeeded). */
+const inProcess = async (...args: Array<string>): Promise<string> => {
+  const { runArgs } = await import("../src/Cli.ts")
+  const write = process.stderr.write
+  process.stderr.write = (() => true) as typeof process.stderr.write // its one error line is not this test's output
+  try {
+    const exit = await Effect.runPromiseExit(runArgs(args))
+    return Exit.isFailure(exit) ? JSON.stringify(exit.cause) + String(exit.cause) : ""
+  } finally {
+    process.stderr.write = write
+  }
+}
+
 beforeAll(() => {
   const r = deq("main", "--preset", "smoke", "--out", smokeRun)
   if (r.code !== 0) throw new Error(`deq main --preset smoke failed (${r.code}):\n${r.stderr}`)
@@ -140,13 +153,20 @@ describe("a CLI that never surprises", () => {
   it("a zero count is refused naming the flag, and the previous report stays as it was", () => {
     const report = path.join(tmp, "dynamics", "report.md")
     const before = fs.existsSync(report) ? fs.readFileSync(report, "utf8") : undefined
-    for (const [command, flag] of [["dynamics", "--samples"], ["dynamics", "--attack-steps"], ["eval", "--pgd-steps"]] as const) {
-      const r = deq(command, "--checkpoint", smokeRun, flag, "0", "--out", path.join(tmp, "dynamics"))
-      expect(r.code).toBe(1)
-      expect(r.stderr).toContain(`deq ${command}: error: Invalid value for flag ${flag}: "0". Expected: a whole number >= 1`)
-      expect(r.stderr.trim().split("\n")).toHaveLength(2)
-    }
+    const r = deq("dynamics", "--checkpoint", smokeRun, "--samples", "0", "--out", path.join(tmp, "dynamics"))
+    expect(r.code).toBe(1)
+    expect(r.stderr.trim().split("\n")).toEqual([
+      `deq dynamics: error: Invalid value for flag --samples: "0". Expected: a whole number >= 1 (got 0)`,
+      "hint: `deq dynamics --help` lists the flags"
+    ])
     if (before !== undefined) expect(fs.readFileSync(report, "utf8")).toBe(before)
+  })
+
+  it("every count flag refuses 0 the same way (in-process: the same command line, no process start)", async () => {
+    for (const [command, flag] of [["dynamics", "--attack-steps"], ["dynamics", "--steps"], ["eval", "--pgd-steps"], ["eval", "--samples"]] as const) {
+      const failure = await inProcess(command, "--checkpoint", smokeRun, flag, "0")
+      expect(failure, `${command} ${flag}`).toContain(`"_tag":"InvalidValue","option":"${flag.slice(2)}","value":"0","expected":"a whole number >= 1 (got 0)"`)
+    }
   })
 
   it("more samples than the test split holds is an error naming the flag; a default beyond it is a warning", () => {
@@ -161,17 +181,20 @@ describe("a CLI that never surprises", () => {
   })
 
   it("a flag that does nothing with the others is an error naming it", () => {
+    const r = deq("eval", "--checkpoint", smokeRun, "--defended-samples", "8")
+    expect(r.code).toBe(1)
+    expect(r.stderr.trim()).toBe("deq eval: error: ConfigError: --defended-samples does nothing without --defence entropy")
+  })
+
+  it("the other idle combinations are refused the same way (in-process)", async () => {
     const cases: Array<[Array<string>, string]> = [
-      [["eval", "--checkpoint", smokeRun, "--defended-samples", "8"], "--defended-samples does nothing without --defence entropy"],
       [["eval", "--checkpoint", smokeRun, "--attacks", "grid", "--apgd-steps", "3"], "--apgd-steps does nothing without aa in --attacks"],
+      [["eval", "--checkpoint", smokeRun, "--attacks", "grid", "--square-queries", "3"], "--square-queries does nothing without aa in --attacks"],
       [["eval", "--checkpoint", smokeRun, "--attacks", "aa", "--grid", "paper"], "--grid does nothing without grid in --attacks"],
+      [["eval", "--checkpoint", smokeRun, "--attacks", "aa", "--pgd-steps", "3"], "--pgd-steps does nothing without ready-made or grid"],
       [["train", "--resume", smokeRun, "--force"], "--force does nothing with --resume"]
     ]
-    for (const [args, message] of cases) {
-      const r = deq(...args)
-      expect(r.code, args.join(" ")).toBe(1)
-      expect(r.stderr).toContain(`error: ConfigError: ${message}`)
-    }
+    for (const [args, message] of cases) expect(await inProcess(...args), args.join(" ")).toContain(message)
   })
 
   it("an existing report is never overwritten silently: the default directory gives way, an explicit --out needs --force", () => {

@@ -49,9 +49,9 @@ export const positive = (name: string, description: string): Flag.Flag<Option.Op
     Flag.optional
   )
 
-/** `--force`: overwrite what an explicit `--out` already holds. */
+/** `--force`: write into the output directory (given or default) even when it holds a report or a run. */
 export const force = Flag.Boolean("force").pipe(
-  Flag.withDescription("overwrite the report already in --out (without it, an existing report is never replaced)"),
+  Flag.withDescription("write into the output directory even when it already holds a report or a run (without it, nothing is replaced)"),
   Flag.withDefault(false)
 )
 
