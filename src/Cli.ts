@@ -1,9 +1,10 @@
 /**
  * The `deq` command line (effect/cli):
  *
- * - `deq` / `deq main [--preset NAME | --config FILE] [--out DIR] [--resume]`: the main job: train, evaluate (paper
+ * - `deq`: the usage (the commands and the global flags).
+ * - `deq main [--preset NAME | --config FILE] [--out DIR] [--resume]`: the main job: train, evaluate (paper
  *   protocol and adaptive attacks, with and without the entropy defence), analyse the dynamics, write
- *   `runs/<name>/report.md`. Bare `deq` (and `npm start`) runs the `mnist-fc-pgdat-ris` preset.
+ *   `runs/<name>/report.md`. Without a preset (and as `npm start`) it runs `mnist-fc-pgdat-ris`.
  * - `deq train --config FILE.json | --preset NAME [--out DIR] [--resume DIR]`: training with a progress bar, a
  *   JSONL event log and checkpoints; Ctrl-C saves a checkpoint and exits (code 130).
  * - `deq eval --checkpoint DIR [--attacks ready-made,grid,aa] [--defence entropy]`: the evaluation suite.
@@ -13,7 +14,10 @@
  * - `deq sweep --grid FILE --out DIR [--storage postgres://...]` / `deq runner --storage postgres://...`: sweeps as
  *   durable workflows on Effect Cluster (docs/sweeps.md).
  *
- * Failures print one line naming the problem (a config key, a file, a checkpoint) and exit with code 1.
+ * Failures print one line naming the problem (a config key, a file, a checkpoint, a flag) and exit with code 1; a
+ * wrong invocation (a missing flag, a count out of range, a flag that does nothing with the others) prints one line
+ * and a hint. Nothing already written is replaced silently: a default output directory that holds a report gives
+ * way to `<dir>-2`, an explicit `--out` that holds one needs `--force`.
  *
  * @example
  * ```ts
@@ -30,10 +34,13 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { NodeServices } from "@effect/platform-node"
-import { Effect, Option, Runtime, Schema } from "effect"
-import { Command, Flag } from "effect/cli"
+import { Effect, Logger, Option, Runtime, Schema } from "effect"
+import { CliError, Command, Flag } from "effect/cli"
 import { ConfigError } from "./Errors.ts"
+import { checkCombination, count, countWithDefault, force as forceFlag, opt, positive, presenter } from "./internal/cli/flags.ts"
 import { benchJob, dynamicsJob, evalJob, pipelineJob } from "./internal/cli/jobs.ts"
+import { resolveCheckpoint } from "./internal/cli/load.ts"
+import { chooseOut, holdsCheckpoint, holdsReport, holdsRun } from "./internal/cli/outputs.ts"
 import { loadConfigFile, loadPreset, mainPreset, type Preset, presetNames } from "./internal/cli/presets.ts"
 import { attackFamilies as families, type AttackFamily as Family } from "./Evaluation.ts"
 import { resumableConfig, say, trainRun } from "./internal/cli/train.ts"
@@ -112,10 +119,7 @@ const configFlag = Flag.String("config").pipe(
 const checkpointFlag = Flag.String("checkpoint").pipe(
   Flag.withDescription("a checkpoint directory, or a run directory holding last/ (preferred) or best/")
 )
-const intFlag = (name: string, description: string) => Flag.Int(name).pipe(Flag.withDescription(description), Flag.optional)
-const numberFlag = (name: string, description: string) => Flag.Finite(name).pipe(Flag.withDescription(description), Flag.optional)
-
-const opt = <A>(o: Option.Option<A>): A | undefined => Option.getOrUndefined(o)
+const given = (o: Option.Option<unknown>): boolean => Option.isSome(o)
 
 /** The preset or config file a command names (exactly one of them). */
 const chooseConfig = (preset: string | undefined, config: string | undefined, fallback?: string): Effect.Effect<Preset, ConfigError> => {
@@ -127,6 +131,10 @@ const chooseConfig = (preset: string | undefined, config: string | undefined, fa
   if (fallback !== undefined) return loadPreset(fallback)
   return Effect.fail(new ConfigError({ path: "config", message: "give --config FILE.json or --preset NAME (deq presets lists the presets)" }))
 }
+
+/** The report directory of eval / dynamics: `--out` or the default, never one holding a report unless --force. */
+const reportOut = (command: string, out: string | undefined, fallback: string, force: boolean) =>
+  chooseOut({ command, out, fallback, force, holds: holdsReport, what: "a report" })
 
 // ---------------------------------------------------------------------------------------------------------------
 // commands
@@ -142,20 +150,30 @@ export const train = Command.make("train", {
   config: configFlag,
   preset: presetFlag,
   out: outFlag,
-  resume: Flag.String("resume").pipe(Flag.withDescription("continue the run in this directory from its last checkpoint"), Flag.optional)
+  resume: Flag.String("resume").pipe(Flag.withDescription("continue the run in this directory from its last checkpoint"), Flag.optional),
+  force: forceFlag
 }, (flags) =>
   Effect.gen(function*() {
     const resume = opt(flags.resume), out = opt(flags.out), preset = opt(flags.preset), file = opt(flags.config)
     if (resume !== undefined && out !== undefined && path.resolve(resume) !== path.resolve(out)) {
       return yield* new ConfigError({ path: "out", message: `--resume ${resume} continues in its own directory; drop --out ${out}` })
     }
+    yield* checkCombination([{ flag: "--force", given: flags.force, used: resume === undefined, why: "with --resume (the run continues where it stopped)" }])
     // --resume needs a checkpoint to continue; its stored config is used unless one is given (Train then checks
     // that the given one is the same)
     const stored = resume !== undefined ? yield* resumableConfig(resume) : undefined
     const config = stored !== undefined && preset === undefined && file === undefined
       ? { name: path.basename(path.resolve(resume!)), train: stored }
       : yield* Effect.map(chooseConfig(preset, file), (p) => ({ name: p.name, train: p.train }))
-    const dir = resume ?? out ?? path.join("runs", config.name)
+    const dir = resume ?? (yield* chooseOut({
+      command: "deq train",
+      out,
+      fallback: path.join("runs", config.name),
+      force: flags.force,
+      holds: holdsCheckpoint,
+      what: "a run (a checkpoint in last/)",
+      alternative: (d) => `deq train --resume ${d} continues it`
+    }))
     const { summary } = yield* trainRun(config.train, { out: dir, resume: resume !== undefined })
     yield* Effect.sync(() =>
       console.log(
@@ -196,17 +214,32 @@ export const evaluate = Command.make("eval", {
     Flag.withDescription("also evaluate with the input entropy-reduction defence (paper protocol, BPDA, full)"),
     Flag.withDefault("none")
   ),
-  samples: intFlag("samples", "test images evaluated (default 500)"),
-  defendedSamples: intFlag("defended-samples", "test images evaluated with the defence (default 200)"),
-  eps: numberFlag("eps", "Linf radius (default: the training attack's)"),
-  pgdSteps: intFlag("pgd-steps", "PGD steps (default 20)"),
+  samples: count("samples", "test images evaluated (default 500, at most the test split)"),
+  defendedSamples: count("defended-samples", "test images evaluated with the defence (default 200; needs --defence entropy)"),
+  eps: positive("eps", "Linf radius (default: the training attack's)"),
+  pgdSteps: count("pgd-steps", "PGD steps (default 20)"),
   grid: Flag.Literals("grid", ["small", "paper", "none"]).pipe(Flag.withDescription("intermediate-state grid (default small)"), Flag.optional),
-  apgdSteps: intFlag("apgd-steps", "APGD steps of the ensemble (default 50)"),
-  squareQueries: intFlag("square-queries", "Square queries of the ensemble (default 1000)"),
-  out: outFlagWith("output directory (default: <run>/eval)")
+  apgdSteps: count("apgd-steps", "APGD steps of the ensemble (default 50; needs aa in --attacks)"),
+  squareQueries: count("square-queries", "Square queries of the ensemble (default 1000; needs aa in --attacks)"),
+  out: outFlagWith("output directory (default: <run>/eval, or <run>/eval-2, ... when it holds a report)"),
+  force: forceFlag
 }, (flags) =>
   Effect.gen(function*() {
     const families = yield* parseFamilies(opt(flags.attacks))
+    const defence = flags.defence === "entropy"
+    // a flag the chosen attacks never read would leave a report that looks like it used the value
+    yield* checkCombination([
+      { flag: "--defended-samples", given: given(flags.defendedSamples), used: defence, why: "without --defence entropy" },
+      { flag: "--grid", given: given(flags.grid), used: families.has("grid"), why: "without grid in --attacks" },
+      { flag: "--apgd-steps", given: given(flags.apgdSteps), used: families.has("aa"), why: "without aa in --attacks" },
+      { flag: "--square-queries", given: given(flags.squareQueries), used: families.has("aa"), why: "without aa in --attacks" },
+      {
+        flag: "--pgd-steps",
+        given: given(flags.pgdSteps),
+        used: defence || families.has("ready-made") || families.has("grid"),
+        why: "without ready-made or grid in --attacks or --defence entropy"
+      }
+    ])
     const suite: Record<string, unknown> = {}
     const set = (key: string, v: unknown) => {
       if (v !== undefined) suite[key] = v
@@ -218,15 +251,20 @@ export const evaluate = Command.make("eval", {
     set("grid", opt(flags.grid))
     set("apgdSteps", opt(flags.apgdSteps))
     set("squareQueries", opt(flags.squareQueries))
-    const out = opt(flags.out)
-    yield* evalJob({
+    const { runDir } = yield* resolveCheckpoint(flags.checkpoint)
+    const out = yield* reportOut("deq eval", opt(flags.out), path.join(runDir, "eval"), flags.force)
+    yield* withBackend(evalJob({
       checkpoint: flags.checkpoint,
       families,
-      defence: flags.defence === "entropy",
+      defence,
       suite: suite as any,
-      ...(out !== undefined ? { out } : {})
-    })
-  }).pipe(withBackend, reported("eval"))).pipe(
+      out,
+      asked: {
+        ...(given(flags.samples) ? { samples: "--samples" } : {}),
+        ...(given(flags.defendedSamples) ? { defendedSamples: "--defended-samples" } : {})
+      }
+    }))
+  }).pipe(reported("eval"))).pipe(
   Command.withDescription("Evaluate a checkpoint: ready-made, intermediate-state and ensemble attacks, with and without the entropy defence")
 )
 
@@ -238,23 +276,27 @@ export const evaluate = Command.make("eval", {
  */
 export const dynamics = Command.make("dynamics", {
   checkpoint: checkpointFlag,
-  samples: Flag.Int("samples").pipe(Flag.withDescription("test images"), Flag.withDefault(200)),
-  attackSteps: Flag.Int("attack-steps").pipe(Flag.withDescription("PGD steps of the attack whose inputs are observed"), Flag.withDefault(10)),
-  eps: numberFlag("eps", "Linf radius (default: the training attack's)"),
-  steps: intFlag("steps", "solver states to observe (default: the model's budget)"),
-  out: outFlagWith("output directory (default: <run>/dynamics)")
+  samples: count("samples", "test images (default 200, at most the test split)"),
+  attackSteps: countWithDefault("attack-steps", "PGD steps of the attack whose inputs are observed", 10),
+  eps: positive("eps", "Linf radius (default: the training attack's)"),
+  steps: count("steps", "solver states to observe (default: the model's budget)"),
+  out: outFlagWith("output directory (default: <run>/dynamics, or <run>/dynamics-2, ... when it holds a report)"),
+  force: forceFlag
 }, (flags) =>
   Effect.gen(function*() {
-    const eps = opt(flags.eps), steps = opt(flags.steps), out = opt(flags.out)
-    yield* dynamicsJob({
+    const eps = opt(flags.eps), steps = opt(flags.steps), samples = opt(flags.samples)
+    const { runDir } = yield* resolveCheckpoint(flags.checkpoint)
+    const out = yield* reportOut("deq dynamics", opt(flags.out), path.join(runDir, "dynamics"), flags.force)
+    yield* withBackend(dynamicsJob({
       checkpoint: flags.checkpoint,
-      samples: flags.samples,
+      samples: samples ?? 200,
       attackSteps: flags.attackSteps,
       ...(eps !== undefined ? { eps } : {}),
       ...(steps !== undefined ? { steps } : {}),
-      ...(out !== undefined ? { out } : {})
-    })
-  }).pipe(withBackend, reported("dynamics"))).pipe(
+      out,
+      ...(samples !== undefined ? { asked: { samples: "--samples" } } : {})
+    }))
+  }).pipe(reported("dynamics"))).pipe(
   Command.withDescription("Per-state accuracy (clean and robust), entropy and residual of a checkpoint, with SVG plots")
 )
 
@@ -271,28 +313,37 @@ export const bench = Command.make("bench", {
   Command.withDescription("Benchmarks: solvers, conv gradients, an attack step and a training step; PyTorch peer")
 )
 
-const runMain = (preset: string | undefined, config: string | undefined, out: string | undefined, resume: boolean, command: string) =>
-  Effect.gen(function*() {
-    const p = yield* chooseConfig(preset, config, mainPreset)
-    yield* pipelineJob({ preset: p, out: out ?? path.join("runs", p.name), resume, command })
-  })
-
 /**
  * `deq main`: the whole pipeline (train, eval with and without the defence, dynamics, report) for a preset or a
- * config file; the main job by default.
+ * config file; the main job by default (`npm start`).
  *
  * @category commands
  */
 export const main = Command.make("main", {
   preset: presetFlag,
   config: configFlag,
-  out: outFlag,
-  resume: Flag.Boolean("resume").pipe(Flag.withDescription("continue training from <out>/last"), Flag.withDefault(false))
+  out: outFlagWith("output directory (default: runs/<preset or config name>, or runs/<name>-2, ... when it holds a run)"),
+  resume: Flag.Boolean("resume").pipe(Flag.withDescription("continue training from <out>/last"), Flag.withDefault(false)),
+  force: forceFlag
 }, (flags) =>
-  runMain(opt(flags.preset), opt(flags.config), opt(flags.out), flags.resume, `deq main ${process.argv.slice(3).join(" ")}`.trim()).pipe(
-    withBackend,
-    reported("main")
-  )).pipe(Command.withDescription(`The whole pipeline: train, evaluate, analyse, report (default preset ${mainPreset})`))
+  Effect.gen(function*() {
+    yield* checkCombination([{ flag: "--force", given: flags.force, used: !flags.resume, why: "with --resume (the run continues where it stopped)" }])
+    const p = yield* chooseConfig(opt(flags.preset), opt(flags.config), mainPreset)
+    const fallback = path.join("runs", p.name)
+    const out = flags.resume
+      ? path.resolve(opt(flags.out) ?? fallback)
+      : yield* chooseOut({
+        command: "deq main",
+        out: opt(flags.out),
+        fallback,
+        force: flags.force,
+        holds: holdsRun,
+        what: "a run (a report or a checkpoint)",
+        alternative: (d) => `deq main --out ${d} --resume continues it`
+      })
+    const command = `deq main ${process.argv.slice(3).join(" ")}`.trim()
+    yield* withBackend(pipelineJob({ preset: p, out, resume: flags.resume, command }))
+  }).pipe(reported("main"))).pipe(Command.withDescription(`The whole pipeline: train, evaluate, analyse, report (default preset ${mainPreset}; npm start runs it)`))
 
 /**
  * `deq presets`: lists the shipped presets with their descriptions.
@@ -317,7 +368,7 @@ export const sweep = Command.make("sweep", {
   grid: Flag.String("grid").pipe(Flag.withDescription("the sweep file (JSON: base preset, axes, eval; presets/sweep-*.json)")),
   out: Flag.String("out").pipe(Flag.withDescription("output directory (runs/<id>/, summary, index.html; the embedded storage)")),
   storage: Flag.String("storage").pipe(Flag.withDescription("postgres://user@host:port/db of a cluster of deq runners (default: embedded, in-process)"), Flag.optional),
-  workers: Flag.Int("workers").pipe(Flag.withDescription("activities at once in the embedded process"), Flag.withDefault(1))
+  workers: countWithDefault("workers", "activities at once in the embedded process", 1)
 }, (flags) =>
   Effect.gen(function*() {
     const storage = opt(flags.storage)
@@ -336,21 +387,24 @@ export const sweep = Command.make("sweep", {
 export const runner = Command.make("runner", {
   storage: Flag.String("storage").pipe(Flag.withDescription("postgres://user@host:port/db shared by all runners and deq sweep")),
   host: Flag.String("host").pipe(Flag.withDescription("the address other runners reach this one at"), Flag.withDefault(os.hostname())),
-  port: Flag.Int("port").pipe(Flag.withDescription("the runner's TCP port"), Flag.withDefault(34431)),
-  workers: Flag.Int("workers").pipe(Flag.withDescription("activities at once (each is a training or evaluation)"), Flag.withDefault(1)),
+  port: countWithDefault("port", "the runner's TCP port", 34431, { max: 65535 }),
+  workers: countWithDefault("workers", "activities at once (each is a training or evaluation)", 1),
   verbose: Flag.Boolean("verbose").pipe(Flag.withDescription("log the cluster's info lines"), Flag.withDefault(false))
 }, (flags) => Sweep.runner(flags).pipe(withBackend, reported("runner"))).pipe(
   Command.withDescription("Join a sweep cluster (PostgreSQL storage) and run its workflows until stopped")
 )
 
 /**
- * The root command: without a subcommand it runs the main job (`npm start`).
+ * The root command: without a subcommand it prints the usage (the main job is `deq main`, which `npm start` runs;
+ * a bare command never starts minutes of work).
  *
  * @category commands
  */
-export const deq = Command.make("deq", {}, () =>
-  runMain(undefined, undefined, undefined, false, "npm start").pipe(withBackend, reported("main"))).pipe(
-    Command.withDescription("Robust deep equilibrium models: train, evaluate, analyse the dynamics, benchmark"),
+export const deq = Command.make("deq").pipe(
+    Command.withDescription(
+      "Robust deep equilibrium models: train, evaluate, analyse the dynamics, benchmark. " +
+        `\`deq main\` (npm start) runs the main job (preset ${mainPreset}); \`deq <command> --help\` lists a command's flags.`
+    ),
     Command.withSubcommands([main, train, evaluate, dynamics, bench, presets, sweep, runner])
   )
 
@@ -368,17 +422,37 @@ export const version: string = (() => {
   }
 })()
 
+/** Bare `deq` prints the usage (effect/cli's help without errors) and succeeds; a wrong invocation still fails. */
+const usageIsSuccess = <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A | void, E, R> =>
+  Effect.catchIf(
+    self,
+    (e): e is E => CliError.isCliError(e) && e._tag === "ShowHelp" && e.errors.length === 0,
+    () => Effect.void
+  )
+
+/**
+ * What every run of `deq` gets: bare `deq` succeeds with the usage, a wrong invocation is one line and a hint, log
+ * lines go to stderr (stdout carries only results: tables, reports), Node's platform services.
+ */
+const asCli = <A, E, R>(self: Effect.Effect<A, E, R>) =>
+  self.pipe(
+    usageIsSuccess,
+    Effect.provide(presenter),
+    Effect.provideService(Logger.LogToStderr, true),
+    Effect.provide(NodeServices.layer)
+  )
+
 /**
  * Runs `deq` with explicit arguments (tests, scripts), with Node's platform services.
  *
  * @category running
  */
 export const runArgs = (args: ReadonlyArray<string>) =>
-  Command.runWith(deq, { version })(args).pipe(Effect.provide(NodeServices.layer))
+  Command.runWith(deq, { version })(args).pipe(asCli)
 
 /**
  * Runs `deq` on the process arguments (what src/bin.ts hands to `NodeRuntime.runMain`).
  *
  * @category running
  */
-export const program = Command.run(deq, { version }).pipe(Effect.provide(NodeServices.layer))
+export const program = Command.run(deq, { version }).pipe(asCli)

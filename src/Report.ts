@@ -2,7 +2,9 @@
  * Reports: Markdown tables, JSON and SVG line plots, written atomically.
  *
  * Plots are Vega-Lite specs compiled to Vega and rendered headless with vega's `View.toSVG()` (renderer "none":
- * no browser, no canvas). Every file is written to a temporary sibling and renamed into place, so a reader never
+ * no browser, no canvas), drawn for a paper draft: one fixed colour per series name across every figure, labels
+ * never truncated, percent axes for accuracies, log axes labelled at powers of ten, a subtitle for model, data, n
+ * and seed. Every file is written to a temporary sibling and renamed into place, so a reader never
  * sees half a report and an interrupted write leaves nothing behind. This module knows results, not models: it
  * takes plain numbers (the CLI and the examples turn trajectories and evaluations into rows).
  *
@@ -29,6 +31,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { Effect, Schema } from "effect"
 import { messageOf } from "./Errors.ts"
+import * as plots from "./internal/report/plots.ts"
 import * as vega from "vega"
 import * as vegaLite from "vega-lite"
 
@@ -245,19 +248,31 @@ export interface Series {
 }
 
 /**
- * A line plot: titles, the series, and axis options. `yScale: "log"` for residuals; `yDomain` fixes the axis
- * (accuracies in [0, 1]); `xInteger` draws integer ticks (states, steps).
+ * A line plot: titles, the series, and axis options. `yScale: "log"` for residuals (ticks at powers of ten);
+ * `yDomain` fixes the axis (accuracies in [0, 1]); `yFormat: "percent"` labels fractions as percentages (as the
+ * tables print them); `xInteger` draws integer ticks (states, steps); `subtitle` says what the figure shows (model,
+ * data, n, seed); `right` adds series on a second y axis at the right, drawn dashed (the loss next to accuracies).
+ * A series keeps its colour in every plot (the names the reports use have fixed colours).
  *
  * @category plots
  */
 export interface LinePlot {
   readonly title: string
+  /** one line, or several */
+  readonly subtitle?: string | ReadonlyArray<string>
   readonly x: string
   readonly y: string
   readonly series: ReadonlyArray<Series>
   readonly yScale?: "linear" | "log"
   readonly yDomain?: readonly [number, number]
+  readonly yFormat?: "percent"
   readonly xInteger?: boolean
+  readonly right?: {
+    readonly y: string
+    readonly series: ReadonlyArray<Series>
+    readonly yScale?: "linear" | "log"
+    readonly yDomain?: readonly [number, number]
+  }
   readonly width?: number
   readonly height?: number
 }
@@ -280,6 +295,15 @@ export const series = <R>(
   })
 })
 /**
+ * A figure's subtitle: what it shows was measured on ("FC DEQ, 26,538 parameters · mnist, n = 64 test images ·
+ * seed 7"); `n` is left out when not given.
+ *
+ * @category plots
+ */
+export const subtitle = (o: { readonly model: string; readonly data: string; readonly n?: string; readonly seed: number }): string =>
+  [o.model, o.n !== undefined ? `${o.data}, n = ${o.n}` : o.data, `seed ${o.seed}`].join(" · ")
+
+/**
  * Builds a {@link LinePlot} (identity; gives the literal its type).
  *
  * @category plots
@@ -287,59 +311,21 @@ export const series = <R>(
 export const linePlot = (plot: LinePlot): LinePlot => plot
 
 /**
- * The Vega-Lite spec of a line plot: one line with points per series, colour by series, legend at the bottom; a
- * series with a `band` gets a shaded area under its line (layered spec).
+ * The Vega-Lite spec of a line plot: one line with points per series, each in its fixed colour (the reports' series
+ * names have fixed colours, others take the next free one), shaded bands where a series has one, dashed lines on
+ * the right axis, the legend at the bottom with labels never truncated.
  *
  * @category plots
  */
-export const vegaLiteSpec = (plot: LinePlot): vegaLite.TopLevelSpec => {
-  const values = plot.series.flatMap((s) =>
-    s.points
-      .filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y) && (plot.yScale !== "log" || y > 0))
-      .map(([x, y]) => ({ x, y, series: s.name }))
-  )
-  const integerTicks = plot.xInteger === true
-    ? { tickMinStep: 1, format: "d" }
-    : {}
-  const bands = plot.series.flatMap((s) =>
-    (s.band ?? []).filter(([x, lo, hi]) => [x, lo, hi].every(Number.isFinite)).map(([x, lo, hi]) => ({ x, lo, hi, series: s.name }))
-  )
-  const line = {
-    mark: { type: "line", point: true, strokeWidth: 2 },
-    encoding: {
-      x: { field: "x", type: "quantitative", title: plot.x, axis: integerTicks, scale: { zero: false } },
-      y: {
-        field: "y",
-        type: "quantitative",
-        title: plot.y,
-        scale: {
-          type: plot.yScale ?? "linear",
-          ...(plot.yDomain !== undefined ? { domain: [...plot.yDomain] } : plot.yScale === "log" ? {} : { zero: false })
-        }
-      },
-      color: {
-        field: "series",
-        type: "nominal",
-        title: null,
-        sort: plot.series.map((s) => s.name),
-        legend: { orient: "bottom", columns: Math.min(3, Math.max(1, plot.series.length)) }
-      }
-    }
-  }
-  const frame = { $schema: "https://vega.github.io/schema/vega-lite/v6.json", title: plot.title, width: plot.width ?? 420, height: plot.height ?? 260, background: "white" }
-  if (bands.length === 0) return { ...frame, data: { values }, ...line } as vegaLite.TopLevelSpec
-  const band = {
-    data: { values: bands },
-    mark: { type: "area", opacity: 0.2 },
-    encoding: {
-      x: { field: "x", type: "quantitative" },
-      y: { field: "lo", type: "quantitative" },
-      y2: { field: "hi" },
-      color: { field: "series", type: "nominal", title: null, sort: plot.series.map((s) => s.name) }
-    }
-  }
-  return { ...frame, layer: [band, { data: { values }, ...line }] } as vegaLite.TopLevelSpec
-}
+export const vegaLiteSpec = (plot: LinePlot): vegaLite.TopLevelSpec => plots.spec(plot)
+
+/**
+ * The fixed colours of the series names the reports use ("clean inputs", "adversarial inputs", "held-out clean",
+ * "held-out PGD", "train (adv.)", "loss"): the same series is the same colour in every figure.
+ *
+ * @category plots
+ */
+export const seriesColours: Readonly<Record<string, string>> = plots.seriesColours
 
 /**
  * Renders a line plot to an SVG string, headless (Vega-Lite -> Vega -> `View.toSVG()` with renderer "none").
@@ -411,38 +397,49 @@ const seriesOf = (
 
 /**
  * The three plots of the neural-dynamics analysis (docs/method.md, "Dynamics analysis"): prediction entropy vs state,
- * accuracy vs state (clean and robust) and relative residual vs solver step (log scale).
+ * accuracy vs state (in %) and relative residual vs solver step (log scale), each with a line for the clean and
+ * one for the adversarial inputs (the same names and colours in all three). `subtitle` says what was measured
+ * (model, data, n, seed); `attack` names the attack that made the adversarial inputs (a second subtitle line).
  *
  * @category dynamics
  */
 export const dynamicsPlots = (
   runs: ReadonlyArray<DynamicsSeries>,
-  options: { readonly attack?: string } = {}
+  options: { readonly attack?: string; readonly subtitle?: string } = {}
 ): { readonly entropy: LinePlot; readonly accuracy: LinePlot; readonly residual: LinePlot } => {
-  const robust = options.attack === undefined ? "robust" : `robust (${options.attack})`
+  const lines = [
+    ...(options.subtitle !== undefined ? [options.subtitle] : []),
+    ...(options.attack !== undefined ? [`adversarial inputs: ${options.attack}`] : [])
+  ]
+  const subtitle = lines.length > 0 ? { subtitle: lines } : {}
+  const clean = "clean inputs", adversarial = "adversarial inputs"
   return {
     entropy: {
       title: "Prediction entropy along the dynamics",
+      ...subtitle,
       x: "state n (solver step)",
-      y: "mean entropy H(softmax(h(z_n))) (nats)",
+      y: "mean prediction entropy (nats)",
       xInteger: true,
-      series: seriesOf(runs, [["clean", (r) => r.cleanEntropy], [robust, (r) => r.robustEntropy]])
+      series: seriesOf(runs, [[clean, (r) => r.cleanEntropy], [adversarial, (r) => r.robustEntropy]])
     },
     accuracy: {
       title: "Accuracy of each intermediate state",
+      ...subtitle,
       x: "state n (solver step)",
       y: "accuracy of h(z_n)",
       xInteger: true,
       yDomain: [0, 1],
-      series: seriesOf(runs, [["clean", (r) => r.cleanAccuracy], [robust, (r) => r.robustAccuracy]])
+      yFormat: "percent",
+      series: seriesOf(runs, [[clean, (r) => r.cleanAccuracy], [adversarial, (r) => r.robustAccuracy]])
     },
     residual: {
       title: "Relative residual along the solve",
+      ...subtitle,
       x: "solver step n",
       y: "||f(z_n) - z_n|| / ||f(z_n)||",
       xInteger: true,
       yScale: "log",
-      series: seriesOf(runs, [["clean", (r) => r.relResidual], [robust, (r) => r.robustRelResidual]])
+      series: seriesOf(runs, [[clean, (r) => r.relResidual], [adversarial, (r) => r.robustRelResidual]])
     }
   }
 }
@@ -475,7 +472,7 @@ export const dynamicsTable = (rows: ReadonlyArray<StateRow>): string =>
 export const writeDynamicsPlots = (
   dir: string,
   runs: ReadonlyArray<DynamicsSeries>,
-  options: { readonly attack?: string; readonly prefix?: string } = {}
+  options: { readonly attack?: string; readonly subtitle?: string; readonly prefix?: string } = {}
 ): Effect.Effect<{ readonly entropy: string; readonly accuracy: string; readonly residual: string }, ReportError> =>
   Effect.gen(function*() {
     const plots = dynamicsPlots(runs, options)

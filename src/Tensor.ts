@@ -146,10 +146,12 @@ const select = (requested: string): Effect.Effect<Backend["Service"], ConfigErro
       const result = yield* Effect.result(Effect.tryPromise({ try: () => activate(name), catch: messageOf }))
       if (result._tag === "Success") {
         const service = Backend.of({ name, tfBackend: result.success, skipped })
+        // one line at INFO; why each faster backend was skipped is detail (`--log-level debug`)
         yield* Effect.logInfo(
           `effect-deq backend: ${name}` + (name === "wasm" ? `, ${describeKernels()}` : "") +
-            (skipped.length > 0 ? ` (skipped ${skipped.map((s) => `${s.name}: ${s.reason}`).join("; ")})` : "")
+            (skipped.length > 0 ? ` (skipped: ${skipped.map((s) => s.name).join(", ")})` : "")
         )
+        if (skipped.length > 0) yield* Effect.logDebug(`backends skipped: ${skipped.map((s) => `${s.name}: ${s.reason}`).join("; ")}`)
         return service
       }
       skipped.push({ name, reason: result.failure })

@@ -10,7 +10,9 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { beforeAll, describe, expect, it } from "vitest"
-import { formatEta, makeProgress } from "../src/internal/cli/progress.ts"
+import { Effect, Exit } from "effect"
+import { chooseOut, holdsReport } from "../src/internal/cli/outputs.ts"
+import { formatEta, makeProgress, makeStageProgress } from "../src/internal/cli/progress.ts"
 import type { TrainEvent } from "../src/Train.ts"
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
@@ -24,6 +26,19 @@ const deq = (...args: Array<string>) => {
 }
 
 const smokeRun = path.join(tmp, "smoke")
+
+/** Runs `deq args` in this process (Cli.runArgs) and returns its failure as text ("" when it succeeded). */
+const inProcess = async (...args: Array<string>): Promise<string> => {
+  const { runArgs } = await import("../src/Cli.ts")
+  const write = process.stderr.write
+  process.stderr.write = (() => true) as typeof process.stderr.write // its one error line is not this test's output
+  try {
+    const exit = await Effect.runPromiseExit(runArgs(args))
+    return Exit.isFailure(exit) ? JSON.stringify(exit.cause) + String(exit.cause) : ""
+  } finally {
+    process.stderr.write = write
+  }
+}
 
 beforeAll(() => {
   const r = deq("main", "--preset", "smoke", "--out", smokeRun)
@@ -84,11 +99,19 @@ describe("deq eval / dynamics on a checkpoint", () => {
     expect(json.evaluation.rows[0].result.samples).toBe(16)
   })
 
-  it("dynamics writes a per-state table and three SVG plots", () => {
+  it("dynamics writes a per-state table and three SVG plots, with progress and one backend line on stderr", () => {
     const out = path.join(tmp, "dynamics")
     const r = deq("dynamics", "--checkpoint", path.join(smokeRun, "last"), "--samples", "16", "--attack-steps", "2", "--out", out)
     expect(r.code).toBe(0)
     expect(r.stdout).toContain("| state n |")
+    // stdout carries the results only; the stage, done/total and ETA go to stderr
+    expect(r.stdout).not.toContain("INFO")
+    expect(r.stderr).toMatch(/dynamics \[1\] 4 states on 16 test images/)
+    expect(r.stderr).toMatch(/dynamics \[1\] 1\/1 batches 100% ETA \d+s/)
+    const backend = r.stderr.split("\n").filter((l) => l.includes("backend"))
+    expect(backend).toHaveLength(1)
+    expect(backend[0]).toMatch(/INFO .*effect-deq backend: wasm/)
+    expect(r.stderr).not.toContain("Cannot find package")
     for (const svg of ["entropy.svg", "accuracy.svg", "residual.svg"]) {
       expect(fs.readFileSync(path.join(out, svg), "utf8")).toContain("aria-roledescription=\"line mark\"")
     }
@@ -104,6 +127,104 @@ describe("deq eval / dynamics on a checkpoint", () => {
       expect(r.stderr).toContain(`deq ${command}: error: CheckpointError`)
       expect(r.stderr).toContain(missing)
     }
+  })
+})
+
+describe("a CLI that never surprises", () => {
+  it("bare deq prints the usage and exits 0 without starting any job", () => {
+    const r = deq()
+    expect(r.code).toBe(0)
+    expect(r.stdout).toContain("USAGE")
+    for (const command of ["main", "train", "eval", "dynamics", "bench", "presets"]) expect(r.stdout).toMatch(new RegExp(`\\n  ${command} `))
+    expect(r.stdout).toContain("npm start")
+    expect(r.stderr).not.toContain("training")
+  })
+
+  it("a missing required flag is one line and a hint, not the whole help", () => {
+    const r = deq("eval")
+    expect(r.code).toBe(1)
+    expect(r.stdout).toBe("")
+    expect(r.stderr.trim().split("\n")).toEqual([
+      "deq eval: error: Missing required flag: --checkpoint",
+      "hint: `deq eval --help` lists the flags"
+    ])
+  })
+
+  it("a zero count is refused naming the flag, and the previous report stays as it was", () => {
+    const report = path.join(tmp, "dynamics", "report.md")
+    const before = fs.existsSync(report) ? fs.readFileSync(report, "utf8") : undefined
+    const r = deq("dynamics", "--checkpoint", smokeRun, "--samples", "0", "--out", path.join(tmp, "dynamics"))
+    expect(r.code).toBe(1)
+    expect(r.stderr.trim().split("\n")).toEqual([
+      `deq dynamics: error: Invalid value for flag --samples: "0". Expected: a whole number >= 1 (got 0)`,
+      "hint: `deq dynamics --help` lists the flags"
+    ])
+    if (before !== undefined) expect(fs.readFileSync(report, "utf8")).toBe(before)
+  })
+
+  it("every count flag refuses 0 the same way (in-process: the same command line, no process start)", async () => {
+    for (const [command, flag] of [["dynamics", "--attack-steps"], ["dynamics", "--steps"], ["eval", "--pgd-steps"], ["eval", "--samples"]] as const) {
+      const failure = await inProcess(command, "--checkpoint", smokeRun, flag, "0")
+      expect(failure, `${command} ${flag}`).toContain(`"_tag":"InvalidValue","option":"${flag.slice(2)}","value":"0","expected":"a whole number >= 1 (got 0)"`)
+    }
+  })
+
+  it("more samples than the test split holds is an error naming the flag; a default beyond it is a warning", () => {
+    const r = deq("eval", "--checkpoint", smokeRun, "--samples", "1000", "--attacks", "ready-made", "--out", path.join(tmp, "too-many"))
+    expect(r.code).toBe(1)
+    expect(r.stderr).toContain("deq eval: error: ConfigError: --samples 1000: the test split of mnist holds only 64 images")
+    expect(fs.existsSync(path.join(tmp, "too-many", "report.md"))).toBe(false)
+    const d = deq("dynamics", "--checkpoint", smokeRun, "--attack-steps", "1", "--out", path.join(tmp, "dynamics-all"))
+    expect(d.code).toBe(0)
+    expect(d.stderr).toContain("dynamics: warning: the test split of mnist holds only 64 images, fewer than the default 200: using all 64")
+    expect(JSON.parse(fs.readFileSync(path.join(tmp, "dynamics-all", "report.json"), "utf8")).samples).toBe(64)
+  })
+
+  it("a flag that does nothing with the others is an error naming it", () => {
+    const r = deq("eval", "--checkpoint", smokeRun, "--defended-samples", "8")
+    expect(r.code).toBe(1)
+    expect(r.stderr.trim()).toBe("deq eval: error: ConfigError: --defended-samples does nothing without --defence entropy")
+  })
+
+  it("the other idle combinations are refused the same way (in-process)", async () => {
+    const cases: Array<[Array<string>, string]> = [
+      [["eval", "--checkpoint", smokeRun, "--attacks", "grid", "--apgd-steps", "3"], "--apgd-steps does nothing without aa in --attacks"],
+      [["eval", "--checkpoint", smokeRun, "--attacks", "grid", "--square-queries", "3"], "--square-queries does nothing without aa in --attacks"],
+      [["eval", "--checkpoint", smokeRun, "--attacks", "aa", "--grid", "paper"], "--grid does nothing without grid in --attacks"],
+      [["eval", "--checkpoint", smokeRun, "--attacks", "aa", "--pgd-steps", "3"], "--pgd-steps does nothing without ready-made or grid"],
+      [["train", "--resume", smokeRun, "--force"], "--force does nothing with --resume"]
+    ]
+    for (const [args, message] of cases) expect(await inProcess(...args), args.join(" ")).toContain(message)
+  })
+
+  it("an existing report is never overwritten silently: the default directory gives way, an explicit --out needs --force", () => {
+    const first = deq("dynamics", "--checkpoint", smokeRun, "--samples", "8", "--attack-steps", "1")
+    expect(first.code).toBe(0)
+    const second = deq("dynamics", "--checkpoint", smokeRun, "--samples", "8", "--attack-steps", "1")
+    expect(second.code).toBe(0)
+    expect(second.stderr).toMatch(/deq dynamics: \S*dynamics already holds a report; writing to \S*dynamics-2 /)
+    expect(fs.existsSync(path.join(smokeRun, "dynamics", "report.md"))).toBe(true)
+    expect(fs.existsSync(path.join(smokeRun, "dynamics-2", "report.md"))).toBe(true)
+    const refused = deq("dynamics", "--checkpoint", smokeRun, "--out", path.join(smokeRun, "dynamics"))
+    expect(refused.code).toBe(1)
+    expect(refused.stderr).toContain("already holds a report: give --force to overwrite it")
+    const train = deq("train", "--preset", "smoke", "--out", smokeRun)
+    expect(train.code).toBe(1)
+    expect(train.stderr).toContain(`deq train --resume`)
+  })
+
+  it("the backend is one INFO line; why the others were skipped is at DEBUG", () => {
+    const { DEQ_BACKEND: _, ...auto } = env
+    const run = (...args: Array<string>) => spawnSync(process.execPath, [bin, ...args], { cwd: root, env: auto, encoding: "utf8" })
+    // a command that chooses the backend, then fails at once
+    const r = run("train", "--resume", path.join(tmp, "nothing-here"))
+    const lines = r.stderr.split("\n").filter((l) => l.includes("backend"))
+    expect(lines).toHaveLength(1)
+    expect(lines[0]).toMatch(/INFO .*effect-deq backend: \w+/)
+    expect(r.stderr).not.toContain("Cannot find package")
+    const debug = run("train", "--resume", path.join(tmp, "nothing-here"), "--log-level", "debug")
+    expect(debug.stderr.split("\n").filter((l) => l.includes("DEBUG") && l.includes("backends skipped")).length).toBeLessThanOrEqual(1)
+    if (lines[0]!.includes("skipped")) expect(debug.stderr).toContain("backends skipped:")
   })
 })
 
@@ -232,6 +353,61 @@ describe("the training progress display", () => {
     }
     expect(formatEta(3725)).toBe("1h02m")
     expect(formatEta(Number.NaN)).toBe("?")
+  })
+})
+
+describe("the stage progress of eval and dynamics", () => {
+  it("on a TTY: a line per stage, a bar with done/total and the stage's ETA, the stage's time at its end", () => {
+    let t = 0
+    const out: Array<string> = []
+    const p = makeStageProgress({ isTTY: true, columns: 100, write: (s) => out.push(s) }, "eval", { now: () => t })
+    p.stage("PGD-20 on 64 images")
+    t = 4000
+    p.tick(1, 4) // 1 of 4 batches in 4 s: 12 s to go
+    expect(out.at(-1)!.startsWith("\r\x1b[2K[")).toBe(true)
+    expect(out.at(-1)).toContain("eval [1] 1/4 batches  25% ETA 12s")
+    t = 10_000
+    p.stage("Square on 64 images")
+    expect(out).toContain("eval [1] done in 10s\n")
+    expect(out.at(-1)).toBe("eval [2] Square on 64 images (elapsed 10s)\n")
+    t = 13_000
+    p.close()
+    expect(out.at(-1)).toBe("eval [2] done in 3s\n")
+  })
+
+  it("without a TTY: plain lines, a tick at most every logEvery seconds and at the end of a stage", () => {
+    let t = 0
+    const out: Array<string> = []
+    const p = makeStageProgress({ isTTY: false, write: (s) => out.push(s) }, "dynamics", { now: () => t, logEvery: 10 })
+    p.stage("8 states on 200 images")
+    for (let i = 1; i <= 20; i++) {
+      t = i * 1000
+      p.tick(i, 20)
+    }
+    const ticks = out.filter((l) => l.includes("batches"))
+    expect(ticks.map((l) => l.split(" ")[2])).toEqual(["1/20", "11/20", "20/20"])
+    for (const l of out) expect(l.endsWith("\n") && !l.includes("\r")).toBe(true)
+  })
+})
+
+describe("the output directory of a command", () => {
+  const options = (out: string | undefined, fallback: string, force = false) =>
+    ({ command: "deq eval", out, fallback, force, holds: holdsReport, what: "a report" })
+  it("uses a free directory, numbers a taken default, refuses a taken --out unless --force", () => {
+    const base = path.join(tmp, "outputs", "eval")
+    expect(Effect.runSync(chooseOut(options(undefined, base)))).toBe(base)
+    fs.mkdirSync(base, { recursive: true })
+    fs.writeFileSync(path.join(base, "report.md"), "old")
+    expect(Effect.runSync(chooseOut(options(undefined, base)))).toBe(`${base}-2`)
+    fs.mkdirSync(`${base}-2`)
+    fs.writeFileSync(path.join(`${base}-2`, "notes.txt"), "someone's file")
+    expect(Effect.runSync(chooseOut(options(undefined, base)))).toBe(`${base}-3`)
+    const refused = Effect.runSyncExit(chooseOut(options(base, base)))
+    expect(Exit.isFailure(refused)).toBe(true)
+    expect(String(refused)).toContain("--out")
+    expect(Effect.runSync(chooseOut(options(base, base, true)))).toBe(base)
+    expect(Effect.runSync(chooseOut(options(undefined, base, true)))).toBe(base)
+    expect(fs.readFileSync(path.join(base, "report.md"), "utf8")).toBe("old")
   })
 })
 

@@ -1,6 +1,7 @@
 /**
  * Docs that compile: every ```ts example in the doc comments of src/**\/*.ts and in README.md is type-checked as
- * written, as a user would paste it. Each block becomes its own module in a temporary directory inside the
+ * written, as a user would paste it; a guide in docs/guides/ is one program (its blocks in order, as a reader
+ * follows it; test/Guides.test.ts runs them). Each block becomes its own module in a temporary directory inside the
  * repository, with `effect-deq/<Module>` mapped to `src/<Module>.ts` by a generated tsconfig (the project's own
  * compiler options plus `paths`); one TypeScript program checks them all. A failure names the file and line of the
  * block and the compiler's message.
@@ -10,6 +11,7 @@ import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import ts from "typescript"
 import { describe, expect, it } from "vitest"
+import { guides } from "./guides.ts"
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
 
@@ -78,6 +80,7 @@ const collect = (): Array<Block> => {
   }
   const readme = fs.readFileSync(path.join(repo, "README.md"), "utf8").split("\n")
   blocks.push(...blocksOf("README.md", readme, (l) => l))
+  blocks.push(...guides().map((g) => ({ file: g.file, line: g.line, code: g.code })))
   return blocks
 }
 

@@ -58,7 +58,7 @@ describe("Report plots", () => {
         const svg = yield* Report.renderSvg(plot)
         checkWellFormed(svg)
         expect(svg).toContain(plot.title)
-        expect(linesOf(svg)).toEqual(new Map([["clean", 8], ["robust (PGD-10)", 8]]))
+        expect(linesOf(svg)).toEqual(new Map([["clean inputs", 8], ["adversarial inputs", 8]]))
       }
     }))
 
@@ -68,7 +68,7 @@ describe("Report plots", () => {
       const plots = Report.dynamicsPlots([{ name: "AT", rows }, { name: "standard", rows: plain }])
       const svg = yield* Report.renderSvg(plots.accuracy)
       checkWellFormed(svg)
-      expect([...linesOf(svg).keys()].sort()).toEqual(["AT: clean", "AT: robust", "standard: clean"])
+      expect([...linesOf(svg).keys()].sort()).toEqual(["AT: adversarial inputs", "AT: clean inputs", "standard: clean inputs"])
     }))
 
   it.effect("a log-scale plot drops non-positive and non-finite points", () =>

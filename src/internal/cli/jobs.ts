@@ -18,9 +18,10 @@ import * as Report from "../../Report.ts"
 import { Rng, tf } from "../../Tensor.ts"
 import * as Train from "../../Train.ts"
 import { loadCheckpoint, type Loaded, testSubset } from "./load.ts"
+import { makeStageProgress, silentProgress, type StageProgress } from "./progress.ts"
 import { type Preset } from "./presets.ts"
 import { epochRows, epochTable, trainingPlot } from "./reports.ts"
-import { eventsFile, say, trainRun } from "./train.ts"
+import { eventsFile, say, stderrSink, trainRun } from "./train.ts"
 
 /** The errors a job can end with. */
 export type JobError =
@@ -36,6 +37,30 @@ const rel = (p: string): string => path.relative(process.cwd(), p) || "."
 
 const attackEpsOf = (config: Train.TrainConfig, suite: SuiteConfig): number => suite.eps ?? config.eval.eps ?? config.attack.eps
 
+/** The stage display of a job on stderr, or none in quiet mode (a sweep runs many jobs in one process). */
+const progressFor = (label: string, quiet = false): StageProgress => (quiet ? silentProgress : makeStageProgress(stderrSink, label))
+
+/**
+ * The first `requested` test images, checked against what the test split holds: a count the user asked for by
+ * `flag` that exceeds it is a ConfigError naming the flag; a default that exceeds it uses the whole split and
+ * says so (a result on fewer images than asked for is never silent).
+ */
+const subsetOf = (
+  config: Train.TrainConfig,
+  requested: number,
+  o: { readonly flag?: string; readonly progress: StageProgress }
+): Effect.Effect<Data.Split, ConfigError | DatasetError> =>
+  Effect.gen(function*() {
+    const split = yield* testSubset(config, requested)
+    if (split.count >= requested) return split
+    const where = `the test split of ${config.data.name} holds only ${split.count} images`
+    if (o.flag !== undefined) {
+      return yield* new ConfigError({ path: o.flag.replace(/^--/, ""), message: `${o.flag} ${requested}: ${where}` })
+    }
+    o.progress.note(`warning: ${where}, fewer than the default ${requested}: using all ${split.count}`)
+    return split
+  })
+
 // ---------------------------------------------------------------------------------------------------------------
 // eval
 // ---------------------------------------------------------------------------------------------------------------
@@ -50,6 +75,8 @@ export interface EvalOptions {
   readonly suite?: typeof SuiteConfig.Encoded
   /** no tables on stdout or progress on stderr (a sweep runs many jobs in one process) */
   readonly quiet?: boolean
+  /** the flags that set `samples` / `defendedSamples`, when the user gave them (more than exist is then an error) */
+  readonly asked?: { readonly samples?: string; readonly defendedSamples?: string }
 }
 
 /** The provenance line of a report: backend, seed, machine and the wall time since `started` (performance.now). */
@@ -60,10 +87,23 @@ const provenance = (seed: number, started: number): string =>
 const suiteSection = (suite: SuiteResult): string =>
   [suite.notes.map((n) => `- ${n}`).join("\n"), "", suiteTable(suite), "", "Flags:", "", suiteFlags(suite), "", `Evaluation time: ${Report.duration(1000 * suite.seconds)}.`].join("\n")
 
-/** Runs the suite on a loaded checkpoint. */
-const evaluateLoaded = (loaded: Loaded, suite: SuiteConfig, families: ReadonlySet<AttackFamily>, defence: boolean, quiet = false) =>
+/** Runs the suite on a loaded checkpoint, its stages shown by `progress`. */
+const evaluateLoaded = (
+  loaded: Loaded,
+  suite: SuiteConfig,
+  families: ReadonlySet<AttackFamily>,
+  defence: boolean,
+  progress: StageProgress,
+  asked: EvalOptions["asked"] = {}
+) =>
   Effect.gen(function*() {
-    const split = yield* testSubset(loaded.config, suite.samples)
+    const split = yield* subsetOf(loaded.config, suite.samples, { progress, ...(asked.samples !== undefined ? { flag: asked.samples } : {}) })
+    if (defence && asked.defendedSamples !== undefined && suite.defendedSamples > split.count) {
+      return yield* new ConfigError({
+        path: "defended-samples",
+        message: `${asked.defendedSamples} ${suite.defendedSamples}: more than the ${split.count} images evaluated (the defended ones are the first of them)`
+      })
+    }
     const eps = attackEpsOf(loaded.config, suite)
     return yield* runSuite(loaded.deq, loaded.readOut, split, {
       suite,
@@ -71,8 +111,8 @@ const evaluateLoaded = (loaded: Loaded, suite: SuiteConfig, families: ReadonlySe
       steps: loaded.steps,
       families,
       defence,
-      log: (m) => (quiet ? Effect.void : say(`eval: ${m}`))
-    }).pipe(Effect.provide(Rng.seeded(loaded.config.seed)))
+      log: (m) => Effect.sync(() => progress.stage(m))
+    }).pipe(Effect.provide(Rng.seeded(loaded.config.seed)), Effect.ensuring(Effect.sync(() => progress.close())))
   })
 
 const describeCheckpoint = (loaded: Loaded): string =>
@@ -92,7 +132,7 @@ export const evalJob = (options: EvalOptions): Effect.Effect<{ readonly markdown
     const started = performance.now()
     const loaded = yield* loadCheckpoint(options.checkpoint)
     const suite = yield* decode(SuiteConfig, "suite")(options.suite ?? {})
-    const result = yield* evaluateLoaded(loaded, suite, options.families, options.defence, options.quiet)
+    const result = yield* evaluateLoaded(loaded, suite, options.families, options.defence, progressFor("eval", options.quiet), options.asked)
     const out = path.resolve(options.out ?? path.join(loaded.runDir, "eval"))
     const markdown = Report.document(`Evaluation of ${rel(loaded.runDir)}`, [
       { title: "Model", body: describeCheckpoint(loaded) },
@@ -138,6 +178,8 @@ export interface DynamicsOptions {
   readonly batchSize?: number
   /** no table on stdout or progress on stderr */
   readonly quiet?: boolean
+  /** the flag that set `samples`, when the user gave it (more than exist is then an error) */
+  readonly asked?: { readonly samples?: string }
 }
 
 /** What the dynamics analysis found. */
@@ -154,7 +196,15 @@ const analyse = (
   deq: Dynamics.Deq,
   readOut: Dynamics.ReadOut,
   split: Data.Split,
-  o: { readonly steps: number; readonly eps: number; readonly attackSteps: number; readonly batchSize: number; readonly seed: number; readonly source?: Adversary.GradientSource }
+  o: {
+    readonly steps: number
+    readonly eps: number
+    readonly attackSteps: number
+    readonly batchSize: number
+    readonly seed: number
+    readonly source?: Adversary.GradientSource
+    readonly progress: StageProgress
+  }
 ) =>
   Effect.gen(function*() {
     const started = performance.now()
@@ -164,8 +214,9 @@ const analyse = (
     const rows = yield* analyseDynamics(deq, split, {
       steps: o.steps,
       batchSize: o.batchSize,
-      attack: { attack, classifier }
-    }).pipe(Effect.provide(Rng.seeded(o.seed)))
+      attack: { attack, classifier },
+      onBatch: (done, total) => Effect.sync(() => o.progress.tick(done, total))
+    }).pipe(Effect.provide(Rng.seeded(o.seed)), Effect.ensuring(Effect.sync(() => o.progress.close())))
     return {
       rows,
       attack: `PGD-${o.attackSteps} (eps ${Number(o.eps.toPrecision(4))})`,
@@ -175,11 +226,20 @@ const analyse = (
     } satisfies DynamicsResult
   })
 
+/** A model as a figure names it: its kind and size ("FC DEQ, 26,538 parameters"). */
+const modelName = (model: Models.Model): string =>
+  `${model.summary.split(":")[0]}, ${model.parameterCount.toLocaleString("en-US")} parameters`
+
+/** The subtitle of a loaded checkpoint's figures over `n` test images. */
+const subtitleOf = (loaded: Loaded, n: number): string =>
+  Report.subtitle({ model: modelName(loaded.model), data: loaded.config.data.name, n: `${n} test images`, seed: loaded.config.seed })
+
 /** The dynamics section: the table and the three plots (written into `dir`). */
-const dynamicsSection = (dir: string, result: DynamicsResult, prefix = "") =>
+const dynamicsSection = (dir: string, result: DynamicsResult, loaded: Loaded, prefix = "") =>
   Effect.gen(function*() {
     const files = yield* Report.writeDynamicsPlots(dir, [{ name: "model", rows: result.rows }], {
-      attack: result.attack,
+      attack: `${result.attack} through ${result.source}`,
+      subtitle: subtitleOf(loaded, result.samples),
       prefix
     })
     return [
@@ -201,10 +261,15 @@ export const dynamicsJob = (options: DynamicsOptions): Effect.Effect<{ readonly 
   Effect.scoped(Effect.gen(function*() {
     const started = performance.now()
     const loaded = yield* loadCheckpoint(options.checkpoint)
-    const split = yield* testSubset(loaded.config, options.samples)
+    const progress = progressFor("dynamics", options.quiet)
+    const split = yield* subsetOf(loaded.config, options.samples, {
+      progress,
+      ...(options.asked?.samples !== undefined ? { flag: options.asked.samples } : {})
+    })
     const steps = options.steps ?? loaded.steps
-    if (options.quiet !== true) yield* say(`dynamics: ${steps} states on ${split.count} test images`)
+    progress.stage(`${steps} states on ${split.count} test images`)
     const result = yield* analyse(loaded.deq, loaded.readOut, split, {
+      progress,
       steps,
       eps: options.eps ?? loaded.config.eval.eps ?? loaded.config.attack.eps,
       attackSteps: options.attackSteps,
@@ -212,7 +277,7 @@ export const dynamicsJob = (options: DynamicsOptions): Effect.Effect<{ readonly 
       seed: loaded.config.seed
     })
     const out = path.resolve(options.out ?? path.join(loaded.runDir, "dynamics"))
-    const section = yield* dynamicsSection(out, result)
+    const section = yield* dynamicsSection(out, result, loaded)
     const markdown = Report.document(`Neural dynamics of ${rel(loaded.runDir)}`, [
       { title: "Model", body: describeCheckpoint(loaded) },
       { title: "Per-state accuracy, entropy and residual", body: section },
@@ -258,12 +323,14 @@ export const pipelineJob = (options: PipelineOptions): Effect.Effect<{ readonly 
     const loaded = yield* loadCheckpoint(Train.checkpointDirs(out).last)
     const suite = preset.suite
     const evalStarted = performance.now()
-    const evaluation = yield* evaluateLoaded(loaded, suite, new Set<AttackFamily>(["ready-made", "grid", "aa"]), true)
+    const evaluation = yield* evaluateLoaded(loaded, suite, new Set<AttackFamily>(["ready-made", "grid", "aa"]), true, makeStageProgress(stderrSink, "eval"))
     const strongest = evaluation.rows.find((r) => r.protocol.startsWith("intermediate state, strongest"))
     const source = strongest !== undefined ? sourceFromLabel(strongest.result.gradientSource) : undefined
-    yield* say(`dynamics: ${loaded.steps} states on ${suite.dynamicsSamples} test images`)
-    const split = yield* testSubset(loaded.config, suite.dynamicsSamples)
+    const progress = makeStageProgress(stderrSink, "dynamics")
+    const split = yield* subsetOf(loaded.config, suite.dynamicsSamples, { progress })
+    progress.stage(`${loaded.steps} states on ${split.count} test images`)
     const dynamics = yield* analyse(loaded.deq, loaded.readOut, split, {
+      progress,
       steps: loaded.steps,
       eps: attackEpsOf(loaded.config, suite),
       attackSteps: suite.dynamicsAttackSteps,
@@ -274,8 +341,12 @@ export const pipelineJob = (options: PipelineOptions): Effect.Effect<{ readonly 
     const evalSeconds = (performance.now() - evalStarted) / 1000
     // the whole log, so a resumed run's report shows every epoch, not only this invocation's
     const history = epochRows(yield* Effect.sync(() => readEvents(eventsFile(out), trained.events)))
-    yield* Report.writeSvg(path.join(out, "training.svg"), trainingPlot(history))
-    const dynamicsBody = yield* dynamicsSection(out, dynamics)
+    const trainedOn = `${preset.train.data.name}, ${preset.train.data.trainSize ?? "all"} training images`
+    yield* Report.writeSvg(
+      path.join(out, "training.svg"),
+      trainingPlot(history, Report.subtitle({ model: modelName(loaded.model), data: trainedOn, seed: preset.train.seed }))
+    )
+    const dynamicsBody = yield* dynamicsSection(out, dynamics, loaded)
     const seconds = (performance.now() - started) / 1000
     const c = preset.train
     const summaryRows: Array<ReadonlyArray<Report.Cell>> = evaluation.rows.map((r) => [

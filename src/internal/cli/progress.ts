@@ -1,6 +1,8 @@
 /**
- * The training progress display of `deq train`: a progress bar with ETA, loss and accuracy rewritten in place on
- * a TTY (plain `\r` + erase-line, no dependency), periodic log lines otherwise (CI logs, pipes).
+ * The progress displays of the `deq` commands: a progress bar with ETA rewritten in place on a TTY (plain `\r` +
+ * erase-line, no dependency), periodic log lines otherwise (CI logs, pipes). {@link makeProgress} follows
+ * training's events (loss, accuracy); {@link makeStageProgress} the stages of an evaluation or an analysis, each
+ * with done/total and an ETA when its size is known.
  *
  * @internal
  */
@@ -37,6 +39,21 @@ export const bar = (fraction: number, width: number): string => {
   return "#".repeat(filled) + ".".repeat(width - filled)
 }
 
+/** The bar line of a TTY: `[####....] text`, cut to the terminal's width. */
+const barLine = (sink: ProgressSink, fraction: number, text: string): string => {
+  // a pseudo-terminal without a size reports 0 columns
+  const columns = sink.columns !== undefined && sink.columns > 0 ? sink.columns : 120
+  const width = Math.max(10, Math.min(30, columns - text.length - 4))
+  const full = `[${bar(fraction, width)}] ${text}`
+  return "\r\x1b[2K" + full.slice(0, Math.max(20, columns - 1))
+}
+
+/** Seconds left at the rate so far (NaN before any progress). */
+const etaOf = (done: number, total: number, elapsedSeconds: number): number => {
+  const rate = done / Math.max(elapsedSeconds, 1e-3)
+  return rate > 0 ? (total - done) / rate : Number.NaN
+}
+
 /**
  * A progress display over a sink. On a TTY the current line is redrawn on every batch and other events print
  * above it; otherwise one line per `logEvery` seconds, plus one per epoch, evaluation, checkpoint and the end.
@@ -56,9 +73,7 @@ export const makeProgress = (sink: ProgressSink, options: ProgressOptions = {}):
   }
   const status = (e: Extract<TrainEvent, { _tag: "Batch" }>): string => {
     const done = e.step
-    const elapsed = (now() - started) / 1000
-    const rate = (done - firstStep) / Math.max(elapsed, 1e-3)
-    const eta = rate > 0 ? (total - done) / rate : Number.NaN
+    const eta = etaOf(done - firstStep, total - firstStep, (now() - started) / 1000)
     const fraction = total > 0 ? done / total : 0
     const adv = e.advAccuracy !== undefined ? ` adv ${Report.percent(e.advAccuracy)}` : ""
     const phase = e.phase === "pretrain" ? "pretrain " : ""
@@ -82,12 +97,7 @@ export const makeProgress = (sink: ProgressSink, options: ProgressOptions = {}):
       case "Batch": {
         const text = status(e)
         if (sink.isTTY) {
-          // a pseudo-terminal without a size reports 0 columns
-          const columns = sink.columns !== undefined && sink.columns > 0 ? sink.columns : 120
-          const width = Math.max(10, Math.min(30, columns - text.length - 4))
-          const fraction = total > 0 ? e.step / total : 0
-          const full = `[${bar(fraction, width)}] ${text}`
-          sink.write("\r\x1b[2K" + full.slice(0, Math.max(20, columns - 1)))
+          sink.write(barLine(sink, total > 0 ? e.step / total : 0, text))
           barShown = true
         } else if (now() - lastLog >= logEvery) {
           lastLog = now()
@@ -119,4 +129,68 @@ export const makeProgress = (sink: ProgressSink, options: ProgressOptions = {}):
     }
   }
   return { onEvent, close: clearBar }
+}
+
+/** A progress display over the stages of a long job (an evaluation, a dynamics analysis). */
+export interface StageProgress {
+  /** a new stage begins: one line (above the bar on a TTY), with the previous stage's time */
+  readonly stage: (message: string) => void
+  /** `done` of `total` `unit`s of the current stage are finished */
+  readonly tick: (done: number, total: number, unit?: string) => void
+  /** a line of its own (a warning), above the bar */
+  readonly note: (message: string) => void
+  /** clears the bar and prints the last stage's time */
+  readonly close: () => void
+}
+
+/** A stage display that shows nothing (quiet jobs). */
+export const silentProgress: StageProgress = { stage: () => {}, tick: () => {}, note: () => {}, close: () => {} }
+
+/**
+ * A stage display over a sink: `label [k] message` per stage; within a stage, on a TTY a bar with done/total, the
+ * percentage and the ETA of the stage redrawn in place, otherwise a line at most every `logEvery` seconds (and at
+ * the end of the stage).
+ */
+export const makeStageProgress = (sink: ProgressSink, label: string, options: ProgressOptions = {}): StageProgress => {
+  const now = options.now ?? (() => Date.now())
+  const logEvery = (options.logEvery ?? 15) * 1000
+  const begun = now()
+  let stages = 0, stageStart = begun, lastLog = -Infinity, barShown = false
+  const clearBar = () => {
+    if (barShown) sink.write("\r\x1b[2K")
+    barShown = false
+  }
+  const line = (text: string) => {
+    clearBar()
+    sink.write(text + "\n")
+  }
+  const endStage = () => {
+    if (stages > 0) line(`${label} [${stages}] done in ${formatEta((now() - stageStart) / 1000)}`)
+  }
+  return {
+    stage: (message) => {
+      endStage()
+      stages++
+      stageStart = now()
+      lastLog = -Infinity
+      line(`${label} [${stages}] ${message} (elapsed ${formatEta((stageStart - begun) / 1000)})`)
+    },
+    tick: (done, total, unit = "batches") => {
+      const fraction = total > 0 ? done / total : 0
+      const eta = etaOf(done, total, (now() - stageStart) / 1000)
+      const text = `${label} [${Math.max(1, stages)}] ${done}/${total} ${unit} ${Report.percent(fraction, 0).padStart(4)} ETA ${formatEta(eta)}`
+      if (sink.isTTY) {
+        sink.write(barLine(sink, fraction, text))
+        barShown = true
+      } else if (done === total || now() - lastLog >= logEvery) {
+        lastLog = now()
+        line(text)
+      }
+    },
+    note: (message) => line(`${label}: ${message}`),
+    close: () => {
+      endStage()
+      clearBar()
+    }
+  }
 }

@@ -55,16 +55,22 @@ export const epochTable = (rows: ReadonlyArray<EpochRow>): string =>
     ])
   )
 
-/** The training curve: loss per epoch and the held-out accuracies. */
-export const trainingPlot = (rows: ReadonlyArray<EpochRow>): Report.LinePlot => ({
+/**
+ * The training curve: the training inputs' adversarial accuracy and the held-out accuracies per epoch (in %), and
+ * the loss on the right axis (dashed); `subtitle` names model, data and seed.
+ */
+export const trainingPlot = (rows: ReadonlyArray<EpochRow>, subtitle?: string): Report.LinePlot => ({
   title: "Training",
+  ...(subtitle !== undefined ? { subtitle } : {}),
   x: "epoch",
   y: "accuracy",
   xInteger: true,
   yDomain: [0, 1],
+  yFormat: "percent",
   series: [
     Report.series("train (adv.)", rows, (r) => r.epoch, (r) => r.advAccuracy),
     Report.series("held-out clean", rows, (r) => r.epoch, (r) => r.clean),
     Report.series("held-out PGD", rows, (r) => r.epoch, (r) => r.robust)
-  ].filter((s) => s.points.length > 0)
+  ].filter((s) => s.points.length > 0),
+  right: { y: "training loss (dashed)", series: [Report.series("loss", rows, (r) => r.epoch, (r) => r.loss)] }
 })

@@ -152,6 +152,7 @@ export const plots = (arms: ReadonlyArray<ArmSummary>): Record<"accuracy" | "ent
     y: "accuracy of h(z_n)",
     xInteger: true,
     yDomain: [0, 1],
+    yFormat: "percent",
     series: [...curve(arms, " (clean)", (s) => s.cleanAccuracy), ...curve(arms, " (robust)", (s) => s.robustAccuracy)]
   },
   entropy: {
