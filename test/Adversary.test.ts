@@ -324,10 +324,14 @@ describe("gradient-masking flags", () => {
       const detached: Classifier = { name: "detached", logits: (x) => tf.tidy(() => trained.net(tf.tensor4d(x.dataSync(), x.shape))) }
       const d = yield* Adversary.evaluate(detached, data, yield* Adversary.fgsm({ eps }))
       expect(d.robustAccuracy).toBe(d.cleanAccuracy)
-      expect(d.flags.map((f) => f.kind)).toEqual(["zero-gradients"])
+      // every coordinate of every sample is zero: both the per-sample and the per-coordinate flag
+      expect(d.flags.map((f) => f.kind)).toEqual(["zero-gradients", "zero-gradient-coordinates"])
+      expect(d.diagnostics.zeroCoordinateFraction).toBe(1)
       // the same attacks on the plain model raise neither
       const plain = yield* Adversary.evaluate(model, data, stages)
       expect(plain.flags.map((f) => f.kind)).not.toContain("zero-gradients")
+      expect(plain.flags.map((f) => f.kind)).not.toContain("zero-gradient-coordinates")
+      expect(plain.diagnostics.zeroCoordinateFraction).toBe(0)
     }))))
 
   it.effect("solver diagnostics and dynamic defences raise their flags", () =>

@@ -9,7 +9,7 @@ import { col4, direction, l2Norm4, project } from "./geometry.ts"
 import { dlrTargeted } from "./losses.ts"
 import { firstSuccess, maskTensor, whereRows } from "./rows.ts"
 import { keyedNoise } from "./randomness.ts"
-import { logitsArePrediction, misclassified, probe, wrongOf } from "./run.ts"
+import { logitsArePrediction, misclassified, probe, seedOf, wrongOf } from "./run.ts"
 import type { Core, Env } from "./run.ts"
 import type { ApgdOptions, ApgdTargetedOptions } from "./options.ts"
 import { untargetedLoss, worstCase } from "./pgd.ts"
@@ -45,13 +45,14 @@ interface Settings {
 /** The AutoAttack start: a random point of the ball's surface direction, scaled to eps. */
 const start = (env: Env, x: tf.Tensor4D, eps: number, norm: Norm, ...path: ReadonlyArray<string | number>) =>
   tf.tidy(() => {
+    const [lo, hi] = env.bounds
     if (norm === "Linf") {
       const t = keyedNoise(env, x.shape, "uniform", "start", ...path)
       const m = tf.max(tf.abs(t.reshape([t.shape[0], -1])), 1).reshape([-1, 1, 1, 1])
-      return tf.clipByValue(tf.add(x, tf.mul(tf.div(t, tf.add(m, 1e-12)), eps)), 0, 1) as tf.Tensor4D
+      return tf.clipByValue(tf.add(x, tf.mul(tf.div(t, tf.add(m, 1e-12)), eps)), lo, hi) as tf.Tensor4D
     }
     const z = keyedNoise(env, x.shape, "normal", "start", ...path)
-    return tf.clipByValue(tf.add(x, tf.mul(tf.div(z, tf.add(l2Norm4(z), 1e-12)), eps)), 0, 1) as tf.Tensor4D
+    return tf.clipByValue(tf.add(x, tf.mul(tf.div(z, tf.add(l2Norm4(z), 1e-12)), eps)), lo, hi) as tf.Tensor4D
   })
 
 /** One APGD run (one start) on the rows of env. */
@@ -99,9 +100,9 @@ export const apgdRun = (
   for (let k = 0; k < s.steps; k++) {
     const a = k === 0 ? 1 : s.momentum
     const out = tf.tidy(() => {
-      const z = project(tf.add(xk, tf.mul(col4(eta), direction(g, s.norm))) as tf.Tensor4D, x, s.eps, s.norm)
+      const z = project(tf.add(xk, tf.mul(col4(eta), direction(g, s.norm))) as tf.Tensor4D, x, s.eps, s.norm, env.bounds)
       const moved = tf.add(xk, tf.add(tf.mul(tf.sub(z, xk), a), tf.mul(tf.sub(xk, xPrev), 1 - a))) as tf.Tensor4D
-      const x1 = project(moved, x, s.eps, s.norm)
+      const x1 = project(moved, x, s.eps, s.norm, env.bounds)
       const p = probe(env, x1, lossFn, s.eot, ...path, "step", k + 1)
       return { x1, grad: p.grad, loss: p.loss, logits: p.logits }
     })
@@ -161,8 +162,8 @@ export const apgdCore = (o: ApgdOptions): Core => (env, x, y) =>
 /** APGD-T: for each of the `targets` most likely wrong classes (by the clean logits), `restarts` targeted runs. */
 export const apgdTargetedCore = (o: ApgdTargetedOptions): Core => (env, x, y) => {
   const ranked = tf.tidy(() => {
-    const logits = env.classifier.logits(x, { seed: env.rng.seed(env.attack, "targets") })
-    env.queries += x.shape[0]
+    const logits = env.classifier.logits(x, { seed: seedOf(env, "targets") })
+    env.counts.forward += x.shape[0]
     return { k: logits.shape[1], order: tf.topk(logits, logits.shape[1]).indices.dataSync() as Int32Array }
   })
   const k = ranked.k

@@ -6,6 +6,7 @@
 /** The kinds of flag an evaluation can raise. */
 export type FlagKind =
   | "zero-gradients"
+  | "zero-gradient-coordinates"
   | "forward-not-converged"
   | "backward-residual-high"
   | "gradient-cosine-low"
@@ -25,6 +26,8 @@ export interface Flag {
 /** The measurements flags are computed from (fractions are over all evaluated samples). */
 export interface MaskingStats {
   readonly zeroGradientFraction: number
+  /** fraction of input coordinates (over all samples) whose gradient is exactly zero */
+  readonly zeroCoordinateFraction?: number | undefined
   readonly forwardNotConvergedClean?: number | undefined
   readonly forwardNotConvergedAdv?: number | undefined
   readonly backwardResidual?: number | undefined
@@ -36,13 +39,16 @@ export interface MaskingStats {
 /** Thresholds (see EvaluateOptions). */
 export interface Thresholds {
   readonly zeroGradientFraction: number
+  readonly zeroCoordinateFraction: number
   readonly notConvergedFraction: number
   readonly backwardResidual: number
   readonly gradientCosine: number
   readonly blackBoxFraction: number
 }
 
-const pct = (v: number) => `${(100 * v).toFixed(2)}%`
+import { pct as pctOf } from "../../Report.ts"
+
+const pct = (v: number) => `${pctOf(v)}%`
 
 /** The flags of one evaluation. */
 export const maskingFlags = (
@@ -59,6 +65,16 @@ export const maskingFlags = (
       threshold: t.zeroGradientFraction,
       message: `${pct(stats.zeroGradientFraction)} of the samples have an all-zero input gradient: gradient attacks ` +
         "cannot move them (shattered or rounded read-out?); use BPDA, a surrogate gradient or a black-box attack"
+    })
+  }
+  if (stats.zeroCoordinateFraction !== undefined && stats.zeroCoordinateFraction > t.zeroCoordinateFraction) {
+    flags.push({
+      kind: "zero-gradient-coordinates",
+      value: stats.zeroCoordinateFraction,
+      threshold: t.zeroCoordinateFraction,
+      message: `${pct(stats.zeroCoordinateFraction)} of the input coordinates get an exactly zero gradient: a clip or ` +
+        "rounding on the gradient path pins them (e.g. a projection to [0, 1] inside a defence); those pixels never " +
+        "move, so the attack is weaker than it looks; use straight-through projections, BPDA or a black-box attack"
     })
   }
   const notConverged = Math.max(stats.forwardNotConvergedClean ?? 0, stats.forwardNotConvergedAdv ?? 0)

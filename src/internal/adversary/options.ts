@@ -97,8 +97,15 @@ export class EvaluateOptions extends Schema.Class<EvaluateOptions>("EvaluateOpti
   resumeFile: Schema.optional(Schema.String),
   /** evaluate at most this many new batches, then return a partial result (`complete: false`) */
   maxBatches: Schema.optional(PositiveInt),
+  /**
+   * mixed into every random draw (random starts, Square): evaluations that must not share their random starts,
+   * such as the points of a grid, pass different salts
+   */
+  salt: Schema.optional(Schema.String),
   /** flag when more than this fraction of samples has an all-zero input gradient */
   zeroGradientFraction: def(Probability, 0.1),
+  /** flag when more than this fraction of input coordinates has an exactly zero gradient (a clip that binds) */
+  zeroCoordinateFraction: def(Probability, 0.1),
   /** flag when more than this fraction of forward solves (on x or x_adv) did not converge */
   notConvergedFraction: def(Probability, 0),
   /** flag when the backward residual exceeds this */

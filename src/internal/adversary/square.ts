@@ -27,7 +27,6 @@ export const pSelection = (pInit: number, it: number, budget: number): number =>
   return pInit / 512
 }
 
-const clip01 = (v: number) => (v < 0 ? 0 : v > 1 ? 1 : v)
 
 /** Margin and loss (both minimised) of rows of `data` (n x d), by querying `predict`. */
 const score = (
@@ -72,6 +71,8 @@ export const squareCore = (o: SquareOptions): Core => (env, x, y) => {
   const xs = Float32Array.from(x.dataSync())
   const labels = y.dataSync()
   const eps = o.eps
+  const [lo, hi] = env.bounds
+  const clip = (v: number) => (v < lo ? lo : v > hi ? hi : v)
   const best = Float32Array.from(xs)
   const bestLoss = new Float64Array(b).fill(Infinity)
   const done = new Uint8Array(b)
@@ -90,7 +91,7 @@ export const squareCore = (o: SquareOptions): Core => (env, x, y) => {
           const sign = s.next() < 0.5 ? -1 : 1
           for (let row = 0; row < h; row++) {
             const off = (row * w + col) * c + ch
-            cur[j * d + off] = clip01(xs[base + off]! + sign * eps)
+            cur[j * d + off] = clip(xs[base + off]! + sign * eps)
           }
         }
       }
@@ -118,7 +119,7 @@ export const squareCore = (o: SquareOptions): Core => (env, x, y) => {
             for (let col = vw; col < vw + side && !changed; col++) {
               for (let ch = 0; ch < c; ch++) {
                 const off = (row * w + col) * c + ch
-                if (Math.abs(clip01(xs[base + off]! + signs[ch]! * eps) - cur[j * d + off]!) > 1e-7) {
+                if (Math.abs(clip(xs[base + off]! + signs[ch]! * eps) - cur[j * d + off]!) > 1e-7) {
                   changed = true
                   break
                 }
@@ -131,7 +132,7 @@ export const squareCore = (o: SquareOptions): Core => (env, x, y) => {
           for (let col = vw; col < vw + side; col++) {
             for (let ch = 0; ch < c; ch++) {
               const off = (row * w + col) * c + ch
-              cand[a * d + off] = clip01(xs[base + off]! + signs[ch]! * eps)
+              cand[a * d + off] = clip(xs[base + off]! + signs[ch]! * eps)
             }
           }
         }

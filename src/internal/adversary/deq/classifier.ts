@@ -180,8 +180,17 @@ export const deqClassifier = (deq: Dynamics.Deq, options: DeqClassifierOptions):
     `non-adaptive: ${describeSource(source)} of the undefended DEQ; prediction from the defence "${defence.name}"` :
     `BPDA through the defence "${defence.name}" (identity backward of the purification), then ${describeSource(source)}`
 
+  // a Models.Model declares its classes and input shape: attacks then check labels and shapes without a forward pass
+  const declared = deq.model as { readonly classes?: unknown; readonly config?: { readonly inputShape?: unknown } }
+  const classes = typeof declared.classes === "number" ? declared.classes : undefined
+  const shape = declared.config?.inputShape
+  const inputShape = Array.isArray(shape) && shape.length === 3 && shape.every((v) => typeof v === "number")
+    ? (shape as unknown as readonly [number, number, number])
+    : undefined
   return {
     name: options.name ?? (defence === undefined ? "deq" : `deq+${defence.name}`),
+    ...(classes !== undefined ? { classes } : {}),
+    ...(inputShape !== undefined ? { inputShape } : {}),
     logits,
     predict,
     ...(source._tag === "Ensemble" && mode !== "full" ?

@@ -10,8 +10,9 @@ import { decode } from "../../../Config.ts"
 import { type DefenceMode, deqClassifier, type DiagnosticsOptions } from "./classifier.ts"
 import { type GradientSource, implicit, intermediate, label as labelOf, phantom } from "./source.ts"
 import { flatten } from "../ensemble.ts"
-import { eotOf, evaluate, type EvaluationData, type EvaluationResult, type StageSummary } from "../evaluation.ts"
-import { type Flag, maskingFlags, type MaskingStats } from "../flags.ts"
+import { eotOf, evaluate, type EvaluationData, type EvaluationResult } from "../evaluation.ts"
+import { type Flag, maskingFlags } from "../flags.ts"
+import { combineWorst } from "../worst.ts"
 import { EvaluateOptions } from "../options.ts"
 import type { AttackError, AttackShape, ResumeError } from "../types.ts"
 
@@ -127,89 +128,24 @@ export interface GridResult {
   readonly brokenBy: ReadonlyArray<string | null>
 }
 
-const max = (vs: ReadonlyArray<number | undefined>): number | undefined => {
-  const d = vs.filter((v): v is number => v !== undefined)
-  return d.length === 0 ? undefined : Math.max(...d)
-}
-const min = (vs: ReadonlyArray<number | undefined>): number | undefined => {
-  const d = vs.filter((v): v is number => v !== undefined)
-  return d.length === 0 ? undefined : Math.min(...d)
-}
-
-/** Combines per-point results into the per-sample worst case. */
-export const combineWorst = (
+/** Combines per-point results into the per-sample worst case (flags recomputed from the merged measurements). */
+export const combineGrid = (
   points: ReadonlyArray<GridPoint>,
   meta: {
-    readonly grid: Grid
     readonly options: EvaluateOptions
     readonly classifier: { readonly dynamic?: boolean; readonly randomized?: boolean }
     readonly eot: number
     readonly label: string
   }
 ): { readonly worst: EvaluationResult; readonly brokenBy: Array<string | null> } => {
+  const { worst, brokenBy } = combineWorst(
+    points.map((p) => ({ label: p.label, result: p.result })),
+    meta.label,
+    (diagnostics) => deqFlags(maskingFlags(diagnostics, meta.options, meta.classifier, meta.eot))
+  )
+  // a grid runs one attack: its steps and restarts are the attack's, not one entry per point
   const first = points[0]!.result
-  const n = Math.min(...points.map((p) => p.result.perSample.brokenAt.length))
-  const cleanCorrect: Array<number> = []
-  const brokenAt: Array<number> = []
-  const brokenBy: Array<string | null> = []
-  for (let s = 0; s < n; s++) {
-    const clean = points.every((p) => p.result.perSample.cleanCorrect[s] === 1 && p.result.perSample.brokenAt[s] !== 0)
-    cleanCorrect.push(clean ? 1 : 0)
-    if (!clean) {
-      brokenAt.push(0)
-      brokenBy.push("clean")
-      continue
-    }
-    const j = points.findIndex((p) => p.result.perSample.brokenAt[s]! > 0)
-    brokenAt.push(j === -1 ? -1 : j + 1)
-    brokenBy.push(j === -1 ? null : points[j]!.label)
-  }
-  const frac = (c: number) => (n === 0 ? 0 : c / n)
-  const count = (p: (v: number) => boolean) => brokenAt.reduce((a, v) => a + (p(v) ? 1 : 0), 0)
-  const stages: Array<StageSummary> = points.map((p, j) => ({
-    name: p.label,
-    settings: {
-      kind: p.result.stages.some((s) => s.settings.kind === "white-box") ? "white-box" : "black-box",
-      norm: p.result.norm,
-      eps: p.result.eps,
-      steps: Math.max(...p.result.steps),
-      restarts: Math.max(...p.result.restarts),
-      options: { gradientSource: p.label, attack: p.result.attack }
-    },
-    robustAccuracy: frac(count((b) => b === -1 || b > j + 1)),
-    broken: count((b) => b === j + 1),
-    queries: p.result.stages.reduce((q, s) => q + s.queries, 0)
-  }))
-  const ds = points.map((p) => p.result.diagnostics)
-  const diagnostics: MaskingStats = {
-    zeroGradientFraction: max(ds.map((d) => d.zeroGradientFraction)) ?? 0,
-    forwardNotConvergedClean: max(ds.map((d) => d.forwardNotConvergedClean)),
-    forwardNotConvergedAdv: max(ds.map((d) => d.forwardNotConvergedAdv)),
-    backwardResidual: max(ds.map((d) => d.backwardResidual)),
-    gradientCosine: min(ds.map((d) => d.gradientCosine)),
-    blackBoxFraction: max(ds.map((d) => d.blackBoxFraction))
-  }
-  const worst: EvaluationResult = {
-    classifier: first.classifier,
-    attack: first.attack,
-    gradientSource: meta.label,
-    norm: first.norm,
-    eps: first.eps,
-    steps: first.steps,
-    restarts: first.restarts,
-    seed: first.seed,
-    backend: first.backend,
-    samples: n,
-    total: first.total,
-    complete: points.every((p) => p.result.complete),
-    cleanAccuracy: frac(cleanCorrect.reduce((a, v) => a + v, 0)),
-    robustAccuracy: frac(count((b) => b === -1)),
-    stages,
-    diagnostics,
-    flags: deqFlags(maskingFlags(diagnostics, meta.options, meta.classifier, meta.eot)),
-    perSample: { cleanCorrect, brokenAt }
-  }
-  return { worst, brokenBy }
+  return { worst: { ...worst, attack: first.attack, steps: first.steps, restarts: first.restarts }, brokenBy }
 }
 
 const list = (vs: ReadonlyArray<number>) => `{${vs.join(", ")}}`
@@ -254,8 +190,7 @@ export const evaluateGrid = (
       points.push({ source, label: labelOf(source), result: withDeqFlags(result) })
     }
     const prefix = options.defence === undefined ? undefined : options.mode ?? "bpda"
-    const { worst, brokenBy } = combineWorst(points, {
-      grid,
+    const { worst, brokenBy } = combineGrid(points, {
       options: decoded,
       classifier: classifierFlags,
       eot: eotOf(flatten(attacks)),
