@@ -3,7 +3,7 @@
  *
  * An attack sees a {@link Classifier}: `logits` gives input gradients (it may be a surrogate: BPDA, an unrolled
  * intermediate state), `predict` is what is evaluated. Attacks are services ({@link Attack}) built from Schema
- * options: FGSM, PGD (Linf / L2, random starts, restarts), APGD-CE / APGD-DLR, APGD-T and Square. They run as one
+ * options: FGSM, PGD (Linf / L2, random starts, restarts), APGD-CE / APGD-DLR, APGD-T, FAB-T and Square. They run as one
  * Effect per call with plain tfjs inside, draw their randomness from {@link Rng} keyed per sample (same seed, same
  * result; a sample's perturbation does not depend on its batch), and hand x_adv to the caller's Scope.
  *
@@ -48,10 +48,12 @@ import {
   ApgdTargetedOptions,
   AutoAttackOptions,
   EvaluateOptions,
+  FabOptions,
   FgsmOptions,
   PgdOptions,
   SquareOptions
 } from "./internal/adversary/options.ts"
+import { fabTargetedCore } from "./internal/adversary/fab.ts"
 import { fgsmCore, pgdCore } from "./internal/adversary/pgd.ts"
 import * as deqClassifierModule from "./internal/adversary/deq/classifier.ts"
 import * as deqEvaluate from "./internal/adversary/deq/evaluate.ts"
@@ -71,6 +73,8 @@ export {
   AutoAttackOptions,
   /** Options of {@link evaluate}. */
   EvaluateOptions,
+  /** Options of {@link fabTargeted}. */
+  FabOptions,
   /** Options of {@link fgsm}. */
   FgsmOptions,
   /** Options of {@link pgd}. */
@@ -165,6 +169,10 @@ export class Attack extends Context.Service<Attack, AttackShape>()("effect-deq/A
   static apgdTargeted(options: typeof ApgdTargetedOptions.Encoded): Layer.Layer<Attack, ConfigError> {
     return Layer.effect(Attack, apgdTargeted(options))
   }
+  /** FAB-T (targeted, Linf). */
+  static fabTargeted(options: typeof FabOptions.Encoded): Layer.Layer<Attack, ConfigError> {
+    return Layer.effect(Attack, fabTargeted(options))
+  }
   /** Square (Linf, black-box). */
   static square(options: typeof SquareOptions.Encoded): Layer.Layer<Attack, ConfigError> {
     return Layer.effect(Attack, square(options))
@@ -258,6 +266,25 @@ export const apgdTargeted = (
     }, apgdTargetedCore(o), 4))
 
 /**
+ * FAB-T (Croce & Hein 2020), targeted, Linf: for each of the `targets` most likely wrong classes, projects the
+ * current and the original point onto the linearised boundary towards that class (minimal Linf step inside the
+ * box), steps to an overshot combination biased to the original, and pulls back after each success, so the
+ * perturbation shrinks towards the minimal one. A sample is broken when a misclassified point within eps was found.
+ *
+ * @category constructors
+ */
+export const fabTargeted = (options: typeof FabOptions.Encoded): Effect.Effect<Attack["Service"], ConfigError> =>
+  Effect.map(decode(FabOptions, "fabTargeted")(options), (o) =>
+    makeAttack("fab-t", {
+      kind: "white-box",
+      norm: o.norm,
+      eps: o.eps,
+      steps: o.steps,
+      restarts: o.restarts,
+      options: { ...o }
+    }, fabTargetedCore(o)))
+
+/**
  * Square (Andriushchenko et al. 2020), Linf, score-based black-box: queries `predict` only.
  *
  * @category constructors
@@ -283,9 +310,10 @@ export const ensemble = (attacks: ReadonlyArray<Attack["Service"]>): Effect.Effe
   makeEnsemble(attacks)
 
 /**
- * The AutoAttack stages (FAB-T is not implemented): "standard" = APGD-CE, APGD-T, Square; "plus" = APGD-CE and
- * APGD-DLR with 5 restarts, Square, APGD-T; "rand" = APGD-CE and APGD-DLR with EOT over 20 draws. Square is Linf
- * only, so "standard" and "plus" need `norm: "Linf"`.
+ * The AutoAttack stages: "standard" = APGD-CE, APGD-T, FAB-T, Square (AutoAttack's four); "plus" = APGD-CE and
+ * APGD-DLR with 5 restarts, Square, APGD-T, FAB-T (AutoAttack's untargeted FAB is not implemented); "rand" =
+ * APGD-CE and APGD-DLR with EOT over 20 draws. FAB-T and Square are Linf only here, so "standard" and "plus" need
+ * `norm: "Linf"`.
  *
  * @category constructors
  */
@@ -301,13 +329,14 @@ export const autoAttack = (
     if (o.norm !== "Linf") {
       return yield* new ConfigError({
         path: "autoAttack.norm",
-        message: `version "${o.version}" includes Square, which is Linf only here; use norm "Linf", version "rand", or list the stages yourself`
+        message: `version "${o.version}" includes FAB-T and Square, which are Linf only here; use norm "Linf", version "rand", or list the stages yourself`
       })
     }
     const sq = yield* square({ eps: o.eps, queries: o.queries })
     const t = yield* apgdTargeted({ ...base, targets: o.targets })
-    if (o.version === "standard") return [yield* apgd({ ...base, loss: "ce" }), t, sq]
-    return [yield* apgd({ ...base, loss: "ce", restarts: 5 }), yield* apgd({ ...base, loss: "dlr", restarts: 5 }), sq, t]
+    const fab = yield* fabTargeted({ eps: o.eps, steps: o.steps, targets: o.targets })
+    if (o.version === "standard") return [yield* apgd({ ...base, loss: "ce" }), t, fab, sq]
+    return [yield* apgd({ ...base, loss: "ce", restarts: 5 }), yield* apgd({ ...base, loss: "dlr", restarts: 5 }), sq, t, fab]
   })
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -61,6 +61,23 @@ export class ApgdTargetedOptions extends Schema.Class<ApgdTargetedOptions>("Apgd
   eot: Eot
 }) {}
 
+/** FAB-T (Croce & Hein 2020): the targeted Fast Adaptive Boundary attack, Linf, with AutoAttack's defaults. */
+export class FabOptions extends Schema.Class<FabOptions>("FabOptions")({
+  eps: NonNegative,
+  norm: def(Schema.Literals(["Linf"]), "Linf"),
+  steps: def(PositiveInt, 100),
+  restarts: def(PositiveInt, 1),
+  /** target classes, the most likely wrong ones first (AutoAttack: 9) */
+  targets: def(PositiveInt, 9),
+  /** the largest weight of the step from the original point */
+  alphaMax: def(Probability, 0.1),
+  /** overshoot of each projection onto the linearised boundary */
+  eta: def(Positive, 1.05),
+  /** backward step towards the original point after each success */
+  beta: def(Probability, 0.9),
+  eot: Eot
+}) {}
+
 /** Square attack (Andriushchenko et al. 2020), Linf, score-based black-box. */
 export class SquareOptions extends Schema.Class<SquareOptions>("SquareOptions")({
   eps: NonNegative,
@@ -73,12 +90,15 @@ export class SquareOptions extends Schema.Class<SquareOptions>("SquareOptions")(
   loss: def(Schema.Literals(["margin", "ce"]), "margin")
 }) {}
 
-/** An AutoAttack-style suite: standard (APGD-CE, APGD-T, Square), plus (5 restarts), rand (EOT 20). */
+/**
+ * An AutoAttack suite: standard (APGD-CE, APGD-T, FAB-T, Square), plus (5 restarts, APGD-DLR; no untargeted FAB),
+ * rand (EOT 20).
+ */
 export class AutoAttackOptions extends Schema.Class<AutoAttackOptions>("AutoAttackOptions")({
   eps: NonNegative,
   norm: NormField,
   version: def(Schema.Literals(["standard", "plus", "rand"]), "standard"),
-  /** APGD iterations (100 in AutoAttack) */
+  /** APGD and FAB-T iterations (100 in AutoAttack) */
   steps: def(PositiveInt, 100),
   /** Square query budget (5000 in AutoAttack) */
   queries: def(PositiveInt, 5000),
