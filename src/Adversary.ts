@@ -432,10 +432,11 @@ export const markdownTable = report.markdownTable
 // ---------------------------------------------------------------------------------------------------------------
 
 /**
- * What a white-box attack on a DEQ differentiates through (`i` counts solver steps; z_0 is the initial state):
- * Implicit (IFT at the read-out state), Phantom(k, tau) and Unroll(k, lambda) tails from the read-out state,
- * Unrolled(n) steps from z_0, Intermediate(i, K_a, lambda) (Eq. (11) of Yang et al., ICML 2023) and Ensemble
- * (the ensemble-defence attack: the summed losses of several intermediate states).
+ * What a white-box attack on a DEQ differentiates through (states as the papers number them: z_0 the initial state,
+ * z_n the state after n solver steps, z_N the read-out state): Implicit (IFT at the read-out state), Phantom(k, tau)
+ * and Unroll(k, lambda) tails from the read-out state, Unrolled(n) steps from z_0, Intermediate(n, K_a, lambda)
+ * (Eq. (11) of Yang et al., ICML 2023, from z_n) and Ensemble (the ensemble-defence attack: the summed losses of
+ * several intermediate states).
  *
  * @category deq
  */
@@ -456,13 +457,13 @@ export const GradientSource = {
   unrolled: deqSource.unrolled,
   /** The paper's ready-made "unroll": f and `k` damped steps (lambda, default 0.5) from the read-out state. */
   unroll: deqSource.unroll,
-  /** z_i after `i` solver steps (0: z_0), then f and `k` damped steps (lambda, default 1), Eq. (11). */
+  /** z_n after `n` solver steps (0: z_0), then f and `k` damped steps (lambda, default 1), Eq. (11). */
   intermediate: deqSource.intermediate,
   /** The summed losses of the intermediate surrogates of states from..to (clean version of "Funroll-es-0"). */
   ensemble: deqSource.ensemble,
-  /** A source from the papers' attack strings ("Munroll-3-5" is their (3+1)-th iterate: intermediate(4, 5, 0.5)). */
+  /** A source from the papers' attack strings ("Munroll-3-5" starts from their entry 3, z_4: intermediate(4, 5, 0.5)). */
   fromPaper: deqSource.fromPaper,
-  /** The short report label, e.g. "implicit", "phantom-5-0.5", "Munroll-3-5", "Funroll-es-1-8-1". */
+  /** The report label, the papers' string for intermediate states ("Munroll-3-5" for intermediate(4, 5, 0.5)). */
   label: deqSource.label,
   /** A readable one-line description. */
   describe: deqSource.describe,
@@ -503,15 +504,16 @@ export const deqClassifier: (
 ) => deqClassifierModule.DeqClassifier = deqClassifierModule.deqClassifier
 
 /**
- * A grid of intermediate-state surrogates (every combination of state i, tail length K_a, damping lambda).
+ * A grid of intermediate-state surrogates (every combination of state z_n, tail length K_a, damping lambda).
  *
  * @category deq
  */
 export type Grid = deqEvaluate.Grid
 
 /**
- * Grids: `small(N)` (lambda {1, 0.5} x i {0, N/2, N-1} x K_a {1, 5}), `paper(N = 8)` (lambda {1, 0.5} x the
- * papers' states z_1..z_N x K_a 1..9), `sources(grid)` and `label(grid)`.
+ * Grids: `small(N)` (lambda {1, 0.5} x states z_{N/4}, z_{N/2}, z_N x K_a {1, 5}: 12 points, the read-out state
+ * included), `paper(N = 8)` (lambda {1, 0.5} x the papers' states z_1..z_N x K_a 1..9), `sources(grid)` and
+ * `label(grid)`.
  *
  * @category deq
  */
@@ -537,7 +539,8 @@ export type {
 
 /**
  * Worst case over a grid of intermediate-state surrogates: runs `attacks` once per grid point (default
- * `Grid.small` of the deq's budget) and keeps, per sample, the worst case (any success counts). Returns every
+ * `Grid.small` of the deq's budget), each point with its own random starts, and keeps, per sample, the worst case
+ * (any success counts). Returns every
  * point's evaluation (its robust accuracy and flags), the combined result (its stages are the grid points) and,
  * per sample, the grid point that broke it.
  *

@@ -85,6 +85,8 @@ export interface SuiteResult {
   readonly rows: ReadonlyArray<SuiteRow>
   /** the grid point with the lowest robust accuracy (the surrogate the ensemble and the defended attacks use) */
   readonly strongest: string
+  /** that grid point's gradient source */
+  readonly strongestSource: Adversary.GradientSource
   readonly notes: ReadonlyArray<string>
   readonly seconds: number
 }
@@ -247,5 +249,5 @@ export const runSuite = (
         `random start. The ensemble and the defended attacks differentiate through ${strongestLabel} ` +
         `(${Adversary.GradientSource.describe(strongest)}), the grid point with the lowest robust accuracy.`
     )
-    return { eps, rows, strongest: strongestLabel, notes, seconds: (performance.now() - started) / 1000 }
+    return { eps, rows, strongest: strongestLabel, strongestSource: strongest, notes, seconds: (performance.now() - started) / 1000 }
   })
