@@ -58,7 +58,9 @@ import { fgsmCore, pgdCore } from "./internal/adversary/pgd.ts"
 import * as deqClassifierModule from "./internal/adversary/deq/classifier.ts"
 import * as deqEvaluate from "./internal/adversary/deq/evaluate.ts"
 import * as deqSource from "./internal/adversary/deq/source.ts"
+import * as flags from "./internal/adversary/flags.ts"
 import * as report from "./internal/adversary/report.ts"
+import * as worst from "./internal/adversary/worst.ts"
 import { squareCore } from "./internal/adversary/square.ts"
 import type { AttackError, AttackShape, Classifier, ResumeError } from "./internal/adversary/types.ts"
 import type { Deq } from "./Dynamics.ts"
@@ -117,13 +119,22 @@ export type {
 } from "./internal/adversary/ensemble.ts"
 
 export type {
+  /** How an evaluation in a worst case attacked: "transfer", "adaptive", "white-box" or "black-box". */
+  AttackRole,
   /** A gradient-masking flag. */
   Flag,
   /** The kinds of gradient-masking flag. */
   FlagKind,
   /** The measurements behind the flags. */
-  MaskingStats
+  MaskingStats,
+  /** A labelled robust accuracy with its role, for {@link unreliableFlags}. */
+  RoleRow
 } from "./internal/adversary/flags.ts"
+
+export type {
+  /** One evaluation in a {@link worstCase}. */
+  WorstCaseInput
+} from "./internal/adversary/worst.ts"
 
 export type {
   /** A dataset to evaluate on. */
@@ -414,18 +425,36 @@ export const withSweepFlags = evaluation.withSweepFlags
 export const toJson = report.toJson
 
 /**
- * Results as one Markdown table (accuracies in %).
+ * Results as one Markdown table (accuracies in %, passes per sample).
  *
  * @category reporting
  */
 export const toMarkdown = report.toMarkdown
 
 /**
- * A Markdown table from headers and rows (a shared helper; `|` is escaped).
+ * Forward / backward passes per evaluated sample of a result, as "forward/backward".
  *
  * @category reporting
  */
-export const markdownTable = report.markdownTable
+export const passesPerSample = report.passesPerSample
+
+/**
+ * The per-sample worst case over evaluations of the same samples (in the same order): a sample is robust only if
+ * every evaluation left it correct. Its stages are the evaluations (labelled), its passes their sum, its
+ * diagnostics the most pessimistic, its flags the union of theirs plus `unreliable` (RobustBench's word) when the
+ * roles contradict each other: an "adaptive" evaluation above the "transfer" one, a "black-box" one below every
+ * gradient-based one, or `sweep` (one attack at several eps) not falling as eps grows. This is the number to report.
+ *
+ * @category evaluation
+ */
+export const worstCase = worst.worstCase
+
+/**
+ * The `unreliable` flags of labelled robust accuracies with their roles (see {@link worstCase}).
+ *
+ * @category evaluation
+ */
+export const unreliableFlags = flags.unreliableFlags
 
 // ---------------------------------------------------------------------------------------------------------------
 // DEQ-aware attacks

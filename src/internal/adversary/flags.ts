@@ -14,6 +14,7 @@ export type FlagKind =
   | "accuracy-not-decreasing"
   | "dynamic-defence"
   | "randomized-defence"
+  | "unreliable"
 
 /** One raised flag: what was measured, against which threshold, and what to do about it. */
 export interface Flag {
@@ -172,4 +173,70 @@ export const sweepFlags = (points: ReadonlyArray<{ readonly eps: number; readonl
     }
   }
   return out
+}
+
+/** How an evaluation attacked the model it is a worst case of (for the `unreliable` checks). */
+export type AttackRole = "transfer" | "adaptive" | "white-box" | "black-box"
+
+/** A labelled evaluation with its role, as the reliability checks see it. */
+export interface RoleRow {
+  readonly label: string
+  readonly role: AttackRole
+  /** robust accuracy */
+  readonly robust: number
+  /** robust accuracy after the gradient-based part only (an ensemble's stages before its black-box ones) */
+  readonly whiteBoxRobust: number
+}
+
+const pts = (v: number) => `${pctOf(v)}%`
+
+/**
+ * RobustBench's "unreliable": an evaluation whose attacks contradict each other, so its number is not a measured
+ * upper bound. Raised when an adaptive attack scores above the non-adaptive transfer attack on the same images
+ * (the adaptive gradients are poor), when a black-box attack beats every gradient-based one (masked gradients),
+ * and when robust accuracy does not fall as eps grows (`sweep`, points of one attack at several eps).
+ */
+export const unreliableFlags = (
+  rows: ReadonlyArray<RoleRow>,
+  sweep: ReadonlyArray<{ readonly eps: number; readonly robustAccuracy: number }> = []
+): Array<Flag> => {
+  const flags: Array<Flag> = []
+  const transfer = rows.filter((r) => r.role === "transfer")
+  if (transfer.length > 0) {
+    const best = transfer.reduce((a, r) => (r.robust < a.robust ? r : a))
+    for (const r of rows.filter((x) => x.role === "adaptive" && x.robust > best.robust)) {
+      flags.push({
+        kind: "unreliable",
+        value: r.robust - best.robust,
+        threshold: 0,
+        message: `the adaptive attack "${r.label}" leaves ${pts(r.robust)} robust, above the non-adaptive transfer ` +
+          `attack "${best.label}" (${pts(best.robust)}) on the same images: its gradients through the defence are ` +
+          "poor, so it bounds nothing; the transfer attack and the worst case are the numbers to report"
+      })
+    }
+  }
+  const gradient = rows.filter((r) => r.role !== "black-box")
+  if (gradient.length > 0) {
+    const strongest = Math.min(...gradient.map((r) => r.whiteBoxRobust))
+    for (const r of rows.filter((x) => x.role === "black-box" && x.robust < strongest)) {
+      flags.push({
+        kind: "unreliable",
+        value: strongest - r.robust,
+        threshold: 0,
+        message: `the black-box attack "${r.label}" (${pts(r.robust)}) beats every gradient-based attack (best ` +
+          `${pts(strongest)}): the gradients are likely masked`
+      })
+    }
+  }
+  if (sweepFlags(sweep).some((f) => f.length > 0)) {
+    const sorted = [...sweep].sort((a, b) => a.eps - b.eps)
+    flags.push({
+      kind: "unreliable",
+      value: sorted.at(-1)!.robustAccuracy,
+      threshold: sorted[0]!.robustAccuracy,
+      message: `robust accuracy does not fall as eps grows (${sorted.map((p) => `eps ${p.eps}: ${pts(p.robustAccuracy)}`).join(", ")}): ` +
+        "a larger ball contains the smaller one, so the attack is failing"
+    })
+  }
+  return flags
 }

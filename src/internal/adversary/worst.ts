@@ -5,7 +5,7 @@
  * @internal
  */
 import type { EvaluationResult, StageSummary } from "./evaluation.ts"
-import type { Flag, MaskingStats } from "./flags.ts"
+import { type AttackRole, type Flag, type MaskingStats, unreliableFlags } from "./flags.ts"
 
 /** One evaluation that takes part in a worst case, with the label its row gets. */
 export interface Component {
@@ -124,4 +124,41 @@ export const combineWorst = (
     perSample: { cleanCorrect, brokenAt }
   }
   return { worst, brokenBy }
+}
+
+/** One evaluation in a {@link worstCase}: its label and, for the reliability checks, how it attacked. */
+export interface WorstCaseInput {
+  readonly label: string
+  readonly result: EvaluationResult
+  readonly role?: AttackRole
+}
+
+/** The robust accuracy after an evaluation's gradient-based stages (before any black-box stage that follows them). */
+export const whiteBoxRobust = (r: EvaluationResult): number => {
+  let k = -1
+  r.stages.forEach((s, j) => {
+    if (s.settings.kind === "white-box") k = j
+  })
+  return k === -1 || k === r.stages.length - 1 ? r.robustAccuracy : r.stages[k]!.robustAccuracy
+}
+
+/**
+ * The per-sample worst case over evaluations of the same samples (see src/Adversary.ts `worstCase`): the union of
+ * their flags plus `unreliable` where the roles contradict each other or `sweep` does not fall with eps.
+ */
+export const worstCase = (
+  inputs: ReadonlyArray<WorstCaseInput>,
+  options: { readonly label: string; readonly sweep?: ReadonlyArray<EvaluationResult> }
+): EvaluationResult => {
+  const { worst } = combineWorst(inputs, options.label)
+  const roles = inputs.flatMap((c) =>
+    c.role === undefined ? [] : [{
+      label: c.label,
+      role: c.role,
+      robust: c.result.robustAccuracy,
+      whiteBoxRobust: whiteBoxRobust(c.result)
+    }]
+  )
+  const extra = unreliableFlags(roles, options.sweep ?? [])
+  return { ...worst, flags: unionFlags([...worst.flags, ...extra]) }
 }
