@@ -3,28 +3,40 @@
  *
  * An attack sees a {@link Classifier}: `logits` gives input gradients (it may be a surrogate: BPDA, an unrolled
  * intermediate state), `predict` is what is evaluated. Attacks are services ({@link Attack}) built from Schema
- * options: FGSM, PGD (Linf / L2, random starts, restarts), APGD-CE / APGD-DLR, APGD-T, FAB-T and Square. They run as one
- * Effect per call with plain tfjs inside, draw their randomness from {@link Rng} keyed per sample (same seed, same
- * result; a sample's perturbation does not depend on its batch), and hand x_adv to the caller's Scope.
+ * options: FGSM, PGD (Linf / L2, random starts, restarts), APGD-CE / APGD-DLR, APGD-T, FAB-T and Square. They run
+ * as one Effect per call with plain tfjs inside, draw their randomness from {@link Rng} keyed per sample (same seed,
+ * same result; a sample's perturbation does not depend on its batch), and hand x_adv to the caller's Scope.
  *
- * {@link evaluate} runs an AutoAttack-style ensemble over a dataset (each stage only on the samples still correct,
- * per-sample worst case), records settings, seed and backend, raises gradient-masking flags, and can resume from a
- * JSONL file.
+ * A classifier declares its input domain (`bounds`, default [0, 1]), its class count and input shape; attacks
+ * reject NaN, Inf or out-of-range pixels, labels that are not class indices and wrong shapes with an AttackError
+ * naming the sample. Every attack result carries its forward and backward pass counts.
+ *
+ * {@link evaluate} runs an ensemble over a dataset (each stage only on the samples still correct, per-sample worst
+ * case), records settings, seed, backend and passes, raises gradient-masking flags, and can resume from a JSONL
+ * file. {@link worstCase} combines evaluations of the same samples into the one number to report, flagged
+ * `unreliable` when its parts contradict each other.
  *
  * DEQ-aware parts: {@link deqClassifier} turns a `Dynamics.Deq` into a Classifier whose gradients come from a
  * {@link GradientSource} (implicit, phantom, unrolled, an unrolled intermediate state, the ensemble-defence attack)
  * and whose prediction is the evaluated read-out or an inference-time defence, attacked non-adaptively ("paper"),
  * through BPDA or through the whole defence; {@link evaluateGrid} takes the per-sample worst case over the
- * (i, K_a, lambda) grid of intermediate states; {@link evaluateDeq} runs one evaluation per source and mode.
+ * (state z_n, K_a, lambda) grid of intermediate states; {@link evaluateDeq} runs one evaluation per source and mode.
  * docs/attacks.md describes an honest DEQ evaluation.
  *
  * @example
  * ```ts
  * import { Effect } from "effect"
  * import * as Adversary from "effect-deq/Adversary"
- * import { Rng } from "effect-deq/Tensor"
+ * import { Rng, tf } from "effect-deq/Tensor"
+ *
+ * // any differentiable model of [B, 28, 28, 1] images in [0, 1] with 10 classes
+ * declare const net: (x: tf.Tensor4D) => tf.Tensor2D
+ * declare const x: tf.Tensor4D
+ * declare const y: tf.Tensor1D
+ * const classifier: Adversary.Classifier = { name: "net", classes: 10, inputShape: [28, 28, 1], logits: net }
  *
  * const program = Effect.gen(function*() {
+ *   // AutoAttack's four attacks: APGD-CE, APGD-T, FAB-T, Square
  *   const stages = yield* Adversary.autoAttack({ eps: 0.1, norm: "Linf" })
  *   const result = yield* Adversary.evaluate(classifier, { x, y }, stages, { batchSize: 32, resumeFile: "runs/aa.jsonl" })
  *   yield* Effect.log(Adversary.toMarkdown([result]))
@@ -157,8 +169,8 @@ export type {
 // ---------------------------------------------------------------------------------------------------------------
 
 /**
- * An adversarial attack: `perturb(classifier, x, y)` returns x_adv within the eps-ball of x and the box [0, 1],
- * with per-sample success (`predict(x_adv)` misclassifies). Provide one with a Layer (`Attack.pgd({...})`) to
+ * An adversarial attack: `perturb(classifier, x, y)` returns x_adv within the eps-ball of x and the classifier's
+ * bounds (default [0, 1]), with per-sample success (`predict(x_adv)` misclassifies). Provide one with a Layer (`Attack.pgd({...})`) to
  * swap attacks in an ablation, or build values with {@link pgd}, {@link apgd}... to run several.
  *
  * @category services
@@ -188,7 +200,7 @@ export class Attack extends Context.Service<Attack, AttackShape>()("effect-deq/A
   static square(options: typeof SquareOptions.Encoded): Layer.Layer<Attack, ConfigError> {
     return Layer.effect(Attack, square(options))
   }
-  /** An AutoAttack-style ensemble as one attack. */
+  /** AutoAttack's stages as one ensemble attack. */
   static autoAttack(options: typeof AutoAttackOptions.Encoded): Layer.Layer<Attack, ConfigError> {
     return Layer.effect(Attack, Effect.flatMap(autoAttack(options), ensemble))
   }
@@ -368,7 +380,7 @@ export const losses = {
 } as const
 
 /**
- * Projection onto the eps-ball (Linf or L2) around x intersected with the box [0, 1].
+ * Projection onto the eps-ball (Linf or L2) around x intersected with the box `bounds` (default [0, 1]).
  *
  * @category geometry
  */

@@ -1,5 +1,5 @@
 /**
- * AutoAttack-style ensembles: stages run in order, each only on the samples still classified correctly; the
+ * Ensembles (AutoAttack's rule): stages run in order, each only on the samples still classified correctly; the
  * result is the per-sample worst case, with the stage that first broke each sample.
  */
 import { Effect } from "effect"

@@ -24,7 +24,7 @@ export class PgdOptions extends Schema.Class<PgdOptions>("PgdOptions")({
   stepSize: Schema.optional(Positive),
   restarts: def(PositiveInt, 1),
   randomStart: def(Schema.Boolean, true),
-  /** clamp the random start to [0, 1] (the paper's evaluation PGD does not; later steps always clamp) */
+  /** clamp the random start to the bounds (the paper's evaluation PGD does not; later steps always clamp) */
   randomStartClamp: def(Schema.Boolean, true),
   loss: def(Schema.Literals(["ce", "dlr"]), "ce"),
   /**

@@ -30,7 +30,8 @@ export const defaultBounds: readonly [number, number] = [0, 1]
 /**
  * What an attack sees. `logits` is differentiable w.r.t. x and gives the gradients (it may be a surrogate such as
  * BPDA or an intermediate-state unroll); `predict` is the prediction being evaluated (success checks, accuracy,
- * and the scores a black-box attack queries); it defaults to `logits`. Inputs are NHWC images inside `bounds` (default [0, 1]).
+ * and the scores a black-box attack queries); it defaults to `logits`. Inputs are NHWC images inside `bounds`
+ * (default [0, 1]).
  */
 export interface Classifier {
   readonly name: string

@@ -4,7 +4,8 @@
  * (forward convergence per sample, backward residual, implicit-vs-unrolled gradient cosine).
  *
  * With an inference-time defence (Dynamics.Defence) the surrogate follows the attack mode:
- * - "paper": the undefended DEQ's source (non-adaptive; the ICML 2023 PGD protocol, method.md 7.2);
+ * - "paper": the undefended DEQ's source (non-adaptive; the ICML 2023 PGD protocol, docs/method.md, "Evaluation
+ *   protocol");
  * - "full": the defence's own logits, differentiated through the whole defence;
  * - "bpda": the source at the purified input, with the purification's backward pass replaced by the identity.
  */
