@@ -210,6 +210,14 @@ export class Attack extends Context.Service<Attack, AttackShape>()("effect-deq/A
 // constructors
 // ---------------------------------------------------------------------------------------------------------------
 
+/** The recorded settings of a built-in attack from its decoded options. */
+const settingsOf = <O extends { readonly norm: "Linf" | "L2"; readonly eps: number }>(
+  kind: "white-box" | "black-box",
+  o: O,
+  steps: number,
+  restarts: number
+): Attack["Service"]["settings"] => ({ kind, norm: o.norm, eps: o.eps, steps, restarts, options: { ...o } })
+
 /**
  * A custom attack from a synchronous tfjs core `(env, x, y) => xAdv`: validation, the tidy, success checks and
  * Scope ownership are added. Use `env`'s helpers through the classifier; draw randomness with `env.rng`.
@@ -226,14 +234,7 @@ export const make: (name: string, settings: Attack["Service"]["settings"], core:
  */
 export const fgsm = (options: typeof FgsmOptions.Encoded): Effect.Effect<Attack["Service"], ConfigError> =>
   Effect.map(decode(FgsmOptions, "fgsm")(options), (o) =>
-    makeAttack(o.norm === "Linf" ? "fgsm" : "fgm-l2", {
-      kind: "white-box",
-      norm: o.norm,
-      eps: o.eps,
-      steps: 1,
-      restarts: 1,
-      options: { ...o }
-    }, fgsmCore(o), o.loss === "dlr" ? 3 : 2))
+    makeAttack(o.norm === "Linf" ? "fgsm" : "fgm-l2", settingsOf("white-box", o, 1, 1), fgsmCore(o), o.loss === "dlr" ? 3 : 2))
 
 /**
  * PGD (Madry et al.): `steps` signed (Linf) or normalised (L2) steps of `stepSize` (default 2.5 eps / steps) from
@@ -244,14 +245,12 @@ export const fgsm = (options: typeof FgsmOptions.Encoded): Effect.Effect<Attack[
  */
 export const pgd = (options: typeof PgdOptions.Encoded): Effect.Effect<Attack["Service"], ConfigError> =>
   Effect.map(decode(PgdOptions, "pgd")(options), (o) =>
-    makeAttack(o.norm === "Linf" ? "pgd" : "pgd-l2", {
-      kind: "white-box",
-      norm: o.norm,
-      eps: o.eps,
-      steps: o.steps,
-      restarts: o.restarts,
-      options: { ...o, stepSize: o.stepSize ?? (2.5 * o.eps) / o.steps }
-    }, pgdCore(o), o.loss === "dlr" ? 3 : 2))
+    makeAttack(
+      o.norm === "Linf" ? "pgd" : "pgd-l2",
+      settingsOf("white-box", { ...o, stepSize: o.stepSize ?? (2.5 * o.eps) / o.steps }, o.steps, o.restarts),
+      pgdCore(o),
+      o.loss === "dlr" ? 3 : 2
+    ))
 
 /**
  * APGD (Croce & Hein 2020) with the cross-entropy ("apgd-ce") or DLR ("apgd-dlr") loss: step size 2 eps halved at
@@ -261,14 +260,7 @@ export const pgd = (options: typeof PgdOptions.Encoded): Effect.Effect<Attack["S
  */
 export const apgd = (options: typeof ApgdOptions.Encoded): Effect.Effect<Attack["Service"], ConfigError> =>
   Effect.map(decode(ApgdOptions, "apgd")(options), (o) =>
-    makeAttack(`apgd-${o.loss}`, {
-      kind: "white-box",
-      norm: o.norm,
-      eps: o.eps,
-      steps: o.steps,
-      restarts: o.restarts,
-      options: { ...o }
-    }, apgdCore(o), o.loss === "dlr" ? 3 : 2))
+    makeAttack(`apgd-${o.loss}`, settingsOf("white-box", o, o.steps, o.restarts), apgdCore(o), o.loss === "dlr" ? 3 : 2))
 
 /**
  * APGD-T: APGD on the targeted DLR loss towards each of the `targets` most likely wrong classes (needs 4 classes).
@@ -279,14 +271,7 @@ export const apgdTargeted = (
   options: typeof ApgdTargetedOptions.Encoded
 ): Effect.Effect<Attack["Service"], ConfigError> =>
   Effect.map(decode(ApgdTargetedOptions, "apgdTargeted")(options), (o) =>
-    makeAttack("apgd-t", {
-      kind: "white-box",
-      norm: o.norm,
-      eps: o.eps,
-      steps: o.steps,
-      restarts: o.restarts,
-      options: { ...o }
-    }, apgdTargetedCore(o), 4))
+    makeAttack("apgd-t", settingsOf("white-box", o, o.steps, o.restarts), apgdTargetedCore(o), 4))
 
 /**
  * FAB-T (Croce & Hein 2020), targeted, Linf: for each of the `targets` most likely wrong classes, projects the
@@ -298,14 +283,7 @@ export const apgdTargeted = (
  */
 export const fabTargeted = (options: typeof FabOptions.Encoded): Effect.Effect<Attack["Service"], ConfigError> =>
   Effect.map(decode(FabOptions, "fabTargeted")(options), (o) =>
-    makeAttack("fab-t", {
-      kind: "white-box",
-      norm: o.norm,
-      eps: o.eps,
-      steps: o.steps,
-      restarts: o.restarts,
-      options: { ...o }
-    }, fabTargetedCore(o)))
+    makeAttack("fab-t", settingsOf("white-box", o, o.steps, o.restarts), fabTargetedCore(o)))
 
 /**
  * Square (Andriushchenko et al. 2020), Linf, score-based black-box: queries `predict` only.
@@ -314,14 +292,7 @@ export const fabTargeted = (options: typeof FabOptions.Encoded): Effect.Effect<A
  */
 export const square = (options: typeof SquareOptions.Encoded): Effect.Effect<Attack["Service"], ConfigError> =>
   Effect.map(decode(SquareOptions, "square")(options), (o) =>
-    makeAttack("square", {
-      kind: "black-box",
-      norm: o.norm,
-      eps: o.eps,
-      steps: o.queries,
-      restarts: o.restarts,
-      options: { ...o }
-    }, squareCore(o)))
+    makeAttack("square", settingsOf("black-box", o, o.queries, o.restarts), squareCore(o)))
 
 /**
  * An ensemble of attacks sharing one threat model (a mismatch in eps or norm is a ConfigError): stages run in

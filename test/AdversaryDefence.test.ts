@@ -9,7 +9,7 @@ import { afterAll, beforeAll } from "vitest"
 import * as Adversary from "../src/Adversary.ts"
 import * as Data from "../src/Data.ts"
 import * as Dynamics from "../src/Dynamics.ts"
-import { makeBroyden } from "../src/FixedPoint.ts"
+import { makeBroydenSync } from "../src/FixedPoint.ts"
 import { type EntropySettings, runEntropyReduction } from "../src/internal/regularizers/entropy.ts"
 import * as Models from "../src/Models.ts"
 import * as Regularizers from "../src/Regularizers.ts"
@@ -29,7 +29,7 @@ beforeAll(async () => {
   test = ds.test
   data = { x: test.images, shape: ds.shape, y: test.labels }
   const model = Effect.runSync(Models.fc({ inputShape: [28, 28, 1], hidden: 32, classes: 10 }, { seed: 2 }).pipe(Scope.provide(scope)))
-  deq = Dynamics.makeWith(model, makeBroyden({ maxIter: 8, tol: 1e-3 }), { backward: Dynamics.paperTail })
+  deq = Dynamics.makeWith(model, makeBroydenSync({ maxIter: 8, tol: 1e-3 }), { backward: Dynamics.paperTail })
   const opt = tf.train.adam(0.01)
   tf.tidy(() => {
     const x = tf.tensor4d(ds.train.images, [1000, 28, 28, 1])

@@ -10,7 +10,7 @@ import * as Adversary from "../src/Adversary.ts"
 import * as Data from "../src/Data.ts"
 import * as Dynamics from "../src/Dynamics.ts"
 import * as Evaluation from "../src/Evaluation.ts"
-import { makeBroyden } from "../src/FixedPoint.ts"
+import { makeBroydenSync } from "../src/FixedPoint.ts"
 import * as Models from "../src/Models.ts"
 import { Rng, tf, useBackend } from "../src/Tensor.ts"
 
@@ -120,7 +120,7 @@ beforeAll(async () => {
   const ds = await Effect.runPromise(Data.mnist({ trainSize: 500, testSize: 24 }))
   split = ds.test
   const model = Effect.runSync(Models.fc({ inputShape: [28, 28, 1], hidden: 16, classes: 10 }, { seed: 3 }).pipe(Scope.provide(scope)))
-  deq = Dynamics.makeWith(model, makeBroyden({ maxIter: 4, tol: 1e-3 }), { backward: Dynamics.paperTail })
+  deq = Dynamics.makeWith(model, makeBroydenSync({ maxIter: 4, tol: 1e-3 }), { backward: Dynamics.paperTail })
   const opt = tf.train.adam(0.01)
   tf.tidy(() => {
     const x = tf.tensor4d(ds.train.images, [500, 28, 28, 1])
