@@ -99,8 +99,19 @@ const linf = (a: ArrayLike<number>, from = 0, to = a.length): number => {
   return m
 }
 
-/** One FAB-T run towards `target` (per row) from x, or from a random start at half the radius for restart > 0. */
-const fabRun = (o: FabOptions, env: Env, x: tf.Tensor4D, y: tf.Tensor1D, target: Int32Array, restart: number): RunOut => {
+/**
+ * One FAB-T run (number `run`, for its draws) towards `target` (per row) from x, or from a random start at half the
+ * radius for restart > 0.
+ */
+const fabRun = (
+  o: FabOptions,
+  env: Env,
+  x: tf.Tensor4D,
+  y: tf.Tensor1D,
+  target: Int32Array,
+  run: number,
+  restart: number
+): RunOut => {
   const [n, h, w, ch] = x.shape
   const d = h * w * ch
   const [lo, hi] = env.bounds
@@ -133,7 +144,7 @@ const fabRun = (o: FabOptions, env: Env, x: tf.Tensor4D, y: tf.Tensor1D, target:
       // f_t - f_y: negative while the sample is still classified as y rather than t
       const gap = (logits: tf.Tensor2D) =>
         tf.sum(tf.mul(logits, tf.sub(tf.oneHot(ts, logits.shape[1]), tf.oneHot(ys, logits.shape[1]))), 1) as tf.Tensor1D
-      const p = probe(sub, xs, gap, o.eot, "step", it)
+      const p = probe(sub, xs, gap, o.eot, "run", run, "step", it)
       return { df: p.loss.dataSync() as Float32Array, dg: p.grad.dataSync() as Float32Array }
     })
     for (let j = 0; j < rows.length; j++) {
@@ -153,7 +164,7 @@ const fabRun = (o: FabOptions, env: Env, x: tf.Tensor4D, y: tf.Tensor1D, target:
       }
     }
     const wrong = tf.tidy(() =>
-      wrongOf(predictLogits(sub, tf.tensor4d(gather(x1, rows, d), [rows.length, h, w, ch]), "step", it), tf.tensor1d(yr, "int32"))
+      wrongOf(predictLogits(sub, tf.tensor4d(gather(x1, rows, d), [rows.length, h, w, ch]), "run", run, "step", it), tf.tensor1d(yr, "int32"))
     )
     for (let j = 0; j < rows.length; j++) {
       if (wrong[j] !== 1) continue
@@ -169,7 +180,7 @@ const fabRun = (o: FabOptions, env: Env, x: tf.Tensor4D, y: tf.Tensor1D, target:
       if (norm[i]! <= o.eps) done[i] = 1
     }
   }
-  rescaleToBall(o, env, x0, best, norm, labels, x.shape)
+  rescaleToBall(o, env, x0, best, norm, labels, x.shape, run)
   const success = Uint8Array.from(norm, (v) => (v <= o.eps ? 1 : 0))
   const out = Float32Array.from(x0)
   for (let i = 0; i < n; i++) if (success[i] === 1) out.set(best.subarray(i * d, (i + 1) * d), i * d)
@@ -193,7 +204,8 @@ const rescaleToBall = (
   best: Float32Array,
   norm: Float64Array,
   labels: ArrayLike<number>,
-  shape: [number, number, number, number]
+  shape: [number, number, number, number],
+  run: number
 ): void => {
   const [, h, w, ch] = shape
   const d = h * w * ch
@@ -207,7 +219,7 @@ const rescaleToBall = (
   }
   const wrong = tf.tidy(() =>
     wrongOf(
-      predictLogits(subEnv(env, rows), tf.tensor4d(cand, [rows.length, h, w, ch]), "rescale"),
+      predictLogits(subEnv(env, rows), tf.tensor4d(cand, [rows.length, h, w, ch]), "run", run, "rescale"),
       tf.tensor1d(Int32Array.from(rows, (i) => labels[i]!), "int32")
     )
   )
@@ -240,6 +252,6 @@ export const fabTargetedCore = (o: FabOptions): Core => (env, x, y) => {
   return worstCase(env, x, y, targets * o.restarts, (e, xs, ys, run, rows) => {
     const t = 1 + Math.floor(run / o.restarts)
     const target = Int32Array.from(rows, (i) => ranked.order[i * k + t]!)
-    return fabRun(o, e, xs, ys, target, run % o.restarts)
+    return fabRun(o, e, xs, ys, target, run, run % o.restarts)
   })
 }
