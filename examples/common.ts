@@ -61,9 +61,13 @@ export interface Scale {
   /** evaluation PGD steps */
   readonly evalSteps: number
   readonly evalBatch: number
-  /** APGD iterations and Square queries of the AutoAttack-style ensemble */
+  /** APGD / FAB-T iterations, target classes and Square queries of AutoAttack */
   readonly aaSteps: number
+  readonly aaTargets: number
   readonly aaQueries: number
+  /** restarts of the PGD attacks on a defence, and EOT draws of the BPDA + EOT check */
+  readonly defendedRestarts: number
+  readonly eot: number
   readonly lr: number
   /** scale of the FC cell's W init (spectral norm about 2 wScale): slower contraction, longer dynamics */
   readonly wScale: number
@@ -93,7 +97,10 @@ export const scaleFor = (mode: Mode): Scale => {
         evalSteps: 10,
         evalBatch: 100,
         aaSteps: 20,
-        aaQueries: 300
+        aaTargets: 3,
+        aaQueries: 300,
+        defendedRestarts: 2,
+        eot: 4
       }
     case "quick":
       return {
@@ -107,7 +114,10 @@ export const scaleFor = (mode: Mode): Scale => {
         evalSteps: 10,
         evalBatch: 64,
         aaSteps: 10,
-        aaQueries: 100
+        aaTargets: 3,
+        aaQueries: 100,
+        defendedRestarts: 1,
+        eot: 2
       }
     case "smoke":
       return {
@@ -121,7 +131,10 @@ export const scaleFor = (mode: Mode): Scale => {
         evalSteps: 5,
         evalBatch: 48,
         aaSteps: 5,
-        aaQueries: 40
+        aaTargets: 2,
+        aaQueries: 40,
+        defendedRestarts: 1,
+        eot: 2
       }
   }
 }
@@ -224,7 +237,7 @@ export const deqOf = (model: Models.Model, scale: Scale, solver?: FixedPoint.Sol
     backward: Dynamics.paperTail
   })
 
-/** The read-out the paper reports (method.md 7.4): h(z_N), the N-th raw solver state. */
+/** The read-out the paper reports (docs/method.md, "Evaluation protocol"): h(z_N), the N-th raw solver state. */
 export const reportedReadOut = (scale: Scale): Dynamics.ReadOut => Dynamics.readOut.state(scale.steps)
 
 /** The evaluation PGD: `evalSteps` steps of eps/4, uniform start (unclamped, as the paper's), best iterate kept. */
@@ -236,7 +249,7 @@ export const evalPgd = (scale: Scale) =>
     randomStartClamp: false
   })
 
-/** The white-box intermediate-state grid for a budget of N: lambda {1, 0.5} x i {0, N/2, N-1} x K_a {1, 5}. */
+/** The white-box intermediate-state grid for a budget of N: lambda {1, 0.5} x z_{N/4}, z_{N/2}, z_N x K_a {1, 5}. */
 export const smallGrid = (scale: Scale) => Adversary.Grid.small(scale.steps)
 
 /** A DEQ classifier at the reported read-out (no diagnostics unless asked: they cost extra solves). */
@@ -247,12 +260,19 @@ export const classifier = (
   extra: Partial<Adversary.DeqClassifierOptions> = {}
 ) => Adversary.deqClassifier(deq, { source, readOut: reportedReadOut(scale), diagnostics: false, ...extra })
 
-/** Fraction of samples robust in every one of several results over the same data (per-sample worst case). */
-export const worstOf = (results: ReadonlyArray<Adversary.EvaluationResult>): number => {
-  const n = results[0]?.perSample.brokenAt.length ?? 0
-  let robust = 0
-  for (let i = 0; i < n; i++) if (results.every((r) => r.perSample.brokenAt[i] === -1)) robust++
-  return n === 0 ? 0 : robust / n
+/**
+ * The per-sample worst case over evaluations of the same test images (Adversary.worstCase): robust only where
+ * every evaluation left the sample correct, with the union of their flags and `unreliable` where their roles
+ * contradict each other.
+ */
+export const worstOf = (
+  parts: ReadonlyArray<{ readonly label: string; readonly result: Adversary.EvaluationResult; readonly role?: Adversary.AttackRole }>
+): Adversary.EvaluationResult => Adversary.worstCase(parts, { label: `worst case over ${parts.length} evaluations` })
+
+/** The `unreliable` flags of a result, as sentences for a caption ("" when there are none). */
+export const unreliableNote = (r: Adversary.EvaluationResult): string => {
+  const flags = r.flags.filter((f) => f.kind === "unreliable")
+  return flags.length === 0 ? "" : ` Flagged \`unreliable\`: ${flags.map((f) => f.message).join("; ")}.`
 }
 
 /** A compact, JSON-friendly summary of an evaluation (no per-sample arrays). */
@@ -266,6 +286,7 @@ export const summarize = (r: Adversary.EvaluationResult) => ({
   robust: r.robustAccuracy,
   stages: r.stages.map((s) => ({ name: s.name, robust: s.robustAccuracy })),
   flags: r.flags.map((f) => f.kind),
+  passes: r.passes,
   diagnostics: r.diagnostics
 })
 
@@ -273,12 +294,14 @@ export const summarize = (r: Adversary.EvaluationResult) => ({
 // output
 // ---------------------------------------------------------------------------------------------------------------
 
-/** A fraction as a percentage with one decimal. */
-export const pct = (x: number | undefined): string => (x === undefined || !Number.isFinite(x) ? "-" : `${(100 * x).toFixed(1)}%`)
+/** A fraction as a percentage with one decimal and a % sign (Report.pct). */
+export const pct = (x: number | undefined): string => {
+  const p = Report.pct(x)
+  return p === "-" ? p : `${p}%`
+}
 
-/** A number with `digits` decimals. */
-export const num = (x: number | undefined, digits = 3): string =>
-  x === undefined || !Number.isFinite(x) ? "-" : x.toFixed(digits)
+/** A number with `digits` decimals (Report.num). */
+export const num = (x: number | undefined, digits = 3): string => Report.num(x, digits)
 
 /** A Markdown table (Report's: `|` is escaped). */
 export const table = (headers: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<string | number>>): string =>

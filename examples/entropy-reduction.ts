@@ -1,19 +1,21 @@
 /**
  * Claim (Yang et al., ICML 2023, Sec. 3.2): updating the input along the dynamics to lower the prediction
  * entropy (input entropy reduction) raises robust accuracy. The paper measures it with a non-adaptive PGD
- * (gradients of the undefended DEQ, method.md 7.2); this example also runs adaptive attacks.
+ * (gradients of the undefended DEQ; docs/method.md, "Evaluation protocol"); this example also runs adaptive
+ * attacks and reports, for each model, the per-sample worst case over every attack.
  *
- * Trains one FC DEQ with plain PGD-AT, then evaluates h(z_N) without the defence and with
- * `Regularizers.makeEntropyReduction(entropyReductionPresets.mnist)` under Adversary.deqClassifier's modes:
- * "paper" (non-adaptive), "bpda" (identity backward of the purification), "full" (through the whole defence),
- * and BPDA with EOT over 4 draws.
+ * Trains one FC DEQ with plain PGD-AT, then evaluates h(z_N) without the defence (PGD with the z_N surrogate, the
+ * intermediate-state grid, Square) and with `Regularizers.makeEntropyReduction(entropyReductionPresets.mnist)`
+ * under Adversary.deqClassifier's modes: "paper" (the non-adaptive transfer attack), "bpda" (identity backward of
+ * the purification), "full" (through the whole defence, whose projections are straight-through), BPDA with EOT
+ * over 4 draws, and Square against the defended prediction. The defended PGD attacks use 2 restarts (full size).
  *
  *   npx tsx examples/entropy-reduction.ts [--quick]
  */
 import { Effect } from "effect"
 import * as Adversary from "../src/Adversary.ts"
 import * as Data from "../src/Data.ts"
-import * as Dynamics from "../src/Dynamics.ts"
+import type * as Dynamics from "../src/Dynamics.ts"
 import * as Regularizers from "../src/Regularizers.ts"
 import { tf } from "../src/Tensor.ts"
 import {
@@ -32,17 +34,20 @@ import {
   summarize,
   table,
   testData,
-  trainModel
+  trainModel,
+  unreliableNote,
+  worstOf
 } from "./common.ts"
 
 /** One row: a defence setting and an attack protocol. */
 export interface DefenceRow {
   readonly defence: "none" | "entropy-reduction"
-  /** "none", "paper", "bpda", "full", "bpda+eot" */
+  /** "single source", "grid worst", "square", "paper", "bpda", "full", "bpda+eot", "worst case" */
   readonly protocol: string
   readonly gradientSource: string
   readonly clean: number
   readonly robust: number
+  readonly flags: ReadonlyArray<string>
   readonly details: ReturnType<typeof summarize>
 }
 
@@ -51,7 +56,7 @@ export interface EntropyReductionResult {
   readonly eps: number
   readonly defence: string
   readonly trainSeconds: number
-  /** mean prediction entropy of the evaluated logits on clean test images */
+  /** mean prediction entropy of the evaluated prediction h(z_N) on clean test images, without and with the defence */
   readonly entropy: { readonly undefended: number; readonly defended: number }
   readonly rows: ReadonlyArray<DefenceRow>
 }
@@ -77,22 +82,33 @@ export const main = (options: ExampleOptions = {}) =>
       const data = yield* loadData(scale)
       const test = testData(data)
       const pgd = yield* evalPgd(scale)
-      const pgdEot = yield* Adversary.pgd({
-        eps: scale.eps,
-        stepSize: scale.stepSize,
-        steps: scale.evalSteps,
-        randomStartClamp: false,
-        eot: 4
-      })
+      const defendedPgd = (restarts: number, eot: number) =>
+        Adversary.pgd({ eps: scale.eps, stepSize: scale.stepSize, steps: scale.evalSteps, randomStartClamp: false, restarts, eot })
+      const square = yield* Adversary.square({ eps: scale.eps, queries: scale.aaQueries })
+      const defendedSquare = yield* Adversary.square({ eps: scale.eps, queries: Math.ceil(scale.aaQueries / 3) })
       const defence = yield* Regularizers.makeEntropyReduction(Regularizers.entropyReductionPresets.mnist)
       const trained = yield* trainModel(data, scale, { method: "pgd-at", seed })
       const deq = deqOf(trained.model, scale)
-      // the paper's intermediate-state gradient at the read-out: f(z_{N-1}) and 5 damped steps
-      const source = Adversary.GradientSource.intermediate(scale.steps - 1, 5, 0.5)
+      // the paper's intermediate-state gradient at the read-out: f(z_N) and 5 damped steps ("Munroll-7-5" for N = 8)
+      const source = Adversary.GradientSource.intermediate(scale.steps, 5, 0.5)
       const evaluate = { batchSize: scale.evalBatch }
       const rows: Array<DefenceRow> = []
-      const push = (d: DefenceRow["defence"], protocol: string, r: Adversary.EvaluationResult) =>
-        rows.push({ defence: d, protocol, gradientSource: r.gradientSource, clean: r.cleanAccuracy, robust: r.robustAccuracy, details: summarize(r) })
+      const parts: Record<DefenceRow["defence"], Array<{ label: string; result: Adversary.EvaluationResult; role: Adversary.AttackRole }>> = {
+        none: [],
+        "entropy-reduction": []
+      }
+      const push = (d: DefenceRow["defence"], protocol: string, r: Adversary.EvaluationResult, role?: Adversary.AttackRole) => {
+        rows.push({
+          defence: d,
+          protocol,
+          gradientSource: r.gradientSource,
+          clean: r.cleanAccuracy,
+          robust: r.robustAccuracy,
+          flags: [...new Set(r.flags.map((f) => f.kind))],
+          details: summarize(r)
+        })
+        if (role !== undefined) parts[d].push({ label: protocol, result: r, role })
+      }
 
       const plain = yield* Adversary.evaluateDeq(deq, test, pgd, {
         sources: [source],
@@ -101,40 +117,45 @@ export const main = (options: ExampleOptions = {}) =>
         diagnostics: false,
         evaluate
       })
-      push("none", "single source", plain[0]!)
-      push("none", "grid worst", plain[plain.length - 1]!)
+      push("none", "single source", plain[0]!, "white-box")
+      push("none", "grid worst", plain[plain.length - 1]!, "white-box")
+      push("none", "square", yield* Adversary.evaluate(classifier(deq, scale, source), test, square, { ...evaluate, gradientSource: "none (black-box)" }), "black-box")
+      const openWorst = worstOf(parts.none)
+      push("none", "worst case", openWorst)
 
-      const defended = yield* Adversary.evaluateDeq(deq, test, pgd, {
-        sources: [source],
-        readOut: reportedReadOut(scale),
-        defence: defence as Dynamics.Defence,
-        modes: ["paper", "bpda", "full"],
-        diagnostics: false,
-        evaluate
-      })
-      for (const r of defended) push("entropy-reduction", r.gradientSource.split(":")[0]!, r)
-      const eot = yield* Adversary.evaluate(
-        classifier(deq, scale, source, { defence, mode: "bpda" }),
-        test,
-        pgdEot,
-        evaluate
-      )
-      push("entropy-reduction", "bpda+eot", eot)
+      const run = (mode: Adversary.DefenceMode, attack: Adversary.Attack["Service"], gradientSource?: string) => {
+        const c = classifier(deq, scale, source, { defence, mode })
+        return Adversary.evaluate(c, test, attack, { ...evaluate, gradientSource: gradientSource ?? c.gradientSource })
+      }
+      const restarted = yield* defendedPgd(scale.defendedRestarts, 1)
+      push("entropy-reduction", "paper", yield* run("paper", restarted), "transfer")
+      push("entropy-reduction", "bpda", yield* run("bpda", restarted), "adaptive")
+      push("entropy-reduction", "full", yield* run("full", restarted), "adaptive")
+      // a sanity check on BPDA (one start): the defence is deterministic, so EOT averages identical gradients
+      push("entropy-reduction", "bpda+eot", yield* run("bpda", yield* defendedPgd(1, scale.eot)), "adaptive")
+      push("entropy-reduction", "square", yield* run("bpda", defendedSquare, "none (black-box)"), "black-box")
+      const guardedWorst = worstOf(parts["entropy-reduction"])
+      push("entropy-reduction", "worst case", guardedWorst)
 
+      // the evaluated prediction h(z_N) itself (no tail), undefended and defended
+      const evaluated = classifier(deq, scale, source)
       const entropy = {
-        undefended: meanEntropyOver(data, scale, (x) => Dynamics.logits(deq, x, reportedReadOut(scale))),
+        undefended: meanEntropyOver(data, scale, (x) => evaluated.predict!(x)),
         defended: meanEntropyOver(data, scale, (x) => {
-          const out = defence.run(deq, x)
+          const out = (defence as Dynamics.Defence).run(deq, x)
           out.purified.dispose()
           return out.logits
         })
       }
       const markdown = table(
-        ["defence", "attack protocol", "gradient", "clean", "robust"],
-        rows.map((r) => [r.defence, r.protocol, r.gradientSource, pct(r.clean), pct(r.robust)])
-      ) + `\n\nPGD-${scale.evalSteps}, eps ${scale.eps} Linf, read-out h(z_${scale.steps}); defence ${defence.name}. ` +
-        `Mean prediction entropy on clean test images: ${num(entropy.undefended)} undefended, ${num(entropy.defended)} defended. ` +
-        `The defence is deterministic, so EOT (4 draws) averages identical gradients: a sanity check on BPDA.`
+        ["defence", "attack protocol", "gradient", "clean", "robust", "flags"],
+        rows.map((r) => [r.defence, r.protocol, r.gradientSource, pct(r.clean), pct(r.robust), r.flags.join(", ") || "none"])
+      ) + `\n\nPGD-${scale.evalSteps}, eps ${scale.eps} Linf, read-out h(z_${scale.steps}); defence ${defence.name}; ` +
+        `the defended PGD attacks with ${scale.defendedRestarts} restart${scale.defendedRestarts > 1 ? "s" : ""} (EOT: 1); Square ${scale.aaQueries} queries undefended, ` +
+        `${Math.ceil(scale.aaQueries / 3)} against the defended prediction. "worst case": per-sample worst case over the ` +
+        `rows above it. Mean prediction entropy of h(z_${scale.steps}) on clean test images: ${num(entropy.undefended)} ` +
+        `undefended, ${num(entropy.defended)} defended. The defence is deterministic, so EOT (${scale.eot} draws) averages identical ` +
+        `gradients: a sanity check on BPDA.` + unreliableNote(guardedWorst)
       const result: EntropyReductionResult = {
         eps: scale.eps,
         defence: defence.name,

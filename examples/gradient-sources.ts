@@ -27,6 +27,7 @@ import {
   table,
   testData,
   trainModel,
+  unreliableNote,
   worstOf
 } from "./common.ts"
 
@@ -49,6 +50,8 @@ export interface GradientSourcesResult {
   readonly trainSeconds: number
   /** per-sample worst case over every row */
   readonly worst: number
+  /** the worst case's flags (kinds) */
+  readonly flags: ReadonlyArray<string>
   readonly rows: ReadonlyArray<SourceRow>
   readonly details: ReadonlyArray<ReturnType<typeof summarize>>
 }
@@ -83,7 +86,12 @@ export const main = (options: ExampleOptions = {}) =>
       for (const p of g.points) runs.push({ kind: "intermediate", result: p.result })
       runs.push({ kind: "grid", result: g.worst })
       runs.push({ kind: "black-box", result: yield* Adversary.evaluate(classifier(deq, scale, S.implicit()), test, square, evaluate) })
-      const worst = worstOf(runs.map((r) => r.result))
+      const all = worstOf(runs.map(({ kind, result }) => ({
+        label: kind === "black-box" ? "square" : result.gradientSource,
+        result,
+        role: kind === "black-box" ? "black-box" as const : "white-box" as const
+      })))
+      const worst = all.robustAccuracy
       const rows: Array<SourceRow> = runs.map(({ kind, result }) => ({
         source: kind === "black-box" ? `square (${scale.aaQueries * 3} queries)` : result.gradientSource,
         kind,
@@ -97,11 +105,13 @@ export const main = (options: ExampleOptions = {}) =>
         ["gradient source", "kind", "clean", "robust", "over worst case", "grad cosine"],
         rows.map((r) => [r.source, r.kind, pct(r.clean), pct(r.robust), `+${(100 * r.overstatement).toFixed(1)} pt`, num(r.gradientCosine)])
       ) + `\n\nPer-sample worst case over every row: ${pct(worst)}. PGD-${scale.evalSteps}, eps ${scale.eps} Linf, ` +
-        `read-out h(z_${N}); "grad cosine": min cosine between implicit and unrolled-${N} input gradients (first 4 samples per batch).`
+        `read-out h(z_${N}); "grad cosine": min cosine between implicit and unrolled-${N} input gradients (first 4 samples per batch).` +
+        unreliableNote(all)
       const result: GradientSourcesResult = {
         eps: scale.eps,
         trainSeconds: trained.seconds,
         worst,
+        flags: [...new Set(all.flags.map((f) => f.kind))],
         rows,
         details: runs.map((r) => summarize(r.result))
       }

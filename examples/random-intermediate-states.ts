@@ -4,8 +4,8 @@
  *
  * Trains four FC DEQs that differ only in two layers (the objective and `Regularizers.randomIntermediateStates`
  * vs `Regularizers.finalState`) and evaluates each at h(z_N) under the intermediate-state white-box attack (worst
- * case over the 12-point grid) and an AutoAttack-style ensemble (APGD-CE, APGD-T, Square), reporting the
- * per-sample worst case over both.
+ * case over the 12-point grid) and AutoAttack (APGD-CE, APGD-T, FAB-T, Square), reporting the per-sample worst case
+ * over both.
  *
  *   npx tsx examples/random-intermediate-states.ts [--quick]
  */
@@ -39,10 +39,12 @@ export interface RisRow {
   readonly clean: number
   /** worst case over the intermediate-state grid (PGD) */
   readonly grid: number
-  /** the AutoAttack-style ensemble */
+  /** AutoAttack's four attacks */
   readonly autoAttack: number
   /** per-sample worst case over the grid and the ensemble */
   readonly worst: number
+  /** the worst case's flags (kinds) */
+  readonly flags: ReadonlyArray<string>
   readonly details: { readonly grid: ReturnType<typeof summarize>; readonly autoAttack: ReturnType<typeof summarize> }
 }
 
@@ -68,7 +70,7 @@ export const main = (options: ExampleOptions = {}) =>
       const data = yield* loadData(scale)
       const test = testData(data)
       const pgd = yield* evalPgd(scale)
-      const aa = yield* Adversary.autoAttack({ eps: scale.eps, steps: scale.aaSteps, queries: scale.aaQueries })
+      const aa = yield* Adversary.autoAttack({ eps: scale.eps, steps: scale.aaSteps, queries: scale.aaQueries, targets: scale.aaTargets })
       const evaluate = { batchSize: scale.evalBatch }
       const rows: Array<RisRow> = []
       for (const spec of specs) {
@@ -82,6 +84,7 @@ export const main = (options: ExampleOptions = {}) =>
         })
         // the ensemble's white-box stages differentiate the papers' ready-made unroll at z_N (Munroll-out-5)
         const auto = yield* Adversary.evaluate(classifier(deq, scale, Adversary.GradientSource.unroll(5)), test, aa, evaluate)
+        const worst = worstOf([{ label: "grid", result: g.worst, role: "white-box" }, { label: "AutoAttack", result: auto, role: "white-box" }])
         rows.push({
           model: trained.label,
           method: spec.method,
@@ -90,17 +93,18 @@ export const main = (options: ExampleOptions = {}) =>
           clean: g.worst.cleanAccuracy,
           grid: g.worst.robustAccuracy,
           autoAttack: auto.robustAccuracy,
-          worst: worstOf([g.worst, auto]),
+          worst: worst.robustAccuracy,
+          flags: [...new Set(worst.flags.map((f) => f.kind))],
           details: { grid: summarize(g.worst), autoAttack: summarize(auto) }
         })
       }
       const grid = Adversary.Grid.label(smallGrid(scale))
-      const autoLabel = `APGD-CE + APGD-T (${scale.aaSteps} steps) + Square (${scale.aaQueries} queries)`
+      const autoLabel = `APGD-CE, APGD-T, FAB-T (${scale.aaSteps} steps, ${scale.aaTargets} targets) + Square (${scale.aaQueries} queries)`
       const markdown = table(
-        ["model", "clean", "PGD grid worst", "AutoAttack-style", "worst of both"],
-        rows.map((r) => [r.model, pct(r.clean), pct(r.grid), pct(r.autoAttack), pct(r.worst)])
+        ["model", "clean", "PGD grid worst", "AutoAttack", "worst of both", "flags"],
+        rows.map((r) => [r.model, pct(r.clean), pct(r.grid), pct(r.autoAttack), pct(r.worst), r.flags.join(", ") || "none"])
       ) + `\n\nRead-out h(z_${scale.steps}); eps ${scale.eps} Linf; PGD-${scale.evalSteps} over the ${grid}; ` +
-        `ensemble: ${autoLabel} on Munroll-out-5 gradients.`
+        `AutoAttack: ${autoLabel} on Munroll-out-5 gradients.`
       const result: RisResult = { eps: scale.eps, grid, autoAttack: autoLabel, rows }
       return { result, markdown }
     }))

@@ -69,7 +69,7 @@ export const main = (options: ExampleOptions = {}) =>
       // PGD inputs made once (intermediate-state gradient at z_N, the paper's Broyden deq), shared by every solver
       const attack = yield* evalPgd(scale)
       const attackDeq = deqOf(trained.model, scale)
-      const source = Adversary.GradientSource.intermediate(scale.steps - 1, 5, 0.5)
+      const source = Adversary.GradientSource.intermediate(scale.steps, 5, 0.5)
       const total = data.test.count
       const batches: Array<{ x: tf.Tensor4D; y: tf.Tensor1D; adv: tf.Tensor4D }> = []
       for (let start = 0; start < total; start += scale.evalBatch) {

@@ -3,28 +3,40 @@
  *
  * An attack sees a {@link Classifier}: `logits` gives input gradients (it may be a surrogate: BPDA, an unrolled
  * intermediate state), `predict` is what is evaluated. Attacks are services ({@link Attack}) built from Schema
- * options: FGSM, PGD (Linf / L2, random starts, restarts), APGD-CE / APGD-DLR, APGD-T and Square. They run as one
- * Effect per call with plain tfjs inside, draw their randomness from {@link Rng} keyed per sample (same seed, same
- * result; a sample's perturbation does not depend on its batch), and hand x_adv to the caller's Scope.
+ * options: FGSM, PGD (Linf / L2, random starts, restarts), APGD-CE / APGD-DLR, APGD-T, FAB-T and Square. They run
+ * as one Effect per call with plain tfjs inside, draw their randomness from {@link Rng} keyed per sample (same seed,
+ * same result; a sample's perturbation does not depend on its batch), and hand x_adv to the caller's Scope.
  *
- * {@link evaluate} runs an AutoAttack-style ensemble over a dataset (each stage only on the samples still correct,
- * per-sample worst case), records settings, seed and backend, raises gradient-masking flags, and can resume from a
- * JSONL file.
+ * A classifier declares its input domain (`bounds`, default [0, 1]), its class count and input shape; attacks
+ * reject NaN, Inf or out-of-range pixels, labels that are not class indices and wrong shapes with an AttackError
+ * naming the sample. Every attack result carries its forward and backward pass counts.
+ *
+ * {@link evaluate} runs an ensemble over a dataset (each stage only on the samples still correct, per-sample worst
+ * case), records settings, seed, backend and passes, raises gradient-masking flags, and can resume from a JSONL
+ * file. {@link worstCase} combines evaluations of the same samples into the one number to report, flagged
+ * `unreliable` when its parts contradict each other.
  *
  * DEQ-aware parts: {@link deqClassifier} turns a `Dynamics.Deq` into a Classifier whose gradients come from a
  * {@link GradientSource} (implicit, phantom, unrolled, an unrolled intermediate state, the ensemble-defence attack)
  * and whose prediction is the evaluated read-out or an inference-time defence, attacked non-adaptively ("paper"),
  * through BPDA or through the whole defence; {@link evaluateGrid} takes the per-sample worst case over the
- * (i, K_a, lambda) grid of intermediate states; {@link evaluateDeq} runs one evaluation per source and mode.
+ * (state z_n, K_a, lambda) grid of intermediate states; {@link evaluateDeq} runs one evaluation per source and mode.
  * docs/attacks.md describes an honest DEQ evaluation.
  *
  * @example
  * ```ts
  * import { Effect } from "effect"
  * import * as Adversary from "effect-deq/Adversary"
- * import { Rng } from "effect-deq/Tensor"
+ * import { Rng, tf } from "effect-deq/Tensor"
+ *
+ * // any differentiable model of [B, 28, 28, 1] images in [0, 1] with 10 classes
+ * declare const net: (x: tf.Tensor4D) => tf.Tensor2D
+ * declare const x: tf.Tensor4D
+ * declare const y: tf.Tensor1D
+ * const classifier: Adversary.Classifier = { name: "net", classes: 10, inputShape: [28, 28, 1], logits: net }
  *
  * const program = Effect.gen(function*() {
+ *   // AutoAttack's four attacks: APGD-CE, APGD-T, FAB-T, Square
  *   const stages = yield* Adversary.autoAttack({ eps: 0.1, norm: "Linf" })
  *   const result = yield* Adversary.evaluate(classifier, { x, y }, stages, { batchSize: 32, resumeFile: "runs/aa.jsonl" })
  *   yield* Effect.log(Adversary.toMarkdown([result]))
@@ -48,15 +60,19 @@ import {
   ApgdTargetedOptions,
   AutoAttackOptions,
   EvaluateOptions,
+  FabOptions,
   FgsmOptions,
   PgdOptions,
   SquareOptions
 } from "./internal/adversary/options.ts"
+import { fabTargetedCore } from "./internal/adversary/fab.ts"
 import { fgsmCore, pgdCore } from "./internal/adversary/pgd.ts"
 import * as deqClassifierModule from "./internal/adversary/deq/classifier.ts"
 import * as deqEvaluate from "./internal/adversary/deq/evaluate.ts"
 import * as deqSource from "./internal/adversary/deq/source.ts"
+import * as flags from "./internal/adversary/flags.ts"
 import * as report from "./internal/adversary/report.ts"
+import * as worst from "./internal/adversary/worst.ts"
 import { squareCore } from "./internal/adversary/square.ts"
 import type { AttackError, AttackShape, Classifier, ResumeError } from "./internal/adversary/types.ts"
 import type { Deq } from "./Dynamics.ts"
@@ -71,6 +87,8 @@ export {
   AutoAttackOptions,
   /** Options of {@link evaluate}. */
   EvaluateOptions,
+  /** Options of {@link fabTargeted}. */
+  FabOptions,
   /** Options of {@link fgsm}. */
   FgsmOptions,
   /** Options of {@link pgd}. */
@@ -113,13 +131,22 @@ export type {
 } from "./internal/adversary/ensemble.ts"
 
 export type {
+  /** How an evaluation in a worst case attacked: "transfer", "adaptive", "white-box" or "black-box". */
+  AttackRole,
   /** A gradient-masking flag. */
   Flag,
   /** The kinds of gradient-masking flag. */
   FlagKind,
   /** The measurements behind the flags. */
-  MaskingStats
+  MaskingStats,
+  /** A labelled robust accuracy with its role, for {@link unreliableFlags}. */
+  RoleRow
 } from "./internal/adversary/flags.ts"
+
+export type {
+  /** One evaluation in a {@link worstCase}. */
+  WorstCaseInput
+} from "./internal/adversary/worst.ts"
 
 export type {
   /** A dataset to evaluate on. */
@@ -142,8 +169,8 @@ export type {
 // ---------------------------------------------------------------------------------------------------------------
 
 /**
- * An adversarial attack: `perturb(classifier, x, y)` returns x_adv within the eps-ball of x and the box [0, 1],
- * with per-sample success (`predict(x_adv)` misclassifies). Provide one with a Layer (`Attack.pgd({...})`) to
+ * An adversarial attack: `perturb(classifier, x, y)` returns x_adv within the eps-ball of x and the classifier's
+ * bounds (default [0, 1]), with per-sample success (`predict(x_adv)` misclassifies). Provide one with a Layer (`Attack.pgd({...})`) to
  * swap attacks in an ablation, or build values with {@link pgd}, {@link apgd}... to run several.
  *
  * @category services
@@ -165,11 +192,15 @@ export class Attack extends Context.Service<Attack, AttackShape>()("effect-deq/A
   static apgdTargeted(options: typeof ApgdTargetedOptions.Encoded): Layer.Layer<Attack, ConfigError> {
     return Layer.effect(Attack, apgdTargeted(options))
   }
+  /** FAB-T (targeted, Linf). */
+  static fabTargeted(options: typeof FabOptions.Encoded): Layer.Layer<Attack, ConfigError> {
+    return Layer.effect(Attack, fabTargeted(options))
+  }
   /** Square (Linf, black-box). */
   static square(options: typeof SquareOptions.Encoded): Layer.Layer<Attack, ConfigError> {
     return Layer.effect(Attack, square(options))
   }
-  /** An AutoAttack-style ensemble as one attack. */
+  /** AutoAttack's stages as one ensemble attack. */
   static autoAttack(options: typeof AutoAttackOptions.Encoded): Layer.Layer<Attack, ConfigError> {
     return Layer.effect(Attack, Effect.flatMap(autoAttack(options), ensemble))
   }
@@ -178,6 +209,14 @@ export class Attack extends Context.Service<Attack, AttackShape>()("effect-deq/A
 // ---------------------------------------------------------------------------------------------------------------
 // constructors
 // ---------------------------------------------------------------------------------------------------------------
+
+/** The recorded settings of a built-in attack from its decoded options. */
+const settingsOf = <O extends { readonly norm: "Linf" | "L2"; readonly eps: number }>(
+  kind: "white-box" | "black-box",
+  o: O,
+  steps: number,
+  restarts: number
+): Attack["Service"]["settings"] => ({ kind, norm: o.norm, eps: o.eps, steps, restarts, options: { ...o } })
 
 /**
  * A custom attack from a synchronous tfjs core `(env, x, y) => xAdv`: validation, the tidy, success checks and
@@ -195,14 +234,7 @@ export const make: (name: string, settings: Attack["Service"]["settings"], core:
  */
 export const fgsm = (options: typeof FgsmOptions.Encoded): Effect.Effect<Attack["Service"], ConfigError> =>
   Effect.map(decode(FgsmOptions, "fgsm")(options), (o) =>
-    makeAttack(o.norm === "Linf" ? "fgsm" : "fgm-l2", {
-      kind: "white-box",
-      norm: o.norm,
-      eps: o.eps,
-      steps: 1,
-      restarts: 1,
-      options: { ...o }
-    }, fgsmCore(o), o.loss === "dlr" ? 3 : 2))
+    makeAttack(o.norm === "Linf" ? "fgsm" : "fgm-l2", settingsOf("white-box", o, 1, 1), fgsmCore(o), o.loss === "dlr" ? 3 : 2))
 
 /**
  * PGD (Madry et al.): `steps` signed (Linf) or normalised (L2) steps of `stepSize` (default 2.5 eps / steps) from
@@ -213,14 +245,12 @@ export const fgsm = (options: typeof FgsmOptions.Encoded): Effect.Effect<Attack[
  */
 export const pgd = (options: typeof PgdOptions.Encoded): Effect.Effect<Attack["Service"], ConfigError> =>
   Effect.map(decode(PgdOptions, "pgd")(options), (o) =>
-    makeAttack(o.norm === "Linf" ? "pgd" : "pgd-l2", {
-      kind: "white-box",
-      norm: o.norm,
-      eps: o.eps,
-      steps: o.steps,
-      restarts: o.restarts,
-      options: { ...o, stepSize: o.stepSize ?? (2.5 * o.eps) / o.steps }
-    }, pgdCore(o), o.loss === "dlr" ? 3 : 2))
+    makeAttack(
+      o.norm === "Linf" ? "pgd" : "pgd-l2",
+      settingsOf("white-box", { ...o, stepSize: o.stepSize ?? (2.5 * o.eps) / o.steps }, o.steps, o.restarts),
+      pgdCore(o),
+      o.loss === "dlr" ? 3 : 2
+    ))
 
 /**
  * APGD (Croce & Hein 2020) with the cross-entropy ("apgd-ce") or DLR ("apgd-dlr") loss: step size 2 eps halved at
@@ -230,14 +260,7 @@ export const pgd = (options: typeof PgdOptions.Encoded): Effect.Effect<Attack["S
  */
 export const apgd = (options: typeof ApgdOptions.Encoded): Effect.Effect<Attack["Service"], ConfigError> =>
   Effect.map(decode(ApgdOptions, "apgd")(options), (o) =>
-    makeAttack(`apgd-${o.loss}`, {
-      kind: "white-box",
-      norm: o.norm,
-      eps: o.eps,
-      steps: o.steps,
-      restarts: o.restarts,
-      options: { ...o }
-    }, apgdCore(o), o.loss === "dlr" ? 3 : 2))
+    makeAttack(`apgd-${o.loss}`, settingsOf("white-box", o, o.steps, o.restarts), apgdCore(o), o.loss === "dlr" ? 3 : 2))
 
 /**
  * APGD-T: APGD on the targeted DLR loss towards each of the `targets` most likely wrong classes (needs 4 classes).
@@ -248,14 +271,19 @@ export const apgdTargeted = (
   options: typeof ApgdTargetedOptions.Encoded
 ): Effect.Effect<Attack["Service"], ConfigError> =>
   Effect.map(decode(ApgdTargetedOptions, "apgdTargeted")(options), (o) =>
-    makeAttack("apgd-t", {
-      kind: "white-box",
-      norm: o.norm,
-      eps: o.eps,
-      steps: o.steps,
-      restarts: o.restarts,
-      options: { ...o }
-    }, apgdTargetedCore(o), 4))
+    makeAttack("apgd-t", settingsOf("white-box", o, o.steps, o.restarts), apgdTargetedCore(o), 4))
+
+/**
+ * FAB-T (Croce & Hein 2020), targeted, Linf: for each of the `targets` most likely wrong classes, projects the
+ * current and the original point onto the linearised boundary towards that class (minimal Linf step inside the
+ * box), steps to an overshot combination biased to the original, and pulls back after each success, so the
+ * perturbation shrinks towards the minimal one. A sample is broken when a misclassified point within eps was found.
+ *
+ * @category constructors
+ */
+export const fabTargeted = (options: typeof FabOptions.Encoded): Effect.Effect<Attack["Service"], ConfigError> =>
+  Effect.map(decode(FabOptions, "fabTargeted")(options), (o) =>
+    makeAttack("fab-t", settingsOf("white-box", o, o.steps, o.restarts), fabTargetedCore(o)))
 
 /**
  * Square (Andriushchenko et al. 2020), Linf, score-based black-box: queries `predict` only.
@@ -264,14 +292,7 @@ export const apgdTargeted = (
  */
 export const square = (options: typeof SquareOptions.Encoded): Effect.Effect<Attack["Service"], ConfigError> =>
   Effect.map(decode(SquareOptions, "square")(options), (o) =>
-    makeAttack("square", {
-      kind: "black-box",
-      norm: o.norm,
-      eps: o.eps,
-      steps: o.queries,
-      restarts: o.restarts,
-      options: { ...o }
-    }, squareCore(o)))
+    makeAttack("square", settingsOf("black-box", o, o.queries, o.restarts), squareCore(o)))
 
 /**
  * An ensemble of attacks sharing one threat model (a mismatch in eps or norm is a ConfigError): stages run in
@@ -283,9 +304,10 @@ export const ensemble = (attacks: ReadonlyArray<Attack["Service"]>): Effect.Effe
   makeEnsemble(attacks)
 
 /**
- * The AutoAttack stages (FAB-T is not implemented): "standard" = APGD-CE, APGD-T, Square; "plus" = APGD-CE and
- * APGD-DLR with 5 restarts, Square, APGD-T; "rand" = APGD-CE and APGD-DLR with EOT over 20 draws. Square is Linf
- * only, so "standard" and "plus" need `norm: "Linf"`.
+ * The AutoAttack stages: "standard" = APGD-CE, APGD-T, FAB-T, Square (AutoAttack's four); "plus" = APGD-CE and
+ * APGD-DLR with 5 restarts, Square, APGD-T, FAB-T (AutoAttack's untargeted FAB is not implemented); "rand" =
+ * APGD-CE and APGD-DLR with EOT over 20 draws. FAB-T and Square are Linf only here, so "standard" and "plus" need
+ * `norm: "Linf"`.
  *
  * @category constructors
  */
@@ -301,13 +323,14 @@ export const autoAttack = (
     if (o.norm !== "Linf") {
       return yield* new ConfigError({
         path: "autoAttack.norm",
-        message: `version "${o.version}" includes Square, which is Linf only here; use norm "Linf", version "rand", or list the stages yourself`
+        message: `version "${o.version}" includes FAB-T and Square, which are Linf only here; use norm "Linf", version "rand", or list the stages yourself`
       })
     }
     const sq = yield* square({ eps: o.eps, queries: o.queries })
     const t = yield* apgdTargeted({ ...base, targets: o.targets })
-    if (o.version === "standard") return [yield* apgd({ ...base, loss: "ce" }), t, sq]
-    return [yield* apgd({ ...base, loss: "ce", restarts: 5 }), yield* apgd({ ...base, loss: "dlr", restarts: 5 }), sq, t]
+    const fab = yield* fabTargeted({ eps: o.eps, steps: o.steps, targets: o.targets })
+    if (o.version === "standard") return [yield* apgd({ ...base, loss: "ce" }), t, fab, sq]
+    return [yield* apgd({ ...base, loss: "ce", restarts: 5 }), yield* apgd({ ...base, loss: "dlr", restarts: 5 }), sq, t, fab]
   })
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -328,7 +351,7 @@ export const losses = {
 } as const
 
 /**
- * Projection onto the eps-ball (Linf or L2) around x intersected with the box [0, 1].
+ * Projection onto the eps-ball (Linf or L2) around x intersected with the box `bounds` (default [0, 1]).
  *
  * @category geometry
  */
@@ -385,28 +408,47 @@ export const withSweepFlags = evaluation.withSweepFlags
 export const toJson = report.toJson
 
 /**
- * Results as one Markdown table (accuracies in %).
+ * Results as one Markdown table (accuracies in %, passes per sample).
  *
  * @category reporting
  */
 export const toMarkdown = report.toMarkdown
 
 /**
- * A Markdown table from headers and rows (a shared helper; `|` is escaped).
+ * Forward / backward passes per evaluated sample of a result, as "forward/backward".
  *
  * @category reporting
  */
-export const markdownTable = report.markdownTable
+export const passesPerSample = report.passesPerSample
+
+/**
+ * The per-sample worst case over evaluations of the same samples (in the same order): a sample is robust only if
+ * every evaluation left it correct. Its stages are the evaluations (labelled), its passes their sum, its
+ * diagnostics the most pessimistic, its flags the union of theirs plus `unreliable` (RobustBench's word) when the
+ * roles contradict each other: an "adaptive" evaluation above the "transfer" one, a "black-box" one below every
+ * gradient-based one, or `sweep` (one attack at several eps) not falling as eps grows. This is the number to report.
+ *
+ * @category evaluation
+ */
+export const worstCase = worst.worstCase
+
+/**
+ * The `unreliable` flags of labelled robust accuracies with their roles (see {@link worstCase}).
+ *
+ * @category evaluation
+ */
+export const unreliableFlags = flags.unreliableFlags
 
 // ---------------------------------------------------------------------------------------------------------------
 // DEQ-aware attacks
 // ---------------------------------------------------------------------------------------------------------------
 
 /**
- * What a white-box attack on a DEQ differentiates through (`i` counts solver steps; z_0 is the initial state):
- * Implicit (IFT at the read-out state), Phantom(k, tau) and Unroll(k, lambda) tails from the read-out state,
- * Unrolled(n) steps from z_0, Intermediate(i, K_a, lambda) (Eq. (11) of Yang et al., ICML 2023) and Ensemble
- * (the ensemble-defence attack: the summed losses of several intermediate states).
+ * What a white-box attack on a DEQ differentiates through (states as the papers number them: z_0 the initial state,
+ * z_n the state after n solver steps, z_N the read-out state): Implicit (IFT at the read-out state), Phantom(k, tau)
+ * and Unroll(k, lambda) tails from the read-out state, Unrolled(n) steps from z_0, Intermediate(n, K_a, lambda)
+ * (Eq. (11) of Yang et al., ICML 2023, from z_n) and Ensemble (the ensemble-defence attack: the summed losses of
+ * several intermediate states).
  *
  * @category deq
  */
@@ -427,13 +469,13 @@ export const GradientSource = {
   unrolled: deqSource.unrolled,
   /** The paper's ready-made "unroll": f and `k` damped steps (lambda, default 0.5) from the read-out state. */
   unroll: deqSource.unroll,
-  /** z_i after `i` solver steps (0: z_0), then f and `k` damped steps (lambda, default 1), Eq. (11). */
+  /** z_n after `n` solver steps (0: z_0), then f and `k` damped steps (lambda, default 1), Eq. (11). */
   intermediate: deqSource.intermediate,
   /** The summed losses of the intermediate surrogates of states from..to (clean version of "Funroll-es-0"). */
   ensemble: deqSource.ensemble,
-  /** A source from the papers' attack strings ("Munroll-3-5" is their (3+1)-th iterate: intermediate(4, 5, 0.5)). */
+  /** A source from the papers' attack strings ("Munroll-3-5" starts from their entry 3, z_4: intermediate(4, 5, 0.5)). */
   fromPaper: deqSource.fromPaper,
-  /** The short report label, e.g. "implicit", "phantom-5-0.5", "Munroll-3-5", "Funroll-es-1-8-1". */
+  /** The report label, the papers' string for intermediate states ("Munroll-3-5" for intermediate(4, 5, 0.5)). */
   label: deqSource.label,
   /** A readable one-line description. */
   describe: deqSource.describe,
@@ -474,15 +516,16 @@ export const deqClassifier: (
 ) => deqClassifierModule.DeqClassifier = deqClassifierModule.deqClassifier
 
 /**
- * A grid of intermediate-state surrogates (every combination of state i, tail length K_a, damping lambda).
+ * A grid of intermediate-state surrogates (every combination of state z_n, tail length K_a, damping lambda).
  *
  * @category deq
  */
 export type Grid = deqEvaluate.Grid
 
 /**
- * Grids: `small(N)` (lambda {1, 0.5} x i {0, N/2, N-1} x K_a {1, 5}), `paper(N = 8)` (lambda {1, 0.5} x the
- * papers' states z_1..z_N x K_a 1..9), `sources(grid)` and `label(grid)`.
+ * Grids: `small(N)` (lambda {1, 0.5} x states z_{N/4}, z_{N/2}, z_N x K_a {1, 5}: 12 points, the read-out state
+ * included), `paper(N = 8)` (lambda {1, 0.5} x the papers' states z_1..z_N x K_a 1..9), `sources(grid)` and
+ * `label(grid)`.
  *
  * @category deq
  */
@@ -508,7 +551,8 @@ export type {
 
 /**
  * Worst case over a grid of intermediate-state surrogates: runs `attacks` once per grid point (default
- * `Grid.small` of the deq's budget) and keeps, per sample, the worst case (any success counts). Returns every
+ * `Grid.small` of the deq's budget), each point with its own random starts, and keeps, per sample, the worst case
+ * (any success counts). Returns every
  * point's evaluation (its robust accuracy and flags), the combined result (its stages are the grid points) and,
  * per sample, the grid point that broke it.
  *

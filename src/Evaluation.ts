@@ -2,24 +2,38 @@
  * The evaluation suite and the neural-dynamics analysis: what `deq eval`, `deq dynamics`, the main job, the
  * examples and sweeps run on a trained DEQ.
  *
- * - {@link runSuite}: the undefended rows (ready-made gradients, the intermediate-state grid, the AutoAttack-style
- *   ensemble) and, with the entropy-reduction defence, the paper's transfer protocol and the adaptive attacks.
+ * - {@link runSuite}: every attack we have against the undefended DEQ (ready-made gradients, the
+ *   intermediate-state grid, AutoAttack's four attacks, Square alone) and, with the entropy-reduction defence,
+ *   against the defended one (the paper's transfer protocol, BPDA, full differentiation, EOT when random, Square
+ *   against the defended prediction, AutoAttack through BPDA, with restarts). For each of the two it reports the
+ *   per-sample worst case over all of them, with the union of their flags and `unreliable` where they contradict
+ *   each other: `result.undefended` and `result.defended` are the numbers to quote.
  * - {@link analyseDynamics}: per state z_n, clean and adversarial accuracy, mean prediction entropy and relative
  *   residual.
  *
  * @example
  * ```ts
  * import { Effect } from "effect"
+ * import type * as Data from "effect-deq/Data"
+ * import * as Dynamics from "effect-deq/Dynamics"
  * import * as Evaluation from "effect-deq/Evaluation"
+ * import { Rng } from "effect-deq/Tensor"
  *
- * const suite = Evaluation.runSuite(deq, Dynamics.readOut.state(8), split, {
- *   suite: new Evaluation.SuiteConfig({ samples: 200 }),
- *   eps: 0.1,
- *   steps: 8,
- *   families: new Set(["grid"]),
- *   defence: false,
- *   log: Effect.log
- * })
+ * declare const deq: Dynamics.Deq
+ * declare const split: Data.Split
+ *
+ * const program = Effect.gen(function*() {
+ *   const suite = yield* Evaluation.runSuite(deq, Dynamics.readOut.state(8), split, {
+ *     suite: new Evaluation.SuiteConfig({ samples: 200 }),
+ *     eps: 0.1,
+ *     steps: 8,
+ *     families: new Set(["grid", "aa"] as const),
+ *     defence: true,
+ *     log: Effect.log
+ *   })
+ *   yield* Effect.log(`undefended ${suite.undefended?.robustAccuracy}, defended ${suite.defended?.robustAccuracy}`)
+ *   yield* Effect.log(Evaluation.suiteTable(suite))
+ * }).pipe(Effect.provide(Rng.seeded(0)))
  * ```
  *
  * @since 0.1.0
@@ -37,7 +51,7 @@ export {
   attackFamilies,
   /** One attack family. */
   type AttackFamily,
-  /** The evaluation suite (`deq eval`): ready-made, intermediate-state grid and ensemble attacks, defended rows. */
+  /** The evaluation suite (`deq eval`): every attack, undefended and defended, and the two worst cases. */
   runSuite,
   /** Settings of the evaluation suite. */
   SuiteConfig,

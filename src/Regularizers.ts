@@ -415,8 +415,8 @@ export class InputDefence extends Context.Service<InputDefence, Dynamics.Defence
  * Differentiability: called inside `tf.grad`, the logits are differentiable w.r.t. x through the whole defence.
  * The solver states and the inner entropy gradients are computed off the tape: sign() has zero derivative almost
  * everywhere, so the sign step is a constant s_t, and the solver trajectory is a constant as in every read-out.
- * On the tape stay: the chain x'_{t+1} = clip(min(max(x'_t - alpha s_t, x - eps), x + eps), 0, 1) (gradient 1 where
- * no bound is active, flowing into x through the bounds where x -/+ eps is), the injections inj(x') of each round,
+ * On the tape stay: the chain x'_{t+1} = P(x'_t - alpha s_t), P the projection to the eps-ball and [0, 1] made
+ * straight-through (its value the clip, its Jacobian the identity, so dx'/dx = I), the injections inj(x') of each round,
  * and the unrolled read-out tail from z_state under the last injection. With `readOut: "state"` the value is
  * exactly h(z_state) and the gradient that of h(tail(z_state; inj(x'))); with "tail" both are the tail's.
  *

@@ -94,7 +94,8 @@ describe("attack invariants", () => {
     make(Adversary.apgd({ eps, steps: 5 })),
     make(Adversary.apgd({ eps, norm: "L2", steps: 5, loss: "dlr", restarts: 2 })),
     make(Adversary.apgdTargeted({ eps, steps: 4, targets: 2 })),
-    make(Adversary.square({ eps, queries: 25 }))
+    make(Adversary.square({ eps, queries: 25 })),
+    make(Adversary.fabTargeted({ eps, steps: 4, targets: 2 }))
   ]
 
   it("x_adv stays in the eps-ball of its norm and in [0, 1], for random models and inputs", () => {
@@ -102,7 +103,7 @@ describe("attack invariants", () => {
       fc.property(
         fc.integer({ min: 0, max: 1_000_000 }),
         fc.double({ min: 0, max: 0.6, noNaN: true }),
-        fc.integer({ min: 0, max: 8 }),
+        fc.integer({ min: 0, max: 9 }),
         (seed, eps, which) => {
           noLeaks(() => {
             const m = mlp(seed, false)
@@ -221,13 +222,14 @@ describe("evaluation", () => {
             yield* Adversary.apgdTargeted({ eps, steps: 20, targets: 3 }),
             yield* Adversary.apgd({ eps, steps: 20, loss: "dlr" }),
             yield* Adversary.pgd({ eps, steps: 20 }),
-            yield* Adversary.square({ eps, queries: 300 })
+            yield* Adversary.square({ eps, queries: 300 }),
+            yield* Adversary.fabTargeted({ eps, steps: 20, targets: 3 })
           ]
           for (const attack of attacks) {
             const r = yield* Adversary.evaluate(linear, { x, y }, attack)
             expect(r.cleanAccuracy).toBe(1)
             expect(r.robustAccuracy).toBeGreaterThanOrEqual(exact - 1e-9)
-            if (attack.name === "apgd-t") expect(r.robustAccuracy).toBeCloseTo(exact, 9)
+            if (attack.name === "apgd-t" || attack.name === "fab-t") expect(r.robustAccuracy).toBeCloseTo(exact, 9)
           }
         } finally {
           tf.dispose([w, x])
@@ -324,10 +326,14 @@ describe("gradient-masking flags", () => {
       const detached: Classifier = { name: "detached", logits: (x) => tf.tidy(() => trained.net(tf.tensor4d(x.dataSync(), x.shape))) }
       const d = yield* Adversary.evaluate(detached, data, yield* Adversary.fgsm({ eps }))
       expect(d.robustAccuracy).toBe(d.cleanAccuracy)
-      expect(d.flags.map((f) => f.kind)).toEqual(["zero-gradients"])
+      // every coordinate of every sample is zero: both the per-sample and the per-coordinate flag
+      expect(d.flags.map((f) => f.kind)).toEqual(["zero-gradients", "zero-gradient-coordinates"])
+      expect(d.diagnostics.zeroCoordinateFraction).toBe(1)
       // the same attacks on the plain model raise neither
       const plain = yield* Adversary.evaluate(model, data, stages)
       expect(plain.flags.map((f) => f.kind)).not.toContain("zero-gradients")
+      expect(plain.flags.map((f) => f.kind)).not.toContain("zero-gradient-coordinates")
+      expect(plain.diagnostics.zeroCoordinateFraction).toBe(0)
     }))))
 
   it.effect("solver diagnostics and dynamic defences raise their flags", () =>
@@ -431,7 +437,8 @@ describe("configuration", () => {
   it.effect("the ensemble is an attack: perturb gives the per-sample worst case", () =>
     seeded(leakCheck(Effect.gen(function*() {
       const aa = yield* Adversary.ensemble(yield* Adversary.autoAttack({ eps: 0.3, steps: 10, queries: 50, targets: 3 }))
-      expect(aa.name).toBe("apgd-ce+apgd-t+square")
+      // AutoAttack's four attacks, in its order
+      expect(aa.name).toBe("apgd-ce+apgd-t+fab-t+square")
       const r = yield* Effect.scoped(Effect.gen(function*() {
         const x = yield* acquire(() => tf.tensor4d(test.x.slice(0, 16 * D), [16, 8, 8, 1]))
         const y = yield* acquire(() => tf.tensor1d(test.y.slice(0, 16), "int32"))

@@ -130,18 +130,25 @@ const noiseDefence = (sigma: number, seen: Array<number>): Dynamics.Defence => (
 
 describe("gradient sources", () => {
   it("labels, readable forms, the papers' strings and bad parameters", () => {
-    expect(GradientSource.label(GradientSource.intermediate(3, 5, 0.5))).toBe("Munroll-3-5")
-    expect(GradientSource.label(GradientSource.intermediate(0, 1))).toBe("Funroll-0-1")
+    // labels are the papers' strings: their entry i (results_list[i], counted from 0) is our z_{i+1}
+    expect(GradientSource.label(GradientSource.intermediate(4, 5, 0.5))).toBe("Munroll-3-5")
+    expect(GradientSource.label(GradientSource.intermediate(8, 5, 0.5))).toBe("Munroll-7-5")
+    expect(GradientSource.label(GradientSource.intermediate(1, 1))).toBe("Funroll-0-1")
+    expect(GradientSource.label(GradientSource.intermediate(0, 1))).toBe("Funroll-init-1")
     expect(GradientSource.label(GradientSource.implicit())).toBe("implicit")
     expect(GradientSource.label(GradientSource.phantom(5))).toBe("phantom-5-0.5")
     expect(GradientSource.label(GradientSource.unrolled(8))).toBe("unrolled-8")
     expect(GradientSource.label(GradientSource.unroll(9))).toBe("Munroll-out-9")
-    expect(GradientSource.label(GradientSource.ensemble(1, 8))).toBe("Funroll-es-1-8-1")
+    expect(GradientSource.label(GradientSource.ensemble(1, 8))).toBe("Funroll-es-0-7-1")
     expect(GradientSource.describe(GradientSource.intermediate(3, 5, 0.5))).toContain("z_3")
+    expect(GradientSource.describe(GradientSource.intermediate(3, 5, 0.5))).toContain("entry 2")
     // the papers' index is their results_list position, one iterate ahead of ours
     expect(GradientSource.fromPaper("Munroll-3-5")).toEqual(GradientSource.intermediate(4, 5, 0.5))
+    for (const paper of ["Munroll-0-1", "Funroll-3-5", "Munroll-7-9"]) {
+      expect(GradientSource.label(GradientSource.fromPaper(paper))).toBe(paper)
+    }
     expect(GradientSource.fromPaper("Funroll-es-0")).toEqual(GradientSource.ensemble(1, 8, 1, 1))
-    expect(() => GradientSource.intermediate(-1, 1)).toThrow(/intermediate.i/)
+    expect(() => GradientSource.intermediate(-1, 1)).toThrow(/intermediate.n/)
     expect(() => GradientSource.intermediate(1, 1, 0)).toThrow(/lambda/)
     expect(() => GradientSource.ensemble(4, 2)).toThrow(/from/)
     expect(() => GradientSource.fromPaper("pgd")).toThrow(/paper/)
@@ -329,7 +336,7 @@ describe("evaluation", () => {
       const attack = yield* Adversary.fgsm({ eps: 0.05 })
       const c = Adversary.deqClassifier(deq, { source: GradientSource.intermediate(3, 5, 0.5), diagnostics: false })
       const r = yield* Adversary.evaluate(c, data, attack)
-      expect(r.gradientSource).toBe("Munroll-3-5")
+      expect(r.gradientSource).toBe("Munroll-2-5")
       expect(r.classifier).toBe("deq")
       expect(r.cleanAccuracy).toBeGreaterThan(0.8)
       const named = yield* Adversary.evaluate(c, data, attack, { gradientSource: "mine" })
@@ -340,7 +347,9 @@ describe("evaluation", () => {
     seeded(leakCheck(Effect.gen(function*() {
       const attack = yield* Adversary.pgd({ eps: 0.15, steps: 5 })
       const grid = Adversary.Grid.small(8)
-      expect(grid).toEqual({ lambda: [1, 0.5], i: [0, 4, 7], k: [1, 5] })
+      // the small grid holds the read-out state z_8 and no z_0
+      expect(grid).toEqual({ lambda: [1, 0.5], states: [2, 4, 8], k: [1, 5] })
+      expect(Adversary.Grid.small(4).states).toEqual([1, 2, 4])
       expect(Adversary.Grid.sources(Adversary.Grid.paper())).toHaveLength(2 * 8 * 9)
       const g = yield* Adversary.evaluateGrid(deq, data, attack, { grid, diagnostics: { samples: 2 } })
       expect(g.points.map((p) => p.label)).toEqual(Adversary.Grid.sources(grid).map(GradientSource.label))
@@ -357,7 +366,7 @@ describe("evaluation", () => {
       expect(w.stages.map((s) => s.name)).toEqual(g.points.map((p) => p.label))
       for (let j = 1; j < w.stages.length; j++) expect(w.stages[j]!.robustAccuracy).toBeLessThanOrEqual(w.stages[j - 1]!.robustAccuracy)
       expect(w.stages.at(-1)!.robustAccuracy).toBe(w.robustAccuracy)
-      expect(w.gradientSource).toContain("worst of 12")
+      expect(w.gradientSource).toBe("worst of 12: lambda {1, 0.5} x state {z_2, z_4, z_8} x K_a {1, 5}")
       // which point broke each sample: the first that did, consistent with every point's own record
       g.brokenBy.forEach((b, s) => {
         if (b === null) for (const p of g.points) expect(p.result.perSample.brokenAt[s]).toBe(-1)
@@ -371,6 +380,24 @@ describe("evaluation", () => {
       expect(Adversary.toMarkdown([w, ...g.points.map((p) => p.result)])).toContain("Munroll-7-5")
     }))))
 
+  it("a call's salt gives it its own random starts (grid points are salted with their labels)", () => {
+    noLeaks(() => {
+      const { x, y } = batch(8)
+      try {
+        const c = Adversary.deqClassifier(deq, { source: GradientSource.intermediate(4, 1), diagnostics: false })
+        const pgd = make(Adversary.pgd({ eps: 0.1, steps: 1 }))
+        const run = (salt?: string) =>
+          Effect.runSync(Effect.scoped(Effect.map(pgd.perturb(c, x, y, salt === undefined ? {} : { salt }), (r) => Array.from(r.xAdv.dataSync())))
+            .pipe(Effect.provide(Rng.seeded(1))))
+        expect(run("grid:Funroll-3-1")).toEqual(run("grid:Funroll-3-1"))
+        expect(run("grid:Funroll-3-1")).not.toEqual(run("grid:Munroll-3-1"))
+        expect(run()).not.toEqual(run("grid:Funroll-3-1"))
+      } finally {
+        tf.dispose([x, y])
+      }
+    })
+  })
+
   it.effect("attacks on an ensemble read-out use the summed-loss ensemble source", () =>
     seeded(leakCheck(Effect.gen(function*() {
       const attack = yield* Adversary.pgd({ eps: 0.15, steps: 5 })
@@ -379,7 +406,7 @@ describe("evaluation", () => {
         sources: [GradientSource.fromPaper("Funroll-es-0"), GradientSource.implicit()],
         diagnostics: false
       })
-      expect(r.map((x) => x.gradientSource)).toEqual(["Funroll-es-1-8-1", "implicit"])
+      expect(r.map((x) => x.gradientSource)).toEqual(["Funroll-es-0-7-1", "implicit"])
       for (const x of r) {
         expect(x.robustAccuracy).toBeLessThanOrEqual(x.cleanAccuracy)
         expect(x.flags).toEqual([])
@@ -398,7 +425,7 @@ describe("defences", () => {
         diagnostics: false,
         evaluate: { batchSize: 16 }
       })
-      expect(results.map((r) => r.gradientSource)).toEqual(["paper:Munroll-4-2", "bpda:Munroll-4-2", "full"])
+      expect(results.map((r) => r.gradientSource)).toEqual(["paper:Munroll-3-2", "bpda:Munroll-3-2", "full"])
       for (const r of results) {
         expect(r.classifier).toBe("deq+entropy-descent")
         expect(r.flags.map((f) => f.kind)).toContain("dynamic-defence")
@@ -457,9 +484,11 @@ describe("defences", () => {
         const four = perturbSync(make(Adversary.fgsm({ eps: 0.1, eot: 4 })), c, x, y, 3)
         // one gradient draw (8 queries) or four (32), plus the success check (8)
         expect(four.queries - one.queries).toBe(3 * 8)
-        // the shape check, 4 gradient draws and the success check: each with its own seed
-        expect(seen).toHaveLength(6)
-        expect(new Set(seen).size).toBe(6)
+        // 4 gradient draws and the success check, each with its own seed; no shape-check pass: the DEQ classifier
+        // declares its classes
+        expect(c.classes).toBe(4)
+        expect(seen).toHaveLength(5)
+        expect(new Set(seen).size).toBe(5)
         const again = perturbSync(make(Adversary.fgsm({ eps: 0.1, eot: 4 })), c, x, y, 3)
         expect(Array.from(again.xAdv)).toEqual(Array.from(four.xAdv))
         expect(Array.from(again.success)).toEqual(Array.from(four.success))
@@ -469,7 +498,8 @@ describe("defences", () => {
         seen.length = 0
         const full = Adversary.deqClassifier(deq, { source: GradientSource.implicit(), defence: noiseDefence(0.05, seen), mode: "full", diagnostics: false })
         perturbSync(make(Adversary.fgsm({ eps: 0.1, eot: 3 })), full, x, y, 3)
-        expect(new Set(seen).size).toBe(5)
+        // 3 gradient draws and the success check
+        expect(new Set(seen).size).toBe(4)
       } finally {
         tf.dispose([x, y])
       }

@@ -73,23 +73,31 @@ describe("examples (--quick)", { timeout: 400_000 }, () => {
     }
   })
 
-  it("entropy-reduction: undefended, paper (non-adaptive), BPDA, full and EOT rows", async () => {
+  it("entropy-reduction: undefended, paper (non-adaptive), BPDA, full, EOT, Square and both worst cases", async () => {
     const r = await run<import("../examples/entropy-reduction.ts").EntropyReductionResult>("entropy-reduction", entropyMain)
     expect(r.rows.map((x) => `${x.defence}/${x.protocol}`)).toEqual([
       "none/single source",
       "none/grid worst",
+      "none/square",
+      "none/worst case",
       "entropy-reduction/paper",
       "entropy-reduction/bpda",
       "entropy-reduction/full",
-      "entropy-reduction/bpda+eot"
+      "entropy-reduction/bpda+eot",
+      "entropy-reduction/square",
+      "entropy-reduction/worst case"
     ])
     for (const x of r.rows) {
       fraction(x.clean)
       fraction(x.robust)
       expect(x.robust).toBeLessThanOrEqual(x.clean)
     }
-    // the grid's worst case is never above its single source
+    // the grid's worst case is never above its single source; each worst case is never above a row it combines
     expect(r.rows[1]!.robust).toBeLessThanOrEqual(r.rows[0]!.robust)
+    for (const x of r.rows.slice(0, 3)) expect(r.rows[3]!.robust).toBeLessThanOrEqual(x.robust)
+    for (const x of r.rows.slice(4, 9)) expect(r.rows[9]!.robust).toBeLessThanOrEqual(x.robust)
+    // every defended row is flagged a dynamic defence; the worst case carries its parts' flags
+    for (const x of r.rows.slice(4)) expect(x.flags).toContain("dynamic-defence")
     entropy(r.entropy.undefended)
     entropy(r.entropy.defended)
   })
@@ -100,6 +108,7 @@ describe("examples (--quick)", { timeout: 400_000 }, () => {
     expect([...kinds]).toEqual(["ready-made", "intermediate", "grid", "black-box"])
     expect(r.rows.slice(0, 4).map((x) => x.source)).toEqual(["implicit", "phantom-5-0.5", "Munroll-out-5", "unrolled-8"])
     fraction(r.worst)
+    expect(r.worst).toBeLessThanOrEqual(Math.min(...r.rows.map((x) => x.robust)) + 1e-9)
     for (const x of r.rows) {
       fraction(x.clean)
       fraction(x.robust)

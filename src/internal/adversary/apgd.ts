@@ -9,7 +9,7 @@ import { col4, direction, l2Norm4, project } from "./geometry.ts"
 import { dlrTargeted } from "./losses.ts"
 import { firstSuccess, maskTensor, whereRows } from "./rows.ts"
 import { keyedNoise } from "./randomness.ts"
-import { logitsArePrediction, misclassified, probe, wrongOf } from "./run.ts"
+import { logitsArePrediction, misclassified, probe, seedOf, wrongOf } from "./run.ts"
 import type { Core, Env } from "./run.ts"
 import type { ApgdOptions, ApgdTargetedOptions } from "./options.ts"
 import { untargetedLoss, worstCase } from "./pgd.ts"
@@ -45,14 +45,86 @@ interface Settings {
 /** The AutoAttack start: a random point of the ball's surface direction, scaled to eps. */
 const start = (env: Env, x: tf.Tensor4D, eps: number, norm: Norm, ...path: ReadonlyArray<string | number>) =>
   tf.tidy(() => {
+    const [lo, hi] = env.bounds
     if (norm === "Linf") {
       const t = keyedNoise(env, x.shape, "uniform", "start", ...path)
       const m = tf.max(tf.abs(t.reshape([t.shape[0], -1])), 1).reshape([-1, 1, 1, 1])
-      return tf.clipByValue(tf.add(x, tf.mul(tf.div(t, tf.add(m, 1e-12)), eps)), 0, 1) as tf.Tensor4D
+      return tf.clipByValue(tf.add(x, tf.mul(tf.div(t, tf.add(m, 1e-12)), eps)), lo, hi) as tf.Tensor4D
     }
     const z = keyedNoise(env, x.shape, "normal", "start", ...path)
-    return tf.clipByValue(tf.add(x, tf.mul(tf.div(z, tf.add(l2Norm4(z), 1e-12)), eps)), 0, 1) as tf.Tensor4D
+    return tf.clipByValue(tf.add(x, tf.mul(tf.div(z, tf.add(l2Norm4(z), 1e-12)), eps)), lo, hi) as tf.Tensor4D
   })
+
+/** The loop state of one APGD run; tensors are replaced (and the old ones disposed) as it goes. */
+interface Loop {
+  xk: tf.Tensor4D
+  xPrev: tf.Tensor4D
+  g: tf.Tensor4D
+  gradBest: tf.Tensor4D
+  xBest: tf.Tensor4D
+  eta: tf.Tensor1D
+  readonly lossBest: Float32Array
+  lossPrev: Float32Array
+  /** per sample: steps since the last checkpoint that increased the loss */
+  readonly increased: Int32Array
+  reducedLast: Uint8Array
+  lossBestAtCheck: Float32Array
+}
+
+const swap = <T extends tf.Tensor>(old: T, next: T): T => {
+  if (old !== next) old.dispose()
+  return next
+}
+
+/** Takes a step's point, gradient and loss into the loop state (counting increases, keeping the best point). */
+const takeStep = (st: Loop, x1: tf.Tensor4D, grad: tf.Tensor4D, lv: Float32Array): void => {
+  const n = lv.length
+  const improved = new Uint8Array(n)
+  for (let i = 0; i < n; i++) {
+    if (lv[i]! > st.lossPrev[i]!) st.increased[i]!++
+    if (lv[i]! > st.lossBest[i]!) {
+      improved[i] = 1
+      st.lossBest[i] = lv[i]!
+    }
+  }
+  const im = maskTensor(improved)
+  st.xBest = swap(st.xBest, tf.tidy(() => whereRows(im, x1, st.xBest)))
+  st.gradBest = swap(st.gradBest, tf.tidy(() => whereRows(im, grad, st.gradBest)))
+  im.dispose()
+  st.xPrev.dispose()
+  st.xPrev = st.xk
+  st.xk = x1
+  st.g.dispose()
+  st.g = grad
+  st.lossPrev = Float32Array.from(lv)
+}
+
+/**
+ * At a checkpoint `h` steps after the previous one: halve the step size and restart from the best point where
+ * fewer than rho of the steps increased the loss, or where the step was not reduced last time and the best loss
+ * did not move.
+ */
+const checkpointStep = (st: Loop, h: number, rho: number): void => {
+  const n = st.lossBest.length
+  const reduce = new Uint8Array(n)
+  for (let i = 0; i < n; i++) {
+    const oscillating = st.increased[i]! < rho * h
+    const stalled = st.reducedLast[i] === 0 && st.lossBestAtCheck[i]! >= st.lossBest[i]!
+    if (oscillating || stalled) {
+      reduce[i] = 1
+      st.lossPrev[i] = st.lossBest[i]!
+    }
+  }
+  const rm = maskTensor(reduce)
+  const { eta, xk, g, xBest, gradBest } = st
+  st.eta = swap(eta, tf.tidy(() => tf.where(rm, tf.div(eta, 2), eta) as tf.Tensor1D))
+  st.xk = swap(xk, tf.tidy(() => whereRows(rm, xBest, xk)))
+  st.g = swap(g, tf.tidy(() => whereRows(rm, gradBest, g)))
+  rm.dispose()
+  st.reducedLast = reduce
+  st.lossBestAtCheck = Float32Array.from(st.lossBest)
+  st.increased.fill(0)
+}
 
 /** One APGD run (one start) on the rows of env. */
 export const apgdRun = (
@@ -67,91 +139,53 @@ export const apgdRun = (
   const fromLogits = logitsArePrediction(env.classifier)
   const wrongAt = (xa: tf.Tensor4D, logits: tf.Tensor2D, t: number): Uint8Array =>
     fromLogits ? wrongOf(logits, y) : misclassified(env, xa, y, ...path, "step", t)
-  // loop state; tensors are replaced (and the old ones disposed) each step
-  const state = tf.tidy(() => {
+  const first = tf.tidy(() => {
     const x0 = start(env, x, s.eps, s.norm, ...path)
     const p = probe(env, x0, lossFn, s.eot, ...path, "step", 0)
     return { x0, grad: p.grad, loss: p.loss, logits: p.logits }
   })
-  let xk = state.x0
-  let xPrev = xk.clone()
-  let g = state.grad
-  let gradBest = g.clone()
-  let xBest = xk.clone()
-  let eta = tf.fill([n], 2 * s.eps) as tf.Tensor1D
-  const lossBest = Float32Array.from(state.loss.dataSync())
-  let lossPrev = Float32Array.from(lossBest)
-  const best = firstSuccess(x)
-  const recordWrong = best.record
-  const swap = <T extends tf.Tensor>(old: T, next: T): T => {
-    if (old !== next) old.dispose()
-    return next
+  const lossBest = Float32Array.from(first.loss.dataSync())
+  const st: Loop = {
+    xk: first.x0,
+    xPrev: first.x0.clone(),
+    g: first.grad,
+    gradBest: first.grad.clone(),
+    xBest: first.x0.clone(),
+    eta: tf.fill([n], 2 * s.eps) as tf.Tensor1D,
+    lossBest,
+    lossPrev: Float32Array.from(lossBest),
+    increased: new Int32Array(n),
+    reducedLast: new Uint8Array(n),
+    lossBestAtCheck: Float32Array.from(lossBest)
   }
-  recordWrong(wrongAt(xk, state.logits, 0), xk)
-  state.loss.dispose()
-  state.logits.dispose()
-
+  const best = firstSuccess(x)
+  best.record(wrongAt(st.xk, first.logits, 0), st.xk)
+  first.loss.dispose()
+  first.logits.dispose()
   const marks = checkpoints(s.steps)
   let next = 1
-  const increased = new Int32Array(n)
-  let reducedLast = new Uint8Array(n)
-  let lossBestAtCheck = Float32Array.from(lossBest)
   for (let k = 0; k < s.steps; k++) {
     const a = k === 0 ? 1 : s.momentum
+    const { xk, xPrev, g, eta } = st
     const out = tf.tidy(() => {
-      const z = project(tf.add(xk, tf.mul(col4(eta), direction(g, s.norm))) as tf.Tensor4D, x, s.eps, s.norm)
+      const z = project(tf.add(xk, tf.mul(col4(eta), direction(g, s.norm))) as tf.Tensor4D, x, s.eps, s.norm, env.bounds)
       const moved = tf.add(xk, tf.add(tf.mul(tf.sub(z, xk), a), tf.mul(tf.sub(xk, xPrev), 1 - a))) as tf.Tensor4D
-      const x1 = project(moved, x, s.eps, s.norm)
+      const x1 = project(moved, x, s.eps, s.norm, env.bounds)
       const p = probe(env, x1, lossFn, s.eot, ...path, "step", k + 1)
       return { x1, grad: p.grad, loss: p.loss, logits: p.logits }
     })
-    const lv = out.loss.dataSync() as Float32Array
-    recordWrong(wrongAt(out.x1, out.logits, k + 1), out.x1)
-    const improved = new Uint8Array(n)
-    for (let i = 0; i < n; i++) {
-      if (lv[i]! > lossPrev[i]!) increased[i]!++
-      if (lv[i]! > lossBest[i]!) {
-        improved[i] = 1
-        lossBest[i] = lv[i]!
-      }
-    }
-    const im = maskTensor(improved)
-    xBest = swap(xBest, tf.tidy(() => whereRows(im, out.x1, xBest)))
-    gradBest = swap(gradBest, tf.tidy(() => whereRows(im, out.grad, gradBest)))
-    im.dispose()
-    xPrev.dispose()
-    xPrev = xk
-    xk = out.x1
-    g.dispose()
-    g = out.grad
-    lossPrev = Float32Array.from(lv)
+    best.record(wrongAt(out.x1, out.logits, k + 1), out.x1)
+    takeStep(st, out.x1, out.grad, out.loss.dataSync() as Float32Array)
     out.loss.dispose()
     out.logits.dispose()
     if (next < marks.length && k + 1 === marks[next]) {
-      const h = marks[next]! - marks[next - 1]!
-      const reduce = new Uint8Array(n)
-      for (let i = 0; i < n; i++) {
-        const oscillating = increased[i]! < s.rho * h
-        const stalled = reducedLast[i] === 0 && lossBestAtCheck[i]! >= lossBest[i]!
-        if (oscillating || stalled) {
-          reduce[i] = 1
-          lossPrev[i] = lossBest[i]!
-        }
-      }
-      const rm = maskTensor(reduce)
-      eta = swap(eta, tf.tidy(() => tf.where(rm, tf.div(eta, 2), eta) as tf.Tensor1D))
-      xk = swap(xk, tf.tidy(() => whereRows(rm, xBest, xk)))
-      g = swap(g, tf.tidy(() => whereRows(rm, gradBest, g)))
-      rm.dispose()
-      reducedLast = reduce
-      lossBestAtCheck = Float32Array.from(lossBest)
-      increased.fill(0)
+      checkpointStep(st, marks[next]! - marks[next - 1]!, s.rho)
       next++
     }
   }
-  const xAdv = best.finish(xBest)
-  for (const t of [xk, xPrev, g, gradBest, xBest, eta]) t.dispose()
-  return { xAdv, success: best.found, loss: lossBest }
+  const xAdv = best.finish(st.xBest)
+  for (const t of [st.xk, st.xPrev, st.g, st.gradBest, st.xBest, st.eta]) t.dispose()
+  return { xAdv, success: best.found, loss: st.lossBest }
 }
 
 /** APGD-CE / APGD-DLR with restarts on the samples still unbroken. */
@@ -161,8 +195,8 @@ export const apgdCore = (o: ApgdOptions): Core => (env, x, y) =>
 /** APGD-T: for each of the `targets` most likely wrong classes (by the clean logits), `restarts` targeted runs. */
 export const apgdTargetedCore = (o: ApgdTargetedOptions): Core => (env, x, y) => {
   const ranked = tf.tidy(() => {
-    const logits = env.classifier.logits(x, { seed: env.rng.seed(env.attack, "targets") })
-    env.queries += x.shape[0]
+    const logits = env.classifier.logits(x, { seed: seedOf(env, "targets") })
+    env.counts.forward += x.shape[0]
     return { k: logits.shape[1], order: tf.topk(logits, logits.shape[1]).indices.dataSync() as Int32Array }
   })
   const k = ranked.k

@@ -1,11 +1,12 @@
 /**
- * AutoAttack-style ensembles: stages run in order, each only on the samples still classified correctly; the
+ * Ensembles (AutoAttack's rule): stages run in order, each only on the samples still classified correctly; the
  * result is the per-sample worst case, with the stage that first broke each sample.
  */
 import { Effect } from "effect"
 import { acquire, own, Rng, tf } from "../../Tensor.ts"
 import { ConfigError } from "../../Errors.ts"
 import { gatherRows, indicesWhere, maskTensor, scatterRows, whereRows } from "./rows.ts"
+import { makeEnv, predictLogits, validate } from "./run.ts"
 import { AttackError } from "./types.ts"
 import type { AttackResult, AttackShape, Classifier, PerturbContext } from "./types.ts"
 import type { Scope } from "effect"
@@ -16,6 +17,9 @@ export interface StageOutcome {
   /** samples this stage broke first */
   readonly broken: number
   readonly queries: number
+  /** forward / backward passes through the classifier, per sample */
+  readonly forward: number
+  readonly backward: number
 }
 
 /** The outcome of an ensemble on a batch. `success[i]` is 1 exactly when `brokenAt[i] !== -1`. */
@@ -79,18 +83,23 @@ export const runStages = (
 ): Effect.Effect<EnsembleResult, AttackError, Rng | Scope.Scope> =>
   Effect.gen(function*() {
     const rng = yield* Rng
-    const b = x.shape[0]
+    const b = x.rank === 4 ? x.shape[0] : 0
     const keys = context?.keys === undefined ? Array.from({ length: b }, (_, i) => i) : Array.from(context.keys)
-    let queries = 0
-    const cleanCorrect = context?.cleanCorrect ?? (yield* Effect.try({
-      try: () =>
-        tf.tidy(() => {
-          queries += b
-          const scores = (classifier.predict ?? classifier.logits)(x, { seed: rng.seed("ensemble", "clean") })
+    const env = makeEnv("ensemble", classifier, rng, keys, context?.salt)
+    const cleanCorrect = yield* Effect.try({
+      try: () => {
+        // the stages check their own inputs, but a batch nobody attacks (all misclassified) must be checked here
+        validate(env, x, y)
+        if (context?.cleanCorrect !== undefined) return context.cleanCorrect
+        return tf.tidy(() => {
+          const scores = predictLogits(env, x, "clean")
           return tf.equal(tf.argMax(scores, 1), y.cast("int32")).dataSync() as Uint8Array
-        }),
-      catch: (u) => new AttackError({ attack: "ensemble", message: `clean prediction failed: ${String(u)}` })
-    }))
+        })
+      },
+      catch: (u) =>
+        u instanceof AttackError ? u : new AttackError({ attack: "ensemble", message: `clean prediction failed: ${String(u)}` })
+    })
+    let { forward, backward } = env.counts
     const brokenAt = new Int32Array(b).fill(-1)
     for (let i = 0; i < b; i++) if (cleanCorrect[i] !== 1) brokenAt[i] = 0
     let xAdv = yield* acquire(() => x.clone())
@@ -99,19 +108,22 @@ export const runStages = (
       const stage = stages[k]!
       const rows = indicesWhere(brokenAt, -1)
       if (rows.length === 0) {
-        outcomes.push({ name: stage.name, broken: 0, queries: 0 })
+        outcomes.push({ name: stage.name, broken: 0, queries: 0, forward: 0, backward: 0 })
         continue
       }
       const current = xAdv
       const step = yield* Effect.scoped(Effect.gen(function*() {
         const xs = yield* acquire(() => gatherRows(x, rows))
         const ys = yield* acquire(() => gatherRows(y, rows))
-        const r = yield* stage.perturb(classifier, xs, ys, { keys: Array.from(rows, (i) => keys[i]!) })
+        const r = yield* stage.perturb(classifier, xs, ys, {
+          keys: Array.from(rows, (i) => keys[i]!),
+          ...(context?.salt !== undefined ? { salt: context.salt } : {})
+        })
         // only the samples a stage broke take its x_adv (AutoAttack's rule)
         const merged = tf.tidy(() =>
           scatterRows(current, whereRows(maskTensor(r.success), r.xAdv, gatherRows(current, rows)), rows)
         )
-        return { merged, success: r.success, queries: r.queries }
+        return { merged, success: r.success, forward: r.forward, backward: r.backward }
       }))
       xAdv = yield* own(step.merged)
       current.dispose() // its finalizer is then a no-op
@@ -122,12 +134,13 @@ export const runStages = (
           broken++
         }
       }
-      queries += step.queries
-      outcomes.push({ name: stage.name, broken, queries: step.queries })
+      forward += step.forward
+      backward += step.backward
+      outcomes.push({ name: stage.name, broken, queries: step.forward, forward: step.forward, backward: step.backward })
     }
     const success = new Uint8Array(b)
     for (let i = 0; i < b; i++) success[i] = brokenAt[i] === -1 ? 0 : 1
-    return { xAdv, success, queries, cleanCorrect, brokenAt, stages: outcomes }
+    return { xAdv, success, queries: forward, forward, backward, cleanCorrect, brokenAt, stages: outcomes }
   })
 
 /** An ensemble of attacks sharing one threat model. */

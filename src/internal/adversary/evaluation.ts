@@ -8,8 +8,7 @@ import { decode } from "../../Config.ts"
 import { ConfigError } from "../../Errors.ts"
 import { acquire, Backend, Rng, tf } from "../../Tensor.ts"
 import { margin } from "./losses.ts"
-import { probe } from "./run.ts"
-import type { Env } from "./run.ts"
+import { makeEnv, predictLogits, probe, validate } from "./run.ts"
 import { checkCompatible, flatten, runStages } from "./ensemble.ts"
 import { maskingFlags, sweepFlags } from "./flags.ts"
 import type { Flag, MaskingStats } from "./flags.ts"
@@ -37,6 +36,9 @@ export interface StageSummary {
   /** samples this stage broke first */
   readonly broken: number
   readonly queries: number
+  /** forward / backward passes through the classifier, per sample, summed over the samples */
+  readonly forward: number
+  readonly backward: number
 }
 
 /** The record of one evaluation (JSON-safe). */
@@ -60,6 +62,11 @@ export interface EvaluationResult {
   readonly cleanAccuracy: number
   readonly robustAccuracy: number
   readonly stages: ReadonlyArray<StageSummary>
+  /**
+   * forward / backward passes through the classifier, counted per sample and summed: the stages' and the
+   * evaluation's own (clean prediction, zero-gradient probe); solver diagnostics are not counted
+   */
+  readonly passes: { readonly forward: number; readonly backward: number }
   readonly diagnostics: MaskingStats
   readonly flags: ReadonlyArray<Flag>
   /** per sample: 1 when clean-correct; the stage that first broke it (0 clean, -1 robust) */
@@ -136,26 +143,35 @@ const runBatch = (
   labels: Int32Array,
   index: number,
   start: number,
-  hash: string
+  hash: string,
+  salt: string | undefined
 ): Effect.Effect<BatchRecord, AttackError, Rng | Scope.Scope> =>
   Effect.gen(function*() {
     const rng = yield* Rng
     const n = labels.length
     const keys = Array.from({ length: n }, (_, i) => start + i)
     const y = yield* acquire(() => tf.tensor1d(labels, "int32"))
-    const env: Env = { attack: "evaluate", classifier, rng, keys, queries: 0 }
+    const env = makeEnv("evaluate", classifier, rng, keys, salt)
     const fail = (what: string) => (u: unknown) =>
-      new AttackError({ attack: "evaluate", message: `${what} failed on batch ${index}: ${u instanceof Error ? u.message : String(u)}` })
+      u instanceof AttackError ? u : new AttackError({
+        attack: "evaluate",
+        message: `${what} failed on batch ${index}: ${u instanceof Error ? u.message : String(u)}`
+      })
     const clean = yield* Effect.try({
-      try: () =>
-        tf.tidy(() => {
-          const scores = (classifier.predict ?? classifier.logits)(x, { seed: rng.seed("evaluate", "clean", index) })
+      try: () => {
+        // samples are named by their dataset index
+        validate(env, x, y)
+        return tf.tidy(() => {
+          const scores = predictLogits(env, x, "clean", index)
           const cleanCorrect = tf.equal(tf.argMax(scores, 1), y).dataSync() as Uint8Array
           // margin of the gradient source: unlike cross-entropy it does not saturate on confident samples
           const p = probe(env, x, (logits) => margin(logits, y), 1, "zero-gradient", index)
-          const zero = tf.equal(tf.sum(tf.abs(p.grad.reshape([n, -1])), 1), 0).dataSync() as Uint8Array
-          return { cleanCorrect: Uint8Array.from(cleanCorrect), zero: Uint8Array.from(zero) }
-        }),
+          const zeroCoordinate = tf.equal(p.grad.reshape([n, -1]), 0)
+          const zero = tf.all(zeroCoordinate, 1).dataSync() as Uint8Array
+          const zeroCoordinates = tf.sum(tf.cast(zeroCoordinate, "int32")).dataSync()[0]!
+          return { cleanCorrect: Uint8Array.from(cleanCorrect), zero: Uint8Array.from(zero), zeroCoordinates }
+        })
+      },
       catch: fail("clean prediction")
     })
     const diagnose = (at: tf.Tensor4D, what: string) =>
@@ -172,7 +188,11 @@ const runBatch = (
           catch: fail(what)
         })
     const diagClean = yield* diagnose(x, "diagnostics on x")
-    const result = yield* runStages(stages, classifier, x, y, { keys, cleanCorrect: clean.cleanCorrect })
+    const result = yield* runStages(stages, classifier, x, y, {
+      keys,
+      cleanCorrect: clean.cleanCorrect,
+      ...(salt !== undefined ? { salt } : {})
+    })
     const diagAdv = yield* diagnose(result.xAdv, "diagnostics on x_adv")
     const worst = (a?: number, b?: number) => (a === undefined ? b ?? null : b === undefined ? a : Math.max(a, b))
     const least = (a?: number, b?: number) => (a === undefined ? b ?? null : b === undefined ? a : Math.min(a, b))
@@ -185,11 +205,16 @@ const runBatch = (
       cleanCorrect: bits(clean.cleanCorrect),
       brokenAt: Array.from(result.brokenAt),
       zeroGradient: bits(clean.zero),
+      zeroCoordinates: clean.zeroCoordinates,
+      coordinates: x.size,
       convergedClean: diagClean?.forwardConverged === undefined ? null : bits(diagClean.forwardConverged),
       convergedAdv: diagAdv?.forwardConverged === undefined ? null : bits(diagAdv.forwardConverged),
       backwardResidual: worst(diagClean?.backwardResidual, diagAdv?.backwardResidual),
       gradientCosine: least(diagClean?.gradientCosine, diagAdv?.gradientCosine),
-      queries: result.stages.map((s) => s.queries)
+      queries: result.stages.map((s) => s.queries),
+      forward: result.stages.map((s) => s.forward),
+      backward: result.stages.map((s) => s.backward),
+      overhead: [env.counts.forward, env.counts.backward]
     }
   })
 
@@ -221,8 +246,15 @@ const summarize = (
     settings: s.settings,
     robustAccuracy: frac(count((b) => b === -1 || b > k + 1, brokenAt)),
     broken: count((b) => b === k + 1, brokenAt),
-    queries: records.reduce((q, r) => q + (r.queries[k] ?? 0), 0)
+    queries: records.reduce((q, r) => q + (r.queries[k] ?? 0), 0),
+    forward: records.reduce((q, r) => q + (r.forward?.[k] ?? r.queries[k] ?? 0), 0),
+    backward: records.reduce((q, r) => q + (r.backward?.[k] ?? 0), 0)
   }))
+  const passes = {
+    forward: summaries.reduce((a, s) => a + s.forward, 0) + records.reduce((a, r) => a + (r.overhead?.[0] ?? 0), 0),
+    backward: summaries.reduce((a, s) => a + s.backward, 0) + records.reduce((a, r) => a + (r.overhead?.[1] ?? 0), 0)
+  }
+  const coordinates = records.reduce((a, r) => a + (r.coordinates ?? 0), 0)
   const notConverged = (key: "convergedClean" | "convergedAdv") =>
     records.length > 0 && records.every((r) => r[key] !== null)
       ? frac(records.reduce((s, r) => s + count((v) => v === 0, r[key]!), 0))
@@ -235,6 +267,7 @@ const summarize = (
   )
   const diagnostics: MaskingStats = {
     zeroGradientFraction: frac(count((v) => v === 1, zero)),
+    zeroCoordinateFraction: coordinates > 0 ? records.reduce((a, r) => a + (r.zeroCoordinates ?? 0), 0) / coordinates : undefined,
     forwardNotConvergedClean: notConverged("convergedClean"),
     forwardNotConvergedAdv: notConverged("convergedAdv"),
     backwardResidual: residuals.length > 0 ? Math.max(...residuals) : undefined,
@@ -260,6 +293,7 @@ const summarize = (
     cleanAccuracy: frac(count((v) => v === 1, cleanCorrect)),
     robustAccuracy: frac(count((b) => b === -1, brokenAt)),
     stages: summaries,
+    passes,
     diagnostics,
     flags: maskingFlags(diagnostics, options, meta.classifier, eotOf(stages)),
     perSample: { cleanCorrect, brokenAt }
@@ -300,7 +334,8 @@ export const evaluate = (
       backend,
       batchSize: "batches" in data ? -1 : o.batchSize,
       total: source.total,
-      stages: stages.map((s) => ({ name: s.name, settings: s.settings }))
+      stages: stages.map((s) => ({ name: s.name, settings: s.settings })),
+      ...(o.salt !== undefined ? { salt: o.salt } : {})
     }
     const file = o.resumeFile
     const done = file === undefined ? new Map<number, BatchRecord>() : yield* Resume.open(file, fingerprint)
@@ -321,7 +356,7 @@ export const evaluate = (
           }
           return previous
         }
-        const r = yield* runBatch(classifier, stages, batch.x, batch.y, i, batch.start, hash)
+        const r = yield* runBatch(classifier, stages, batch.x, batch.y, i, batch.start, hash, o.salt)
         if (file !== undefined) yield* Resume.append(file, r)
         return r
       }))

@@ -6,6 +6,7 @@
 /** The kinds of flag an evaluation can raise. */
 export type FlagKind =
   | "zero-gradients"
+  | "zero-gradient-coordinates"
   | "forward-not-converged"
   | "backward-residual-high"
   | "gradient-cosine-low"
@@ -13,6 +14,7 @@ export type FlagKind =
   | "accuracy-not-decreasing"
   | "dynamic-defence"
   | "randomized-defence"
+  | "unreliable"
 
 /** One raised flag: what was measured, against which threshold, and what to do about it. */
 export interface Flag {
@@ -25,6 +27,8 @@ export interface Flag {
 /** The measurements flags are computed from (fractions are over all evaluated samples). */
 export interface MaskingStats {
   readonly zeroGradientFraction: number
+  /** fraction of input coordinates (over all samples) whose gradient is exactly zero */
+  readonly zeroCoordinateFraction?: number | undefined
   readonly forwardNotConvergedClean?: number | undefined
   readonly forwardNotConvergedAdv?: number | undefined
   readonly backwardResidual?: number | undefined
@@ -36,13 +40,16 @@ export interface MaskingStats {
 /** Thresholds (see EvaluateOptions). */
 export interface Thresholds {
   readonly zeroGradientFraction: number
+  readonly zeroCoordinateFraction: number
   readonly notConvergedFraction: number
   readonly backwardResidual: number
   readonly gradientCosine: number
   readonly blackBoxFraction: number
 }
 
-const pct = (v: number) => `${(100 * v).toFixed(2)}%`
+import { pct as pctOf } from "../../Report.ts"
+
+const pct = (v: number) => `${pctOf(v)}%`
 
 /** The flags of one evaluation. */
 export const maskingFlags = (
@@ -59,6 +66,16 @@ export const maskingFlags = (
       threshold: t.zeroGradientFraction,
       message: `${pct(stats.zeroGradientFraction)} of the samples have an all-zero input gradient: gradient attacks ` +
         "cannot move them (shattered or rounded read-out?); use BPDA, a surrogate gradient or a black-box attack"
+    })
+  }
+  if (stats.zeroCoordinateFraction !== undefined && stats.zeroCoordinateFraction > t.zeroCoordinateFraction) {
+    flags.push({
+      kind: "zero-gradient-coordinates",
+      value: stats.zeroCoordinateFraction,
+      threshold: t.zeroCoordinateFraction,
+      message: `${pct(stats.zeroCoordinateFraction)} of the input coordinates get an exactly zero gradient: a clip or ` +
+        "rounding on the gradient path pins them (e.g. a projection to [0, 1] inside a defence); those pixels never " +
+        "move, so the attack is weaker than it looks; use straight-through projections, BPDA or a black-box attack"
     })
   }
   const notConverged = Math.max(stats.forwardNotConvergedClean ?? 0, stats.forwardNotConvergedAdv ?? 0)
@@ -156,4 +173,70 @@ export const sweepFlags = (points: ReadonlyArray<{ readonly eps: number; readonl
     }
   }
   return out
+}
+
+/** How an evaluation attacked the model it is a worst case of (for the `unreliable` checks). */
+export type AttackRole = "transfer" | "adaptive" | "white-box" | "black-box"
+
+/** A labelled evaluation with its role, as the reliability checks see it. */
+export interface RoleRow {
+  readonly label: string
+  readonly role: AttackRole
+  /** robust accuracy */
+  readonly robust: number
+  /** robust accuracy after the gradient-based part only (an ensemble's stages before its black-box ones) */
+  readonly whiteBoxRobust: number
+}
+
+const pts = (v: number) => `${pctOf(v)}%`
+
+/**
+ * RobustBench's "unreliable": an evaluation whose attacks contradict each other, so its number is not a measured
+ * upper bound. Raised when an adaptive attack scores above the non-adaptive transfer attack on the same images
+ * (the adaptive gradients are poor), when a black-box attack beats every gradient-based one (masked gradients),
+ * and when robust accuracy does not fall as eps grows (`sweep`, points of one attack at several eps).
+ */
+export const unreliableFlags = (
+  rows: ReadonlyArray<RoleRow>,
+  sweep: ReadonlyArray<{ readonly eps: number; readonly robustAccuracy: number }> = []
+): Array<Flag> => {
+  const flags: Array<Flag> = []
+  const transfer = rows.filter((r) => r.role === "transfer")
+  if (transfer.length > 0) {
+    const best = transfer.reduce((a, r) => (r.robust < a.robust ? r : a))
+    for (const r of rows.filter((x) => x.role === "adaptive" && x.robust > best.robust)) {
+      flags.push({
+        kind: "unreliable",
+        value: r.robust - best.robust,
+        threshold: 0,
+        message: `the adaptive attack "${r.label}" leaves ${pts(r.robust)} robust, above the non-adaptive transfer ` +
+          `attack "${best.label}" (${pts(best.robust)}) on the same images: its gradients through the defence are ` +
+          "poor, so it bounds nothing; the transfer attack and the worst case are the numbers to report"
+      })
+    }
+  }
+  const gradient = rows.filter((r) => r.role !== "black-box")
+  if (gradient.length > 0) {
+    const strongest = Math.min(...gradient.map((r) => r.whiteBoxRobust))
+    for (const r of rows.filter((x) => x.role === "black-box" && x.robust < strongest)) {
+      flags.push({
+        kind: "unreliable",
+        value: strongest - r.robust,
+        threshold: 0,
+        message: `the black-box attack "${r.label}" (${pts(r.robust)}) beats every gradient-based attack (best ` +
+          `${pts(strongest)}): the gradients are likely masked`
+      })
+    }
+  }
+  if (sweepFlags(sweep).some((f) => f.length > 0)) {
+    const sorted = [...sweep].sort((a, b) => a.eps - b.eps)
+    flags.push({
+      kind: "unreliable",
+      value: sorted.at(-1)!.robustAccuracy,
+      threshold: sorted[0]!.robustAccuracy,
+      message: `robust accuracy does not fall as eps grows (${sorted.map((p) => `eps ${p.eps}: ${pts(p.robustAccuracy)}`).join(", ")}): ` +
+        "a larger ball contains the smaller one, so the attack is failing"
+    })
+  }
+  return flags
 }

@@ -24,7 +24,7 @@ export class PgdOptions extends Schema.Class<PgdOptions>("PgdOptions")({
   stepSize: Schema.optional(Positive),
   restarts: def(PositiveInt, 1),
   randomStart: def(Schema.Boolean, true),
-  /** clamp the random start to [0, 1] (the paper's evaluation PGD does not; later steps always clamp) */
+  /** clamp the random start to the bounds (the paper's evaluation PGD does not; later steps always clamp) */
   randomStartClamp: def(Schema.Boolean, true),
   loss: def(Schema.Literals(["ce", "dlr"]), "ce"),
   /**
@@ -61,6 +61,23 @@ export class ApgdTargetedOptions extends Schema.Class<ApgdTargetedOptions>("Apgd
   eot: Eot
 }) {}
 
+/** FAB-T (Croce & Hein 2020): the targeted Fast Adaptive Boundary attack, Linf, with AutoAttack's defaults. */
+export class FabOptions extends Schema.Class<FabOptions>("FabOptions")({
+  eps: NonNegative,
+  norm: def(Schema.Literals(["Linf"]), "Linf"),
+  steps: def(PositiveInt, 100),
+  restarts: def(PositiveInt, 1),
+  /** target classes, the most likely wrong ones first (AutoAttack: 9) */
+  targets: def(PositiveInt, 9),
+  /** the largest weight of the step from the original point */
+  alphaMax: def(Probability, 0.1),
+  /** overshoot of each projection onto the linearised boundary */
+  eta: def(Positive, 1.05),
+  /** backward step towards the original point after each success */
+  beta: def(Probability, 0.9),
+  eot: Eot
+}) {}
+
 /** Square attack (Andriushchenko et al. 2020), Linf, score-based black-box. */
 export class SquareOptions extends Schema.Class<SquareOptions>("SquareOptions")({
   eps: NonNegative,
@@ -73,12 +90,15 @@ export class SquareOptions extends Schema.Class<SquareOptions>("SquareOptions")(
   loss: def(Schema.Literals(["margin", "ce"]), "margin")
 }) {}
 
-/** An AutoAttack-style suite: standard (APGD-CE, APGD-T, Square), plus (5 restarts), rand (EOT 20). */
+/**
+ * An AutoAttack suite: standard (APGD-CE, APGD-T, FAB-T, Square), plus (5 restarts, APGD-DLR; no untargeted FAB),
+ * rand (EOT 20).
+ */
 export class AutoAttackOptions extends Schema.Class<AutoAttackOptions>("AutoAttackOptions")({
   eps: NonNegative,
   norm: NormField,
   version: def(Schema.Literals(["standard", "plus", "rand"]), "standard"),
-  /** APGD iterations (100 in AutoAttack) */
+  /** APGD and FAB-T iterations (100 in AutoAttack) */
   steps: def(PositiveInt, 100),
   /** Square query budget (5000 in AutoAttack) */
   queries: def(PositiveInt, 5000),
@@ -97,8 +117,15 @@ export class EvaluateOptions extends Schema.Class<EvaluateOptions>("EvaluateOpti
   resumeFile: Schema.optional(Schema.String),
   /** evaluate at most this many new batches, then return a partial result (`complete: false`) */
   maxBatches: Schema.optional(PositiveInt),
+  /**
+   * mixed into every random draw (random starts, Square): evaluations that must not share their random starts,
+   * such as the points of a grid, pass different salts
+   */
+  salt: Schema.optional(Schema.String),
   /** flag when more than this fraction of samples has an all-zero input gradient */
   zeroGradientFraction: def(Probability, 0.1),
+  /** flag when more than this fraction of input coordinates has an exactly zero gradient (a clip that binds) */
+  zeroCoordinateFraction: def(Probability, 0.1),
   /** flag when more than this fraction of forward solves (on x or x_adv) did not converge */
   notConvergedFraction: def(Probability, 0),
   /** flag when the backward residual exceeds this */

@@ -81,14 +81,14 @@ const randomStart = (env: Env, x: tf.Tensor4D, eps: number, norm: Norm, clamp: b
       delta = tf.mul(tf.div(z, tf.add(l2Norm4(z), 1e-12)), col4(tf.tensor1d(radius)))
     }
     const start = tf.add(x, delta) as tf.Tensor4D
-    return clamp ? (tf.clipByValue(start, 0, 1) as tf.Tensor4D) : start
+    return clamp ? (tf.clipByValue(start, env.bounds[0], env.bounds[1]) as tf.Tensor4D) : start
   })
 
 /** FGSM / FGM: one eps-step along the sign (Linf) or the normalised (L2) gradient. */
 export const fgsmCore = (o: FgsmOptions): Core => (env, x, y) =>
   tf.tidy(() => {
     const p = probe(env, x, untargetedLoss(o.loss)(y), o.eot, "step", 0)
-    return project(tf.add(x, tf.mul(direction(p.grad, o.norm), o.eps)) as tf.Tensor4D, x, o.eps, o.norm)
+    return project(tf.add(x, tf.mul(direction(p.grad, o.norm), o.eps)) as tf.Tensor4D, x, o.eps, o.norm, env.bounds)
   })
 
 /** One PGD run from one random start. */
@@ -104,7 +104,7 @@ const pgdRun = (o: PgdOptions, loss: LossFor) => (env: Env, x: tf.Tensor4D, y: t
       const p = probe(env, xa, lossFn, o.eot, "restart", r, "step", t)
       // the start (t = 0) is not a candidate: unclamped it may lie outside the box
       const wrong = o.keepBest && t > 0 && fromLogits ? wrongOf(p.logits, y) : undefined
-      const next = project(tf.add(xa, tf.mul(direction(p.grad, o.norm), alpha)) as tf.Tensor4D, x, o.eps, o.norm)
+      const next = project(tf.add(xa, tf.mul(direction(p.grad, o.norm), alpha)) as tf.Tensor4D, x, o.eps, o.norm, env.bounds)
       return { next, wrong }
     })
     if (o.keepBest && t > 0) {

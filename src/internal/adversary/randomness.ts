@@ -5,11 +5,11 @@
  * @internal
  */
 import { tf, type Stream } from "../../Tensor.ts"
-import type { Env } from "./run.ts"
+import { type Env, streamOf } from "./run.ts"
 
 /** A seeded stream per row: the randomness of row i depends on its key, never on its position in the batch. */
 export const keyedStreams = (env: Env, ...path: ReadonlyArray<string | number>): Array<Stream> =>
-  env.keys.map((key) => env.rng.stream(env.attack, ...path, "key", key))
+  env.keys.map((key) => streamOf(env, ...path, "key", key))
 
 /** A standard normal draw (Box-Muller). */
 export const normal = (s: Stream): number => {

@@ -1,6 +1,7 @@
 /**
- * Evaluation results as JSON and as a Markdown table.
+ * Evaluation results as JSON and as a Markdown table (Report's table and percentages).
  */
+import { formatEps, pct, table } from "../../Report.ts"
 import type { EvaluationResult } from "./evaluation.ts"
 
 /** JSON text of a result; per-sample arrays only when asked for. */
@@ -9,26 +10,19 @@ export const toJson = (result: EvaluationResult, options: { readonly perSample?:
   return JSON.stringify(options.perSample === true ? result : rest, null, 2)
 }
 
-const pct = (v: number) => `${(100 * v).toFixed(2)}`
-
-import { formatEps } from "../../Report.ts"
-
-/** A Markdown table: a header row, an alignment row, the rows; `|` in cells is escaped. */
-export const markdownTable = (
-  headers: ReadonlyArray<string>,
-  rows: ReadonlyArray<ReadonlyArray<string>>,
-  align: ReadonlyArray<"l" | "r"> = []
-): string => {
-  const cell = (s: string) => s.replace(/\|/g, "\\|").replace(/\n/g, " ")
-  const line = (cells: ReadonlyArray<string>) => `| ${cells.map(cell).join(" | ")} |`
-  const sep = `|${headers.map((_, i) => (align[i] === "r" ? "---:" : ":---")).join("|")}|`
-  return [line(headers), sep, ...rows.map(line)].join("\n")
+/** Forward / backward passes per evaluated sample, e.g. "41.0/20.0". */
+export const passesPerSample = (r: EvaluationResult): string => {
+  const n = Math.max(1, r.samples)
+  return `${(r.passes.forward / n).toFixed(1)}/${(r.passes.backward / n).toFixed(1)}`
 }
 
-/** One table row per result: threat model, attack, accuracies (in %), per-stage accuracies, provenance, flags. */
+/**
+ * One table row per result: threat model, attack, accuracies (in %), per-stage accuracies, passes per sample
+ * (forward/backward), provenance, flags.
+ */
 export const toMarkdown = (results: ReadonlyArray<EvaluationResult>): string =>
-  markdownTable(
-    ["classifier", "gradient", "attack", "norm", "eps", "steps", "restarts", "n", "clean %", "robust %", "after each stage %", "seed", "backend", "flags"],
+  table(
+    ["classifier", "gradient", "attack", "norm", "eps", "steps", "restarts", "n", "clean %", "robust %", "after each stage %", "passes fwd/bwd per sample", "seed", "backend", "flags"],
     results.map((r) => [
       r.classifier,
       r.gradientSource,
@@ -41,9 +35,9 @@ export const toMarkdown = (results: ReadonlyArray<EvaluationResult>): string =>
       pct(r.cleanAccuracy),
       pct(r.robustAccuracy),
       r.stages.map((s) => `${s.name} ${pct(s.robustAccuracy)}`).join(", "),
+      passesPerSample(r),
       `${r.seed}`,
       r.backend,
       r.flags.length === 0 ? "none" : [...new Set(r.flags.map((f) => f.kind))].join(", ")
-    ]),
-    ["l", "l", "l", "l", "r", "r", "r", "r", "r", "r", "l", "r", "l", "l"]
+    ])
   )

@@ -18,7 +18,8 @@ export const Fingerprint = Schema.Struct({
   backend: Schema.String,
   batchSize: Schema.Number,
   total: Schema.Number,
-  stages: Schema.Unknown
+  stages: Schema.Unknown,
+  salt: Schema.optional(Schema.String)
 })
 
 /** @internal */
@@ -46,7 +47,15 @@ export const BatchRecord = Schema.Struct({
   backwardResidual: Schema.NullOr(Schema.Number),
   gradientCosine: Schema.NullOr(Schema.Number),
   /** per stage */
-  queries: Numbers
+  queries: Numbers,
+  /** coordinates with an exactly zero input gradient, and all coordinates (absent in older files) */
+  zeroCoordinates: Schema.optional(Schema.Number),
+  coordinates: Schema.optional(Schema.Number),
+  /** per stage: forward / backward passes per sample, summed (absent in older files) */
+  forward: Schema.optional(Numbers),
+  backward: Schema.optional(Numbers),
+  /** the evaluation's own [forward, backward] passes (clean prediction, zero-gradient probe) */
+  overhead: Schema.optional(Numbers)
 })
 
 /** @internal */

@@ -5,7 +5,7 @@
  *
  * Each sample draws from its own keyed stream (window, signs), so its result does not depend on its batch.
  */
-import { tf } from "../../Tensor.ts"
+import { type Stream, tf } from "../../Tensor.ts"
 import { indicesWhere } from "./rows.ts"
 import { keyedStreams } from "./randomness.ts"
 import { predictLogits, subEnv } from "./run.ts"
@@ -27,7 +27,6 @@ export const pSelection = (pInit: number, it: number, budget: number): number =>
   return pInit / 512
 }
 
-const clip01 = (v: number) => (v < 0 ? 0 : v > 1 ? 1 : v)
 
 /** Margin and loss (both minimised) of rows of `data` (n x d), by querying `predict`. */
 const score = (
@@ -65,13 +64,98 @@ const score = (
   return { margin, loss }
 }
 
+/** The image geometry and the vertex map of one Square run: x_i + sign * eps, clipped to the bounds. */
+interface Canvas {
+  readonly h: number
+  readonly w: number
+  readonly c: number
+  readonly d: number
+  /** the clean images, flat */
+  readonly xs: Float32Array
+  /** the vertex value of pixel `off` of the image starting at `base` for a sign */
+  readonly vertex: (base: number, off: number, sign: number) => number
+}
+
+/** The Square initialisation: vertical stripes, one random sign per (column, channel). */
+const stripes = (k: Canvas, rows: ReadonlyArray<number>, streams: ReadonlyArray<Stream>): Float32Array => {
+  const cur = new Float32Array(rows.length * k.d)
+  for (let j = 0; j < rows.length; j++) {
+    const s = streams[j]!
+    const base = rows[j]! * k.d
+    for (let col = 0; col < k.w; col++) {
+      for (let ch = 0; ch < k.c; ch++) {
+        const sign = s.next() < 0.5 ? -1 : 1
+        for (let row = 0; row < k.h; row++) {
+          const off = (row * k.w + col) * k.c + ch
+          cur[j * k.d + off] = k.vertex(base, off, sign)
+        }
+      }
+    }
+  }
+  return cur
+}
+
+/**
+ * One candidate: the current image `cur` (at `from`) with a random square of `side` set to a vertex of the ball,
+ * written to `out` (at `to`). The signs are redrawn (a few times) when the square would change nothing.
+ */
+const squareCandidate = (
+  k: Canvas,
+  s: Stream,
+  base: number,
+  cur: Float32Array,
+  from: number,
+  out: Float32Array,
+  to: number,
+  side: number
+): void => {
+  out.set(cur.subarray(from, from + k.d), to)
+  const vh = s.int(0, k.h - side)
+  const vw = s.int(0, k.w - side)
+  const signs = new Float32Array(k.c)
+  const changes = (): boolean => {
+    for (let row = vh; row < vh + side; row++) {
+      for (let col = vw; col < vw + side; col++) {
+        for (let ch = 0; ch < k.c; ch++) {
+          const off = (row * k.w + col) * k.c + ch
+          if (Math.abs(k.vertex(base, off, signs[ch]!) - cur[from + off]!) > 1e-7) return true
+        }
+      }
+    }
+    return false
+  }
+  for (let tries = 0; tries < 10; tries++) {
+    for (let ch = 0; ch < k.c; ch++) signs[ch] = s.next() < 0.5 ? -1 : 1
+    if (changes()) break
+  }
+  for (let row = vh; row < vh + side; row++) {
+    for (let col = vw; col < vw + side; col++) {
+      for (let ch = 0; ch < k.c; ch++) {
+        const off = (row * k.w + col) * k.c + ch
+        out[to + off] = k.vertex(base, off, signs[ch]!)
+      }
+    }
+  }
+}
+
 /** Square Linf with restarts on the samples still unbroken; the lowest loss across restarts is kept. */
 export const squareCore = (o: SquareOptions): Core => (env, x, y) => {
   const [b, h, w, c] = x.shape
   const d = h * w * c
   const xs = Float32Array.from(x.dataSync())
   const labels = y.dataSync()
-  const eps = o.eps
+  const [lo, hi] = env.bounds
+  const k: Canvas = {
+    h,
+    w,
+    c,
+    d,
+    xs,
+    vertex: (base, off, sign) => {
+      const v = xs[base + off]! + sign * o.eps
+      return v < lo ? lo : v > hi ? hi : v
+    }
+  }
   const best = Float32Array.from(xs)
   const bestLoss = new Float64Array(b).fill(Infinity)
   const done = new Uint8Array(b)
@@ -80,21 +164,7 @@ export const squareCore = (o: SquareOptions): Core => (env, x, y) => {
     if (rows.length === 0) break
     const streams = keyedStreams(subEnv(env, rows), "restart", r)
     const m = rows.length
-    // vertical stripes: one sign per (column, channel)
-    const cur = new Float32Array(m * d)
-    for (let j = 0; j < m; j++) {
-      const s = streams[j]!
-      const base = rows[j]! * d
-      for (let col = 0; col < w; col++) {
-        for (let ch = 0; ch < c; ch++) {
-          const sign = s.next() < 0.5 ? -1 : 1
-          for (let row = 0; row < h; row++) {
-            const off = (row * w + col) * c + ch
-            cur[j * d + off] = clip01(xs[base + off]! + sign * eps)
-          }
-        }
-      }
-    }
+    const cur = stripes(k, rows, streams)
     const { margin, loss } = score(env, o, cur, [m, h, w, c], rows.map((i) => labels[i]!), "restart", r, "init")
     for (let it = 1; it < o.queries; it++) {
       const active: Array<number> = []
@@ -104,37 +174,7 @@ export const squareCore = (o: SquareOptions): Core => (env, x, y) => {
       const cand = new Float32Array(active.length * d)
       for (let a = 0; a < active.length; a++) {
         const j = active[a]!
-        const s = streams[j]!
-        const base = rows[j]! * d
-        cand.set(cur.subarray(j * d, (j + 1) * d), a * d)
-        const vh = s.int(0, h - side)
-        const vw = s.int(0, w - side)
-        const signs = new Float32Array(c)
-        // redraw the signs (a few times) when the square would not change anything
-        for (let tries = 0; tries < 10; tries++) {
-          for (let ch = 0; ch < c; ch++) signs[ch] = s.next() < 0.5 ? -1 : 1
-          let changed = false
-          for (let row = vh; row < vh + side && !changed; row++) {
-            for (let col = vw; col < vw + side && !changed; col++) {
-              for (let ch = 0; ch < c; ch++) {
-                const off = (row * w + col) * c + ch
-                if (Math.abs(clip01(xs[base + off]! + signs[ch]! * eps) - cur[j * d + off]!) > 1e-7) {
-                  changed = true
-                  break
-                }
-              }
-            }
-          }
-          if (changed) break
-        }
-        for (let row = vh; row < vh + side; row++) {
-          for (let col = vw; col < vw + side; col++) {
-            for (let ch = 0; ch < c; ch++) {
-              const off = (row * w + col) * c + ch
-              cand[a * d + off] = clip01(xs[base + off]! + signs[ch]! * eps)
-            }
-          }
-        }
+        squareCandidate(k, streams[j]!, rows[j]! * d, cur, j * d, cand, a * d, side)
       }
       const scored = score(env, o, cand, [active.length, h, w, c], active.map((j) => labels[rows[j]!]!), "restart", r, "it", it)
       for (let a = 0; a < active.length; a++) {

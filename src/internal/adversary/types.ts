@@ -24,13 +24,28 @@ export interface Diagnostics {
   readonly gradientCosine?: number
 }
 
+/** The default input domain of a classifier: pixels in [0, 1]. */
+export const defaultBounds: readonly [number, number] = [0, 1]
+
 /**
  * What an attack sees. `logits` is differentiable w.r.t. x and gives the gradients (it may be a surrogate such as
  * BPDA or an intermediate-state unroll); `predict` is the prediction being evaluated (success checks, accuracy,
- * and the scores a black-box attack queries); it defaults to `logits`. Inputs are NHWC images in [0, 1].
+ * and the scores a black-box attack queries); it defaults to `logits`. Inputs are NHWC images inside `bounds`
+ * (default [0, 1]).
  */
 export interface Classifier {
   readonly name: string
+  /**
+   * The input domain [lo, hi] (default [0, 1]): attacks reject inputs outside it and keep x_adv inside it.
+   */
+  readonly bounds?: readonly [number, number]
+  /**
+   * The number of classes. Attacks check labels against it; when it is absent they learn it from one extra
+   * forward pass on one sample.
+   */
+  readonly classes?: number
+  /** The per-sample input shape [H, W, C], when fixed: inputs of another shape are rejected naming both shapes. */
+  readonly inputShape?: readonly [number, number, number]
   readonly logits: (x: tf.Tensor4D, context?: CallContext) => tf.Tensor2D
   readonly predict?: (x: tf.Tensor4D, context?: CallContext) => tf.Tensor2D
   /** randomized model or defence: gradients are averaged over `eot` draws, each call gets its own seed */
@@ -60,6 +75,11 @@ export interface PerturbContext {
    * sample gets the same perturbation whatever batch or subset it is attacked in. Default: the row index.
    */
   readonly keys?: ArrayLike<number>
+  /**
+   * Extra label mixed into every random draw of the call (random starts, Square, EOT seeds). Evaluations that must
+   * not share their random starts (the points of a grid) pass different salts. Default: none.
+   */
+  readonly salt?: string
 }
 
 /** The outcome of one attack call. `xAdv` belongs to the caller's Scope. */
@@ -67,8 +87,12 @@ export interface AttackResult {
   readonly xAdv: tf.Tensor4D
   /** per sample: 1 when `predict(xAdv)` misclassifies */
   readonly success: Uint8Array
-  /** classifier evaluations spent, counted per sample (a batch of n is n queries; EOT draws count) */
+  /** classifier evaluations spent, counted per sample (a batch of n is n queries; EOT draws count); = `forward` */
   readonly queries: number
+  /** forward passes through the classifier, per sample (a batch of n counts n) */
+  readonly forward: number
+  /** backward passes (input gradients), per sample; EOT draws count */
+  readonly backward: number
 }
 
 /** What is recorded about an attack's configuration in every evaluation result (JSON-safe). */
@@ -96,13 +120,16 @@ export interface AttackShape {
 }
 
 /**
- * An attack could not run: bad shapes, labels out of range, too few classes for its loss, a classifier that threw.
+ * An attack could not run: bad shapes, inputs outside the classifier's domain (NaN, Inf, out of bounds), labels that
+ * are not class indices, too few classes for its loss, a classifier that threw.
  *
  * @category errors
  */
 export class AttackError extends Schema.TaggedError<AttackError>()("AttackError", {
   attack: Schema.String,
-  message: Schema.String
+  message: Schema.String,
+  /** the offending sample (its row in the batch, or its dataset index in an evaluation), when one is to blame */
+  sample: Schema.optional(Schema.Number)
 }) {}
 
 /**

@@ -324,8 +324,7 @@ export const pipelineJob = (options: PipelineOptions): Effect.Effect<{ readonly 
     const suite = preset.suite
     const evalStarted = performance.now()
     const evaluation = yield* evaluateLoaded(loaded, suite, new Set<AttackFamily>(["ready-made", "grid", "aa"]), true, makeStageProgress(stderrSink, "eval"))
-    const strongest = evaluation.rows.find((r) => r.protocol.startsWith("intermediate state, strongest"))
-    const source = strongest !== undefined ? sourceFromLabel(strongest.result.gradientSource) : undefined
+    const source = evaluation.strongestSource
     const progress = makeStageProgress(stderrSink, "dynamics")
     const split = yield* subsetOf(loaded.config, suite.dynamicsSamples, { progress })
     progress.stage(`${loaded.steps} states on ${split.count} test images`)
@@ -336,7 +335,7 @@ export const pipelineJob = (options: PipelineOptions): Effect.Effect<{ readonly 
       attackSteps: suite.dynamicsAttackSteps,
       batchSize: suite.batchSize,
       seed: loaded.config.seed,
-      ...(source !== undefined ? { source } : {})
+      source
     })
     const evalSeconds = (performance.now() - evalStarted) / 1000
     // the whole log, so a resumed run's report shows every epoch, not only this invocation's
@@ -419,14 +418,6 @@ const readEvents = (file: string, fallback: ReadonlyArray<Train.TrainEvent>): Re
   } catch {
     return fallback
   }
-}
-
-/** Parses a grid label "Funroll-4-5" / "Munroll-4-5" back into its source (labels of Intermediate sources only). */
-const sourceFromLabel = (label: string): Adversary.GradientSource | undefined => {
-  const m = /^([FM]|L[\d.]+)unroll-(\d+)-(\d+)$/.exec(label)
-  if (m === null) return undefined
-  const lambda = m[1] === "F" ? 1 : m[1] === "M" ? 0.5 : Number(m[1]!.slice(1))
-  return Adversary.GradientSource.intermediate(Number(m[2]), Number(m[3]), lambda)
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 /**
- * The neural-dynamics analysis of `deq dynamics` (method.md 4): for every intermediate state z_n of the solve,
- * the accuracy of h(z_n) on clean and on adversarial inputs, the mean prediction entropy and the mean relative
- * residual, averaged over an evaluation subset.
+ * The neural-dynamics analysis of `deq dynamics` (docs/method.md, "Dynamics analysis"): for every intermediate
+ * state z_n of the solve, the accuracy of h(z_n) on clean and on adversarial inputs, the mean prediction entropy
+ * and the mean relative residual, averaged over an evaluation subset.
  *
  * The adversarial inputs are made once per batch by an attack on a classifier (the intermediate-state gradient by
  * default) and then observed along the whole trajectory, as the paper's `validate_observe_train` does.

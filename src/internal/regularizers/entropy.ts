@@ -1,5 +1,12 @@
 /**
- * Input entropy reduction (Yang et al., ICML 2023, Sec. 3.2; method.md 6.2) as a plain tfjs function.
+ * Input entropy reduction (Yang et al., ICML 2023, Sec. 3.2; docs/method.md, "Input entropy reduction") as a
+ * plain tfjs function.
+ *
+ * The projections of the purified input (to the eps-ball around x and to [0, 1]) are straight-through: their
+ * forward value is the clip, their Jacobian the identity. A plain clip has zero gradient wherever it binds, and
+ * entropy descent pushes MNIST's background pixels below 0, so differentiating the defence through plain clips
+ * left about half of the input coordinates with an exactly zero gradient and made the "full" attack weaker than
+ * BPDA (docs/attacks.md, "Inference-time defences").
  *
  * @internal
  */
@@ -24,6 +31,11 @@ export interface EntropySettings {
   readonly lift: boolean
   readonly tailK: number
   readonly tailLambda: number
+  /**
+   * how the purified input is projected on the tape: "straight-through" (the default) or a plain "clip", whose zero
+   * gradient where it binds is kept only to measure what it cost (test/AdversaryDefence.test.ts)
+   */
+  readonly projection?: "straight-through" | "clip"
 }
 
 /** Mean over the batch of the prediction entropy of logits [B, C]. */
@@ -33,14 +45,20 @@ export const meanEntropy = (logits: tf.Tensor): tf.Scalar =>
     return tf.mean(tf.neg(tf.sum(tf.mul(tf.exp(logp), logp), -1))) as tf.Scalar
   })
 
-/** x' clipped to the eps-ball [lo, hi] = [x - eps, x + eps] and to [0, 1] (differentiable w.r.t. all three) */
-const project = (xp: tf.Tensor4D, lo: tf.Tensor, hi: tf.Tensor): tf.Tensor4D =>
-  tf.clipByValue(tf.minimum(tf.maximum(xp, lo), hi), 0, 1) as tf.Tensor4D
+/**
+ * x' clipped to the eps-ball [lo, hi] = [x - eps, x + eps] and to [0, 1], straight-through: the value is the clip,
+ * the gradient passes as if there were none (x' + stopGradient(clip(x') - x')).
+ */
+const project = (xp: tf.Tensor4D, lo: tf.Tensor, hi: tf.Tensor, plain: boolean): tf.Tensor4D => {
+  if (plain) return tf.clipByValue(tf.minimum(tf.maximum(xp, lo), hi), 0, 1) as tf.Tensor4D
+  const clipped = untaped(() => tf.clipByValue(tf.minimum(tf.maximum(xp, lo), hi), 0, 1))
+  return tf.add(xp, untaped(() => tf.sub(clipped, xp))) as tf.Tensor4D
+}
 
 /**
  * Runs the defence on a batch. Tensors computed on the tape: the injections of the purified inputs, the
- * projection chain x' <- clip(x' - alpha s) and the read-out tail; everything else (solver, entropy gradients,
- * lifts) runs off the tape and is a constant for an enclosing gradient.
+ * projection chain x' <- P(x' - alpha s) (P straight-through, so dx'/dx is the identity) and the read-out tail;
+ * everything else (solver, entropy gradients, lifts) runs off the tape and is a constant for an enclosing gradient.
  */
 export const runEntropyReduction = (s: EntropySettings, deq: Deq, x: tf.Tensor4D): DefenceOutput =>
   tf.tidy(() => {
@@ -85,7 +103,7 @@ export const runEntropyReduction = (s: EntropySettings, deq: Deq, x: tf.Tensor4D
               tf.sign(tf.grad((xx: tf.Tensor) => meanEntropy(model.head(model.cell(zc, model.inject(xx as tf.Tensor4D), ctx))))(xc))
             )
           )
-          xp = project(tf.sub(xp, tf.mul(sign, s.alpha)) as tf.Tensor4D, lo, hi)
+          xp = project(tf.sub(xp, tf.mul(sign, s.alpha)) as tf.Tensor4D, lo, hi, s.projection === "clip")
         }
         u = model.inject(xp)
         f = mapOf(model, u, ctx)

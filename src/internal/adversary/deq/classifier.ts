@@ -4,7 +4,8 @@
  * (forward convergence per sample, backward residual, implicit-vs-unrolled gradient cosine).
  *
  * With an inference-time defence (Dynamics.Defence) the surrogate follows the attack mode:
- * - "paper": the undefended DEQ's source (non-adaptive; the ICML 2023 PGD protocol, method.md 7.2);
+ * - "paper": the undefended DEQ's source (non-adaptive; the ICML 2023 PGD protocol, docs/method.md, "Evaluation
+ *   protocol");
  * - "full": the defence's own logits, differentiated through the whole defence;
  * - "bpda": the source at the purified input, with the purification's backward pass replaced by the identity.
  */
@@ -180,8 +181,17 @@ export const deqClassifier = (deq: Dynamics.Deq, options: DeqClassifierOptions):
     `non-adaptive: ${describeSource(source)} of the undefended DEQ; prediction from the defence "${defence.name}"` :
     `BPDA through the defence "${defence.name}" (identity backward of the purification), then ${describeSource(source)}`
 
+  // a Models.Model declares its classes and input shape: attacks then check labels and shapes without a forward pass
+  const declared = deq.model as { readonly classes?: unknown; readonly config?: { readonly inputShape?: unknown } }
+  const classes = typeof declared.classes === "number" ? declared.classes : undefined
+  const shape = declared.config?.inputShape
+  const inputShape = Array.isArray(shape) && shape.length === 3 && shape.every((v) => typeof v === "number")
+    ? (shape as unknown as readonly [number, number, number])
+    : undefined
   return {
     name: options.name ?? (defence === undefined ? "deq" : `deq+${defence.name}`),
+    ...(classes !== undefined ? { classes } : {}),
+    ...(inputShape !== undefined ? { inputShape } : {}),
     logits,
     predict,
     ...(source._tag === "Ensemble" && mode !== "full" ?

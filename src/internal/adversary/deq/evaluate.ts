@@ -10,8 +10,9 @@ import { decode } from "../../../Config.ts"
 import { type DefenceMode, deqClassifier, type DiagnosticsOptions } from "./classifier.ts"
 import { type GradientSource, implicit, intermediate, label as labelOf, phantom } from "./source.ts"
 import { flatten } from "../ensemble.ts"
-import { eotOf, evaluate, type EvaluationData, type EvaluationResult, type StageSummary } from "../evaluation.ts"
-import { type Flag, maskingFlags, type MaskingStats } from "../flags.ts"
+import { eotOf, evaluate, type EvaluationData, type EvaluationResult } from "../evaluation.ts"
+import { type Flag, maskingFlags } from "../flags.ts"
+import { combineWorst } from "../worst.ts"
 import { EvaluateOptions } from "../options.ts"
 import type { AttackError, AttackShape, ResumeError } from "../types.ts"
 
@@ -22,39 +23,48 @@ export type EvaluateSettings = Omit<typeof EvaluateOptions.Encoded, "gradientSou
 // grids
 // ---------------------------------------------------------------------------------------------------------------
 
-/** A grid of intermediate-state surrogates: every combination of state i, tail length K_a and damping lambda. */
+/**
+ * A grid of intermediate-state surrogates: every combination of state z_n (n solver steps, the papers' entry
+ * n - 1), tail length K_a and damping lambda.
+ */
 export interface Grid {
-  readonly i: ReadonlyArray<number>
+  readonly states: ReadonlyArray<number>
   readonly k: ReadonlyArray<number>
   readonly lambda: ReadonlyArray<number>
 }
 
 const range = (from: number, to: number): Array<number> => Array.from({ length: to - from + 1 }, (_, j) => from + j)
 
-/** The default grid for a budget of N solver steps: lambda in {1, 0.5}, i in {0, N/2, N-1}, K_a in {1, 5}. */
+/**
+ * The default grid for a budget of N solver steps: lambda in {1, 0.5}, states z_{N/4}, z_{N/2}, z_N (z_2, z_4, z_8
+ * for N = 8: the paper's entries 1, 3, 7, including the read-out state), K_a in {1, 5}.
+ */
 export const smallGrid = (steps: number): Grid => ({
   lambda: [1, 0.5],
-  i: [...new Set([0, Math.floor(steps / 2), Math.max(0, steps - 1)])].sort((a, b) => a - b),
+  states: [...new Set([Math.max(1, Math.round(steps / 4)), Math.max(1, Math.floor(steps / 2)), Math.max(1, steps)])]
+    .sort((a, b) => a - b),
   k: [1, 5]
 })
 
 /**
  * The papers' full grid for N solver steps (default 8): lambda in {1, 0.5}, K_a in 1..9, and the states of their
- * `results_list[0..N-1]`, i.e. z_1..z_N (i = 1..N here).
+ * `results_list[0..N-1]`, i.e. z_1..z_N.
  */
-export const paperGrid = (steps = 8): Grid => ({ lambda: [1, 0.5], i: range(1, steps), k: range(1, 9) })
+export const paperGrid = (steps = 8): Grid => ({ lambda: [1, 0.5], states: range(1, steps), k: range(1, 9) })
 
-/** The sources of a grid, lambda-major, then i, then K_a. */
+/** The sources of a grid, lambda-major, then the state, then K_a. */
 export const gridSources = (grid: Grid): Array<GradientSource> =>
-  grid.lambda.flatMap((lambda) => grid.i.flatMap((i) => grid.k.map((k) => intermediate(i, k, lambda))))
+  grid.lambda.flatMap((lambda) => grid.states.flatMap((n) => grid.k.map((k) => intermediate(n, k, lambda))))
 
 const checkGrid = (grid: Grid): Effect.Effect<Grid, ConfigError> =>
   Effect.gen(function*() {
     const bad = (path: string, message: string) => new ConfigError({ path: `grid.${path}`, message })
-    for (const key of ["i", "k", "lambda"] as const) {
+    for (const key of ["states", "k", "lambda"] as const) {
       if (grid[key].length === 0) return yield* bad(key, `the grid has no ${key} values`)
     }
-    for (const v of grid.i) if (!Number.isInteger(v) || v < 0) return yield* bad("i", `state ${v} is not an integer >= 0`)
+    for (const v of grid.states) {
+      if (!Number.isInteger(v) || v < 0) return yield* bad("states", `state ${v} is not an integer >= 0`)
+    }
     for (const v of grid.k) if (!Number.isInteger(v) || v < 0) return yield* bad("k", `K_a ${v} is not an integer >= 0`)
     for (const v of grid.lambda) if (!(v > 0 && v <= 1)) return yield* bad("lambda", `lambda ${v} is not in (0, 1]`)
     return grid
@@ -127,97 +137,32 @@ export interface GridResult {
   readonly brokenBy: ReadonlyArray<string | null>
 }
 
-const max = (vs: ReadonlyArray<number | undefined>): number | undefined => {
-  const d = vs.filter((v): v is number => v !== undefined)
-  return d.length === 0 ? undefined : Math.max(...d)
-}
-const min = (vs: ReadonlyArray<number | undefined>): number | undefined => {
-  const d = vs.filter((v): v is number => v !== undefined)
-  return d.length === 0 ? undefined : Math.min(...d)
-}
-
-/** Combines per-point results into the per-sample worst case. */
-export const combineWorst = (
+/** Combines per-point results into the per-sample worst case (flags recomputed from the merged measurements). */
+export const combineGrid = (
   points: ReadonlyArray<GridPoint>,
   meta: {
-    readonly grid: Grid
     readonly options: EvaluateOptions
     readonly classifier: { readonly dynamic?: boolean; readonly randomized?: boolean }
     readonly eot: number
     readonly label: string
   }
 ): { readonly worst: EvaluationResult; readonly brokenBy: Array<string | null> } => {
+  const { worst, brokenBy } = combineWorst(
+    points.map((p) => ({ label: p.label, result: p.result })),
+    meta.label,
+    (diagnostics) => deqFlags(maskingFlags(diagnostics, meta.options, meta.classifier, meta.eot))
+  )
+  // a grid runs one attack: its steps and restarts are the attack's, not one entry per point
   const first = points[0]!.result
-  const n = Math.min(...points.map((p) => p.result.perSample.brokenAt.length))
-  const cleanCorrect: Array<number> = []
-  const brokenAt: Array<number> = []
-  const brokenBy: Array<string | null> = []
-  for (let s = 0; s < n; s++) {
-    const clean = points.every((p) => p.result.perSample.cleanCorrect[s] === 1 && p.result.perSample.brokenAt[s] !== 0)
-    cleanCorrect.push(clean ? 1 : 0)
-    if (!clean) {
-      brokenAt.push(0)
-      brokenBy.push("clean")
-      continue
-    }
-    const j = points.findIndex((p) => p.result.perSample.brokenAt[s]! > 0)
-    brokenAt.push(j === -1 ? -1 : j + 1)
-    brokenBy.push(j === -1 ? null : points[j]!.label)
-  }
-  const frac = (c: number) => (n === 0 ? 0 : c / n)
-  const count = (p: (v: number) => boolean) => brokenAt.reduce((a, v) => a + (p(v) ? 1 : 0), 0)
-  const stages: Array<StageSummary> = points.map((p, j) => ({
-    name: p.label,
-    settings: {
-      kind: p.result.stages.some((s) => s.settings.kind === "white-box") ? "white-box" : "black-box",
-      norm: p.result.norm,
-      eps: p.result.eps,
-      steps: Math.max(...p.result.steps),
-      restarts: Math.max(...p.result.restarts),
-      options: { gradientSource: p.label, attack: p.result.attack }
-    },
-    robustAccuracy: frac(count((b) => b === -1 || b > j + 1)),
-    broken: count((b) => b === j + 1),
-    queries: p.result.stages.reduce((q, s) => q + s.queries, 0)
-  }))
-  const ds = points.map((p) => p.result.diagnostics)
-  const diagnostics: MaskingStats = {
-    zeroGradientFraction: max(ds.map((d) => d.zeroGradientFraction)) ?? 0,
-    forwardNotConvergedClean: max(ds.map((d) => d.forwardNotConvergedClean)),
-    forwardNotConvergedAdv: max(ds.map((d) => d.forwardNotConvergedAdv)),
-    backwardResidual: max(ds.map((d) => d.backwardResidual)),
-    gradientCosine: min(ds.map((d) => d.gradientCosine)),
-    blackBoxFraction: max(ds.map((d) => d.blackBoxFraction))
-  }
-  const worst: EvaluationResult = {
-    classifier: first.classifier,
-    attack: first.attack,
-    gradientSource: meta.label,
-    norm: first.norm,
-    eps: first.eps,
-    steps: first.steps,
-    restarts: first.restarts,
-    seed: first.seed,
-    backend: first.backend,
-    samples: n,
-    total: first.total,
-    complete: points.every((p) => p.result.complete),
-    cleanAccuracy: frac(cleanCorrect.reduce((a, v) => a + v, 0)),
-    robustAccuracy: frac(count((b) => b === -1)),
-    stages,
-    diagnostics,
-    flags: deqFlags(maskingFlags(diagnostics, meta.options, meta.classifier, meta.eot)),
-    perSample: { cleanCorrect, brokenAt }
-  }
-  return { worst, brokenBy }
+  return { worst: { ...worst, attack: first.attack, steps: first.steps, restarts: first.restarts }, brokenBy }
 }
 
 const list = (vs: ReadonlyArray<number>) => `{${vs.join(", ")}}`
 
-/** The label of a grid's worst case, e.g. "worst of 12: lambda {1, 0.5} x i {0, 4, 7} x K_a {1, 5}". */
+/** The label of a grid's worst case, e.g. "worst of 12: lambda {1, 0.5} x state {z_2, z_4, z_8} x K_a {1, 5}". */
 export const gridLabel = (grid: Grid, prefix?: string): string =>
-  `${prefix === undefined ? "" : `${prefix}:`}worst of ${grid.i.length * grid.k.length * grid.lambda.length}: ` +
-  `lambda ${list(grid.lambda)} x i ${list(grid.i)} x K_a ${list(grid.k)}`
+  `${prefix === undefined ? "" : `${prefix}:`}worst of ${grid.states.length * grid.k.length * grid.lambda.length}: ` +
+  `lambda ${list(grid.lambda)} x state {${grid.states.map((n) => `z_${n}`).join(", ")}} x K_a ${list(grid.k)}`
 
 /**
  * Runs `attacks` once per grid point (an intermediate-state source each) and keeps, per sample, the worst case:
@@ -250,12 +195,15 @@ export const evaluateGrid = (
         ...(classifier.dynamic !== undefined ? { dynamic: classifier.dynamic } : {}),
         ...(classifier.randomized !== undefined ? { randomized: classifier.randomized } : {})
       }
-      const result = yield* evaluate(classifier, data, attacks, withFile(settings, classifier.gradientSource))
+      // each point draws its own random starts: the worst case over the grid is also one over restarts
+      const result = yield* evaluate(classifier, data, attacks, {
+        ...withFile(settings, classifier.gradientSource),
+        salt: `${settings.salt ?? ""}grid:${labelOf(source)}`
+      })
       points.push({ source, label: labelOf(source), result: withDeqFlags(result) })
     }
     const prefix = options.defence === undefined ? undefined : options.mode ?? "bpda"
-    const { worst, brokenBy } = combineWorst(points, {
-      grid,
+    const { worst, brokenBy } = combineGrid(points, {
       options: decoded,
       classifier: classifierFlags,
       eot: eotOf(flatten(attacks)),

@@ -19,13 +19,14 @@ import { tf, untaped } from "../../../Tensor.ts"
 export type ImplicitSolver = "picard" | "anderson" | "broyden"
 
 /**
- * What a white-box attack differentiates through. `i` counts solver steps (z_0 is the initial state).
+ * What a white-box attack differentiates through. States are numbered as the papers number them: z_0 is the
+ * initial state, z_n the state after n solver steps, z_N the read-out state of a budget of N steps.
  * - Implicit: the exact gradient (implicit function theorem) at the read-out state, FixedPoint `Backward.implicit`.
  * - Phantom: `k` damped steps (tau) from the read-out state, FixedPoint `Backward.phantom`.
  * - Unrolled: backprop through `n` plain steps from z_0 (no solver), FixedPoint `Backward.unrolled`.
  * - Unroll: f and `k` damped steps (lambda) from the read-out state, `Dynamics.unroll` (the paper's "unroll").
- * - Intermediate: z_i from i solver steps (off the tape), z^(0) = f(z_i), k damped steps, logits h(z^(k)).
- * - Ensemble: the sum of the losses of the Intermediate(i, k, lambda) surrogates for i = from..to.
+ * - Intermediate: z_n from n solver steps (off the tape), z^(0) = f(z_n), k damped steps, logits h(z^(k)).
+ * - Ensemble: the sum of the losses of the Intermediate(n, k, lambda) surrogates for n = from..to.
  */
 export type GradientSource =
   | {
@@ -38,7 +39,7 @@ export type GradientSource =
   | { readonly _tag: "Phantom"; readonly k: number; readonly tau: number }
   | { readonly _tag: "Unrolled"; readonly n: number }
   | { readonly _tag: "Unroll"; readonly k: number; readonly lambda: number }
-  | { readonly _tag: "Intermediate"; readonly i: number; readonly k: number; readonly lambda: number }
+  | { readonly _tag: "Intermediate"; readonly n: number; readonly k: number; readonly lambda: number }
   | { readonly _tag: "Ensemble"; readonly from: number; readonly to: number; readonly k: number; readonly lambda: number }
 
 const int = (v: number, min: number, what: string): number => {
@@ -85,20 +86,22 @@ export const unroll = (k: number, lambda = 0.5): GradientSource => ({
 })
 
 /**
- * The intermediate-state surrogate of Eq. (11): z_i after `i` solver steps (i = 0: the initial state), then
- * z^(0) = f(z_i), z^(k+1) = (1 - lambda) z^(k) + lambda f(z^(k)) for k < `k`, logits h(z^(k)). lambda 1 is the
- * paper's "F" variant, 0.5 its "M" variant.
+ * The intermediate-state surrogate of Eq. (11): z_n after `n` solver steps (n = 0: the initial state), then
+ * z^(0) = f(z_n), z^(k+1) = (1 - lambda) z^(k) + lambda f(z^(k)) for k < `k`, logits h(z^(k)). lambda 1 is the
+ * paper's "F" variant, 0.5 its "M" variant. Its label is the paper's string: `intermediate(4, 5, 0.5)` starts from
+ * the paper's entry 3 (`results_list[3]`, the 4th iterate) and is "Munroll-3-5".
  */
-export const intermediate = (i: number, k: number, lambda = 1): GradientSource => ({
+export const intermediate = (n: number, k: number, lambda = 1): GradientSource => ({
   _tag: "Intermediate",
-  i: int(i, 0, "intermediate.i"),
+  n: int(n, 0, "intermediate.n"),
   k: int(k, 0, "intermediate.k"),
   lambda: damping(lambda, "intermediate.lambda")
 })
 
 /**
- * The ensemble-defence attack (method.md 7.1, "Funroll-es-0"): the gradient of the sum of the losses of the
- * intermediate surrogates of states `from`..`to` (default tails: f and 1 step, lambda 1).
+ * The ensemble-defence attack (docs/method.md, "Evaluation protocol"; the papers' "Funroll-es-0"): the gradient
+ * of the sum of the losses of the intermediate surrogates of states `from`..`to` (default tails: f and 1 step,
+ * lambda 1).
  *
  * The official code never zeroes `x_adv.grad` between its 8 backward calls, so the sign it takes weights state j
  * by (8 - j); this is the clean version: every state weighs 1.
@@ -110,13 +113,17 @@ export const ensemble = (from: number, to: number, k = 1, lambda = 1): GradientS
   return { _tag: "Ensemble", from, to, k: int(k, 0, "ensemble.k"), lambda: damping(lambda, "ensemble.lambda") }
 }
 
+/** The papers' entry of state z_n (their `results_list[n - 1]`); z_0 has none. */
+const entry = (n: number): string => (n === 0 ? "init" : `${n - 1}`)
+
 const prefix = (lambda: number): string => (lambda === 1 ? "F" : lambda === 0.5 ? "M" : `L${lambda}`)
 
 /**
  * A short label for reports, in the papers' style: "implicit", "phantom-5-0.5", "unrolled-30", "Munroll-out-9"
- * (the unroll at the read-out state), "Munroll-3-5" (Intermediate i = 3, K_a = 5, lambda 0.5; "F" for lambda 1),
- * "Funroll-es-1-8-1" (Ensemble). Here i counts solver steps: the papers' "Munroll-i-K" reads their
- * `results_list[i]`, the (i+1)-th iterate, which is `intermediate(i + 1, K, 0.5)` (see {@link fromPaper}).
+ * (the unroll at the read-out state), and the papers' strings for intermediate states: "Munroll-i-K" starts from
+ * their entry i (`results_list[i]`, counted from 0), which is our state z_{i+1}, so `intermediate(4, 5, 0.5)` is
+ * "Munroll-3-5" ("F" for lambda 1; see {@link fromPaper}). The initial state z_0 has no paper entry: "Funroll-init-K".
+ * Ensemble over z_from..z_to with tail K: "Funroll-es-<from-1>-<to-1>-K" in the same entry numbering.
  */
 export const label = (s: GradientSource): string => {
   switch (s._tag) {
@@ -129,9 +136,9 @@ export const label = (s: GradientSource): string => {
     case "Unroll":
       return `${prefix(s.lambda)}unroll-out-${s.k}`
     case "Intermediate":
-      return `${prefix(s.lambda)}unroll-${s.i}-${s.k}`
+      return `${prefix(s.lambda)}unroll-${entry(s.n)}-${s.k}`
     case "Ensemble":
-      return `${prefix(s.lambda)}unroll-es-${s.from}-${s.to}-${s.k}`
+      return `${prefix(s.lambda)}unroll-es-${entry(s.from)}-${entry(s.to)}-${s.k}`
   }
 }
 
@@ -147,7 +154,7 @@ export const describe = (s: GradientSource): string => {
     case "Unroll":
       return `f and ${s.k} damped steps (lambda ${s.lambda}) from the read-out state`
     case "Intermediate":
-      return `intermediate state z_${s.i} (${s.i === 0 ? "the initial state" : `${s.i} solver steps`}), then f and ` +
+      return `intermediate state z_${s.n} (${s.n === 0 ? "the initial state" : `${s.n} solver steps; the paper's entry ${s.n - 1}`}), then f and ` +
         `${s.k} damped steps (lambda ${s.lambda}), Eq. (11)`
     case "Ensemble":
       return `sum of the losses of states z_${s.from}..z_${s.to}, each through f and ${s.k} damped steps ` +
@@ -252,8 +259,8 @@ export const sourceLogits = (
         return atReadOut(deq, x, Dynamics.unroll(source.k, source.lambda), r)
       case "Intermediate":
         // Dynamics' State(n) read-out with an unroll tail is exactly Eq. (11) for n >= 1; it has no State(0)
-        return source.i >= 1 ?
-          Dynamics.logits(deq, x, Dynamics.readOut.state(source.i), { tail: Dynamics.unroll(source.k, source.lambda) }) :
+        return source.n >= 1 ?
+          Dynamics.logits(deq, x, Dynamics.readOut.state(source.n), { tail: Dynamics.unroll(source.k, source.lambda) }) :
           stateHeads(deq, x, 0, 0, source.k, source.lambda)[0]!
       case "Ensemble": {
         const heads = stateHeads(deq, x, source.from, source.to, source.k, source.lambda)
@@ -287,7 +294,8 @@ export const sourceObjective = (
 
 /**
  * The evaluated prediction of a read-out, off the tape: h(z*) of the deq's solve (Final), h(z_n) of exactly n
- * steps (State), the mean of h(z_from)..h(z_to) (Ensemble). No extra application of f (method.md 7.4).
+ * steps (State), the mean of h(z_from)..h(z_to) (Ensemble). No extra application of f (docs/method.md, "Evaluation
+ * protocol").
  */
 export const readOutLogits = (deq: Dynamics.Deq, x: tf.Tensor4D, r: Dynamics.ReadOut): tf.Tensor2D =>
   untaped(() => Dynamics.logits({ ...deq, backward: identityTail }, x, r, { tail: identityTail }))
