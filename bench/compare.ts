@@ -70,14 +70,15 @@ const compareModel = async (
   combos: ReadonlyArray<Combination>,
   peer: Peer | undefined,
   rounds: Rounds,
-  log: (message: string) => void
+  log: (message: string) => void,
+  only: ReadonlyArray<WorkloadName>
 ): Promise<{ rows: Array<CompareRow>; check?: Record<string, number>; w: Workloads }> => {
   const w = makeWorkloads(model, m.batch, spec)
   const key = `${m.kind}-${m.batch}`
   if (peer !== undefined) await peer.load(key, model, w, spec)
   const rows: Array<CompareRow> = []
   // the train step moves the weights (Adam): it runs last so the other workloads see the initial weights
-  for (const workload of workloadNames) {
+  for (const workload of workloadNames.filter((x) => only.includes(x))) {
     log(`${m.name}: ${workload}`)
     const reps = repsOf(workload)
     const per = stepsPerCall(workload, spec)
@@ -127,7 +128,8 @@ export const compare = async (
   combos: ReadonlyArray<Combination>,
   peer: Peer | undefined,
   rounds: Rounds,
-  log: (message: string) => void
+  log: (message: string) => void,
+  only: ReadonlyArray<WorkloadName> = workloadNames
 ): Promise<{ rows: Array<CompareRow>; check: Record<string, Record<string, number>> }> => {
   const rows: Array<CompareRow> = []
   const check: Record<string, Record<string, number>> = {}
@@ -135,7 +137,7 @@ export const compare = async (
     await Effect.runPromise(Effect.scoped(Effect.gen(function*() {
       const model = yield* Models.build(m.config, { seed: 1 })
       if (peer !== undefined) yield* Effect.promise(() => checkModel(m, model, spec, peer).then((c) => void (check[m.kind] = c)))
-      const out = yield* Effect.promise(() => compareModel(m, model, spec, combos, peer, rounds, log))
+      const out = yield* Effect.promise(() => compareModel(m, model, spec, combos, peer, rounds, log, only))
       out.w.dispose()
       rows.push(...out.rows)
     })))

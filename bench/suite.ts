@@ -24,7 +24,9 @@ import { convGradTable, type ConvGradRow, runConvGradBench } from "./convGrad.ts
 import { runFixedPointBench, type FixedPointBenchResult } from "./fixedPoint.ts"
 import { combinations, describeLevers } from "./levers.ts"
 import { type Peer, python, startPeer } from "./peer.ts"
-import { defaultSpec, type StepSpec, type WorkloadName } from "./workloads.ts"
+import { defaultSpec, type StepSpec, type WorkloadName, workloadNames } from "./workloads.ts"
+
+export { workloadNames }
 
 export { glibcTunables, torchAvailable } from "./peer.ts"
 
@@ -44,6 +46,10 @@ export interface BenchOptions {
   readonly levers?: "current" | "all"
   /** the parts to run (default: all) */
   readonly sections?: ReadonlyArray<Section>
+  /** the models of the comparison (default: both) */
+  readonly models?: ReadonlyArray<"fc" | "conv">
+  /** the workloads of the comparison (default: all) */
+  readonly workloads?: ReadonlyArray<WorkloadName>
   /** told what is being measured */
   readonly onProgress?: (message: string) => void
 }
@@ -205,7 +211,7 @@ export const runBench = async (options: BenchOptions = {}): Promise<BenchResult>
   let scalingRows: Array<ScalingRow> = []
   try {
     if (want.has("peer")) {
-      const out = await compare(modelsOf(quick, skipConv), spec, combos, peer, roundsOf(quick), log)
+      const out = await compare(modelsOf(quick, skipConv).filter((m) => options.models?.includes(m.kind) ?? true), spec, combos, peer, roundsOf(quick), log, options.workloads)
       comparison = out.rows
       if (peer !== undefined) peerResult = { _tag: "Ran", torch: peer.torch, python: peer.python, check: out.check }
     }
