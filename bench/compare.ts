@@ -28,6 +28,8 @@ export interface CompareRow {
   readonly label: string
   /** median ms per call, keyed by the combination's label */
   readonly ours: Readonly<Record<string, number>>
+  /** median CPU ms (user + system) of this process per call: less sensitive to other processes than wall time */
+  readonly oursCpu: Readonly<Record<string, number>>
   /** median ms per call with 1 and 2 threads; absent without the peer */
   readonly torch1?: number
   readonly torch2?: number
@@ -56,10 +58,13 @@ export interface Rounds {
   readonly warmup: (w: WorkloadName) => number
 }
 
-const timeOurs = (run: () => void, reps: number): number => {
+const timeOurs = (run: () => void, reps: number): { readonly ms: number; readonly cpuMs: number } => {
+  const cpu = process.cpuUsage()
   const start = performance.now()
   for (let i = 0; i < reps; i++) run()
-  return (performance.now() - start) / reps
+  const ms = (performance.now() - start) / reps
+  const used = process.cpuUsage(cpu)
+  return { ms, cpuMs: (used.user + used.system) / 1000 / reps }
 }
 
 /** Times every workload of one built model against the peer (when there is one). */
@@ -84,6 +89,7 @@ const compareModel = async (
     const per = stepsPerCall(workload, spec)
     const n = rounds.rounds(workload)
     const ours: Record<string, Array<number>> = {}
+    const oursCpu: Record<string, Array<number>> = {}
     const t1: Array<number> = [], t2: Array<number> = []
     for (const c of combos) {
       await c.apply()
@@ -95,7 +101,9 @@ const compareModel = async (
     for (let r = 0; r < n; r++) {
       for (const c of combos) {
         await c.apply()
-        ;(ours[c.label] ??= []).push(timeOurs(w.run[workload], reps) / per)
+        const t = timeOurs(w.run[workload], reps)
+        ;(ours[c.label] ??= []).push(t.ms / per)
+        ;(oursCpu[c.label] ??= []).push(t.cpuMs / per)
       }
       if (peer !== undefined) {
         t1.push((await peer.time(key, workload, { threads: 1, warmup: 0, runs: 1, reps }))[0]! / per)
@@ -109,6 +117,7 @@ const compareModel = async (
       workload,
       label: workloadLabel(workload, spec),
       ours: Object.fromEntries(Object.entries(ours).map(([k, v]) => [k, median(v)])),
+      oursCpu: Object.fromEntries(Object.entries(oursCpu).map(([k, v]) => [k, median(v)])),
       ...(peer !== undefined ? { torch1: median(t1), torch2: median(t2) } : {}),
       rounds: n
     })
@@ -165,6 +174,7 @@ export interface ScalingRow {
   readonly batch: number
   readonly channels: number
   readonly ours: number
+  readonly oursCpu: number
   readonly torch2?: number
 }
 
@@ -190,19 +200,21 @@ export const scaling = async (
         const w = makeWorkloads(model, b, spec)
         const key = `scaling-${c}-${b}`
         const per = stepsPerCall("train-step", spec)
-        const ours: Array<number> = [], torch: Array<number> = []
+        const ours: Array<number> = [], oursCpu: Array<number> = [], torch: Array<number> = []
         yield* Effect.promise(async () => {
           if (peer !== undefined) await peer.load(key, model, w, spec)
           w.run["train-step"]()
           if (peer !== undefined) await peer.time(key, "train-step", { threads: 2, warmup: 1, runs: 0, reps: 1 })
           for (let r = 0; r < rounds; r++) {
-            ours.push(timeOurs(w.run["train-step"], 1) / per)
+            const t = timeOurs(w.run["train-step"], 1)
+            ours.push(t.ms / per)
+            oursCpu.push(t.cpuMs / per)
             if (peer !== undefined) torch.push((await peer.time(key, "train-step", { threads: 2, warmup: 0, runs: 1, reps: 1 }))[0]! / per)
           }
           if (peer !== undefined) await peer.drop(key)
         })
         w.dispose()
-        out.push({ batch: b, channels: c, ours: median(ours), ...(torch.length > 0 ? { torch2: median(torch) } : {}) })
+        out.push({ batch: b, channels: c, ours: median(ours), oursCpu: median(oursCpu), ...(torch.length > 0 ? { torch2: median(torch) } : {}) })
       })))
     }
   }

@@ -88,6 +88,8 @@ export const pageFaults = (): { readonly minor: number; readonly major: number }
 /** One profile: wall time, kernel time by kernel, page faults. */
 export interface Profile {
   readonly wallMs: number
+  /** user + system CPU time of this process per call (robust to other processes on a busy machine) */
+  readonly cpuMs: number
   readonly kernels: ReadonlyArray<KernelStat>
   readonly minorFaults: number
   readonly majorFaults: number
@@ -97,12 +99,15 @@ export interface Profile {
 export const profile = (ins: Instrumented, f: () => void, runs = 1): Profile => {
   ins.reset()
   const before = pageFaults()
+  const cpu = process.cpuUsage()
   const start = performance.now()
   for (let i = 0; i < runs; i++) f()
   const wallMs = (performance.now() - start) / runs
+  const used = process.cpuUsage(cpu)
   const after = pageFaults()
   return {
     wallMs,
+    cpuMs: (used.user + used.system) / 1000 / runs,
     kernels: ins.stats().map((s) => ({ ...s, calls: s.calls / runs, ms: s.ms / runs })),
     minorFaults: (after.minor - before.minor) / runs,
     majorFaults: (after.major - before.major) / runs
@@ -116,7 +121,7 @@ export const profileTable = (p: Profile, top = 20): string => {
   const rest = p.kernels.slice(top)
   const pct = (ms: number) => `${((100 * ms) / p.wallMs).toFixed(1)}%`
   return [
-    `wall ${p.wallMs.toFixed(1)} ms per call; kernels ${kernelMs.toFixed(1)} ms (${pct(kernelMs)}); ` +
+    `wall ${p.wallMs.toFixed(1)} ms per call (CPU ${p.cpuMs.toFixed(1)} ms); kernels ${kernelMs.toFixed(1)} ms (${pct(kernelMs)}); ` +
     `outside kernels (JS, engine, tape) ${(p.wallMs - kernelMs).toFixed(1)} ms (${pct(p.wallMs - kernelMs)}); ` +
     `page faults ${p.minorFaults.toFixed(0)} minor, ${p.majorFaults.toFixed(0)} major per call`,
     "",

@@ -137,13 +137,13 @@ const roundsOf = (quick: boolean) => ({
 
 const comparisonTable = (rows: ReadonlyArray<CompareRow>, columns: ReadonlyArray<string>, peer: PeerResult): string => {
   const ran = peer._tag === "Ran"
-  const headers = ["model", "workload", ...columns.map((c) => `${c === "ours" ? "effect-deq" : c} (ms)`)]
+  const headers = ["model", "workload", ...columns.map((c) => `${c === "ours" ? "effect-deq" : c} (ms)`), "effect-deq CPU (ms)"]
   if (ran) headers.push("torch 1 thread (ms)", "torch 2 threads (ms)", "ratio (ours / torch 2 threads)")
   return Report.table(
     headers,
     rows.map((r) => {
       const ours = columns.map((c) => r.ours[c])
-      const cells = [r.model, r.label, ...ours.map((o) => fmt(o))]
+      const cells = [r.model, r.label, ...ours.map((o) => fmt(o)), fmt(r.oursCpu[columns[0]!])]
       if (ran) cells.push(fmt(r.torch1), fmt(r.torch2), r.torch2 !== undefined && ours[0] !== undefined ? `${(ours[0] / r.torch2).toFixed(2)}x` : "-")
       return cells
     })

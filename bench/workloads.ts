@@ -64,10 +64,9 @@ export const repsOf = (w: WorkloadName): number => (w === "f" ? 5 : 1)
 /** The calls per step a `train-step` sample stands for (its time is reported per step). */
 export const stepsPerCall = (w: WorkloadName, spec: StepSpec): number => (w === "train-step" ? spec.trainStates.length : 1)
 
-/** Every tensor in a nested structure of objects, arrays and maps (a cell context). */
+/** Every tensor in a nested structure of objects and arrays (a cell context). */
 const tensorsIn = (value: unknown): Array<tf.Tensor> =>
   value instanceof tf.Tensor ? [value] :
-  value instanceof Map ? [...value.values()].flatMap(tensorsIn) :
   Array.isArray(value) ? value.flatMap(tensorsIn) :
   typeof value === "object" && value !== null ? Object.values(value).flatMap(tensorsIn) :
   []
@@ -119,7 +118,8 @@ export const makeWorkloads = (model: Model, batch: number, spec: StepSpec = defa
     return untaped(() => f(f(z0)))
   })
   const u = tf.tidy(() => model.inject(x))
-  const ctx = Dynamics.contextOf(model, batch)
+  // the context's tensors outlive this tidy (freed by dispose); its intermediates do not
+  const ctx = tf.tidy(() => Dynamics.contextOf(model, batch) as tf.TensorContainer) as Dynamics.CellContext | undefined
   const fixed = { z, u, ctx }
   const stateN = Dynamics.readOut.state(spec.budget)
 

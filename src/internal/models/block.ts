@@ -7,12 +7,30 @@
 import * as tf from "@tensorflow/tfjs"
 import type { CellContext } from "../../Dynamics.ts"
 import type { ParamSpec } from "./spec.ts"
-import { groupNorm, type Init, weightNorm } from "./layers.ts"
+import { groupAverager, groupNorm, type Init, weightNorm } from "./layers.ts"
 
 /**
  * Looks up a variable by name (throws on a programming error).
  */
 export type Get = (name: string) => tf.Variable
+
+/**
+ * The conv models' per-call context: the cell context plus GroupNorm's group averagers keyed "channels/groups",
+ * built once per forward call instead of once per application of f.
+ */
+export interface ConvContext extends CellContext {
+  readonly averagers?: Readonly<Record<string, tf.Tensor2D>>
+}
+
+/**
+ * GroupNorm inside f: the averager comes from the per-call context when it has one for this width.
+ */
+export const cellGroupNorm = (
+  x: tf.Tensor4D,
+  groups: number,
+  affine: { readonly gamma: tf.Tensor; readonly beta: tf.Tensor } | undefined,
+  ctx: CellContext | undefined
+): tf.Tensor4D => groupNorm(x, groups, affine, 1e-5, (ctx as ConvContext | undefined)?.averagers?.[`${x.shape[3]}/${groups}`])
 
 // ---------------------------------------------------------------------------------------------------------------
 // Convolutions (plain or weight-normed)
@@ -191,31 +209,40 @@ export const block = (
   mask: tf.Tensor | undefined
 ): tf.Tensor4D =>
   tf.tidy(() => {
-    const a = tf.relu(
-      groupNorm(tf.conv2d(z, filter(get, `${prefix}/conv1`, b.weightNorm, ctx), 1, "same"), b.groups, affineOf(get, `${prefix}/gn1`))
-    )
+    const gn = (t: tf.Tensor4D, name: string) => cellGroupNorm(t, b.groups, affineOf(get, `${prefix}/${name}`), ctx)
+    const a = tf.relu(gn(tf.conv2d(z, filter(get, `${prefix}/conv1`, b.weightNorm, ctx), 1, "same"), "gn1"))
     let c: tf.Tensor4D = tf.conv2d(a, filter(get, `${prefix}/conv2`, b.weightNorm, ctx), 1, "same")
     if (mask !== undefined) c = tf.mul(c, mask)
     if (u !== undefined) c = tf.add(c, u)
-    const r = tf.add(groupNorm(c, b.groups, affineOf(get, `${prefix}/gn2`)), z) as tf.Tensor4D
-    return groupNorm(tf.relu(r), b.groups, affineOf(get, `${prefix}/gn3`))
+    const r = tf.add(gn(c, "gn2"), z) as tf.Tensor4D
+    return gn(tf.relu(r), "gn3")
   })
 
 /**
- * The `prepare` of a conv model: the weight-normed `filters` computed once per forward call, and the dropout masks
- * when a dropout seed is given.
+ * The GroupNorm widths (channels, groups) of a residual block, for the per-call averagers.
+ */
+export const blockNorms = (b: BlockSettings): ReadonlyArray<readonly [number, number]> => [[b.inner, b.groups], [b.channels, b.groups]]
+
+/**
+ * The `prepare` of a conv model: the weight-normed `filters` and the GroupNorm averagers of `norms` (channels,
+ * groups) computed once per forward call, and the dropout masks when a dropout seed is given.
  */
 export const prepareContext = (
   get: Get,
   filters: ReadonlyArray<string>,
   weightNormed: boolean,
-  mask: ((batch: number, seed: number) => ReadonlyArray<tf.Tensor>) | undefined
+  mask: ((batch: number, seed: number) => ReadonlyArray<tf.Tensor>) | undefined,
+  norms: ReadonlyArray<readonly [number, number]>
 ) =>
-(o: { readonly batch: number; readonly dropoutSeed?: number }): CellContext => {
+(o: { readonly batch: number; readonly dropoutSeed?: number }): ConvContext => {
   const weights: Record<string, tf.Tensor> = {}
   if (weightNormed) for (const p of filters) weights[p] = filter(get, p, true)
+  // a plain record, not a Map: tf.tidy finds tensors in objects and arrays only
+  const averagers: Record<string, tf.Tensor2D> = {}
+  for (const [c, g] of norms) averagers[`${c}/${g}`] ??= groupAverager(c, g)
   return {
     weights,
+    averagers,
     ...(mask !== undefined && o.dropoutSeed !== undefined ? { dropoutMask: mask(o.batch, o.dropoutSeed) } : {})
   }
 }

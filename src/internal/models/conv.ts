@@ -8,6 +8,7 @@ import type { CellContext } from "../../Dynamics.ts"
 import {
   block,
   blockFilters,
+  blockNorms,
   blockSettings,
   blockSpecs,
   type ConvCommonSettings,
@@ -68,6 +69,6 @@ export const convCore = (c: ConvSettings, params: ReadonlyMap<string, tf.Variabl
     head: (z) => tf.tidy(() => tf.add(tf.matMul(spatialMean(z as tf.Tensor4D), Wh), bh) as tf.Tensor2D),
     initState: (u) => tf.zerosLike(u),
     ...(mask === undefined ? {} : { dropoutMask: mask }),
-    prepare: prepareContext(get, blockFilters("conv/cell"), c.weightNorm, mask)
+    prepare: prepareContext(get, blockFilters("conv/cell"), c.weightNorm, mask, blockNorms(b))
   }
 }
