@@ -16,7 +16,7 @@
  * bench/peer.py implements the same five on the same weights, batch and settings ({@link StepSpec}).
  */
 import * as Dynamics from "../src/Dynamics.ts"
-import { Backward, makePicard } from "../src/FixedPoint.ts"
+import { Backward, makePicardSync } from "../src/FixedPoint.ts"
 import { makeAdam } from "../src/internal/train/adam.ts"
 import type { Model } from "../src/Models.ts"
 import { tf, untaped } from "../src/Tensor.ts"
@@ -98,10 +98,10 @@ export interface CheckValues {
  * variables (Adam), so take {@link Workloads.values} before timing it.
  */
 export const makeWorkloads = (model: Model, batch: number, spec: StepSpec = defaultSpec): Workloads => {
-  const deq = Dynamics.makeWith(model, makePicard({ maxIter: spec.budget, tol: 0 }), {
+  const deq = Dynamics.makeWith(model, makePicardSync({ maxIter: spec.budget, tol: 0 }), {
     backward: Dynamics.unroll(spec.tailK, spec.tailLambda)
   })
-  const implicitDeq = Dynamics.makeWith(model, makePicard({ maxIter: spec.budget, tol: 0 }), {
+  const implicitDeq = Dynamics.makeWith(model, makePicardSync({ maxIter: spec.budget, tol: 0 }), {
     backward: Backward.implicit({ solver: "picard", maxIter: spec.adjointIterations, tol: 0 })
   })
   const [h, w, c] = model.config.inputShape

@@ -2,12 +2,14 @@
  * The hot-path changes keep the numbers (docs/performance.md): the hand-written GroupNorm backward equals autodiff
  * through the tf.moments reference (values and gradients w.r.t. x, gamma and beta, to ~1e-5 relative, over random
  * shapes, groups and offsets), the conv and multiscale cells build their GroupNorm averagers once per forward call
- * (f with the per-call context creates no averager), and f is the same with and without that context.
+ * (f with the per-call context creates no averager), and f is the same with and without that context; the
+ * implicit backward's Broyden memory is its own setting.
  */
 import * as fc from "fast-check"
 import { Effect } from "effect"
 import { beforeAll, describe, expect, it } from "vitest"
 import * as Dynamics from "../src/Dynamics.ts"
+import { Backward, makePicardSync } from "../src/FixedPoint.ts"
 import { groupNorm, groupNormReference } from "../src/internal/models/layers.ts"
 import * as Models from "../src/Models.ts"
 import { noLeaks, tf, useBackend } from "../src/Tensor.ts"
@@ -103,4 +105,37 @@ describe("per-call GroupNorm averagers", () => {
         )
       }))))
   }
+})
+
+describe("the implicit backward's Broyden memory", () => {
+  it("is its own setting: any memory reaches the same gradient, and the memory changes the adjoint iterates", () =>
+    Effect.runSync(Effect.scoped(Effect.gen(function*() {
+      const model = yield* Models.build(new Models.FcConfig({ inputShape: [6, 6, 1], hidden: 24, classes: 4, wScale: 0.6 }), { seed: 3 })
+      const x = tf.randomUniform([5, 6, 6, 1], 0, 1, "float32", 9) as tf.Tensor4D
+      const y = tf.oneHot(tf.tensor1d([0, 1, 2, 3, 0], "int32"), 4)
+      const vars = model.params.map((p) => p.variable)
+      const gradOf = (backward: Backward) => {
+        let steps = 0
+        const b = backward._tag === "Implicit" ? { ...backward, onStats: (s: { steps: number }) => (steps = s.steps) } : backward
+        const deq = Dynamics.makeWith(model, makePicardSync({ maxIter: 30, tol: 0 }), { backward: b })
+        const { value, grads } = tf.variableGrads(() =>
+          tf.losses.softmaxCrossEntropy(y, Dynamics.logits(deq, x, Dynamics.readOut.final)) as tf.Scalar, vars)
+        const flat = tf.concat(Object.values(grads).map((g) => tf.reshape(g, [-1])))
+        tf.dispose([value, ...Object.values(grads)])
+        return { flat, steps }
+      }
+      const exact = gradOf(Backward.implicit({ solver: "picard", maxIter: 200, tol: 1e-9 }))
+      const small = gradOf(Backward.implicit({ solver: "broyden", maxIter: 60, tol: 1e-7, memory: 2 }))
+      const large = gradOf(Backward.implicit({ solver: "broyden", maxIter: 60, tol: 1e-7, memory: 60 }))
+      const byDefault = gradOf(Backward.implicit({ solver: "broyden", maxIter: 60, tol: 1e-7 }))
+      const thirty = gradOf(Backward.implicit({ solver: "broyden", maxIter: 60, tol: 1e-7, memory: 30 }))
+      expect(relDiff(small.flat, exact.flat)).toBeLessThan(1e-4)
+      expect(relDiff(large.flat, exact.flat)).toBeLessThan(1e-4)
+      // measured: 28 adjoint steps with 2 pairs, 17 with 60
+      expect(small.steps).toBeGreaterThan(large.steps)
+      // the default is 30 pairs (the Broyden solver's default), not maxIter
+      expect(byDefault.steps).toBe(thirty.steps)
+      expect(relDiff(byDefault.flat, thirty.flat)).toBe(0)
+      tf.dispose([exact.flat, small.flat, large.flat, byDefault.flat, thirty.flat, x, y])
+    }))))
 })
