@@ -2,15 +2,16 @@
  * The hot-path changes keep the numbers (docs/performance.md): the hand-written GroupNorm backward equals autodiff
  * through the tf.moments reference (values and gradients w.r.t. x, gamma and beta, to ~1e-5 relative, over random
  * shapes, groups and offsets), the conv and multiscale cells build their GroupNorm averagers once per forward call
- * (f with the per-call context creates no averager), and f is the same with and without that context; the
- * implicit backward's Broyden memory is its own setting.
+ * (f with the per-call context creates no averager), and f is the same with and without that context; `linear`
+ * (a matMul with an explicitly transposing backward) equals tf.matMul; the implicit backward's Broyden memory is its
+ * own setting.
  */
 import * as fc from "fast-check"
 import { Effect } from "effect"
 import { beforeAll, describe, expect, it } from "vitest"
 import * as Dynamics from "../src/Dynamics.ts"
 import { Backward, makePicardSync } from "../src/FixedPoint.ts"
-import { groupNorm, groupNormReference } from "../src/internal/models/layers.ts"
+import { groupNorm, groupNormReference, linear } from "../src/internal/models/layers.ts"
 import * as Models from "../src/Models.ts"
 import { noLeaks, tf, useBackend } from "../src/Tensor.ts"
 
@@ -66,6 +67,26 @@ describe("GroupNorm with the hand-written backward", () => {
         }
       ),
       { numRuns: 40, seed: 11 }
+    )
+  })
+})
+
+describe("linear (a matMul whose backward transposes explicitly)", () => {
+  it("equals tf.matMul in value and in both gradients", () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 9 }), fc.integer({ min: 1, max: 40 }), fc.integer({ min: 1, max: 17 }), fc.integer(), (b, k, n, seed) =>
+        noLeaks(() =>
+          tf.tidy(() => {
+            const a = tf.randomNormal([b, k], 0, 1, "float32", seed), w = tf.randomNormal([k, n], 0, 1, "float32", seed + 1)
+            const dy = tf.randomNormal([b, n], 0, 1, "float32", seed + 2)
+            expect(relDiff(linear(a, w), tf.matMul(a, w))).toBeLessThan(1e-6)
+            const loss = (f: (x: tf.Tensor, y: tf.Tensor) => tf.Tensor) => (x: tf.Tensor, y: tf.Tensor) => tf.sum(tf.mul(f(x, y), dy))
+            const ours = tf.grads(loss(linear))([a, w])
+            const ref = tf.grads(loss((x, y) => tf.matMul(x as tf.Tensor2D, y as tf.Tensor2D)))([a, w])
+            for (let i = 0; i < 2; i++) expect(relDiff(ours[i]!, ref[i]!)).toBeLessThan(1e-6)
+          })
+        )),
+      { numRuns: 30, seed: 5 }
     )
   })
 })

@@ -25,7 +25,7 @@ import {
   stemSpecs
 } from "./block.ts"
 import { type ModelCore, type ParamSpec, lookup } from "./spec.ts"
-import { dropoutMask, type Init, spatialMean, strided, upsampleNearest } from "./layers.ts"
+import { dropoutMask, type Init, linear, spatialMean, strided, upsampleNearest } from "./layers.ts"
 
 /**
  * The settings the multiscale internals need (a structural view of `Models.MultiscaleConfig`).
@@ -135,7 +135,7 @@ export const multiscaleCore = (c: MultiscaleSettings, params: ReadonlyMap<string
       tf.tidy(() => {
         const [z0, z1] = toList(z)
         const pooled = tf.concat([spatialMean(z0), spatialMean(z1)], 1)
-        return tf.add(tf.matMul(pooled, Wh), bh) as tf.Tensor2D
+        return tf.add(linear(pooled, Wh), bh) as tf.Tensor2D
       }),
     initState: (u) => tf.zeros([u.shape[0], n0 + n1]),
     ...(mask === undefined ? {} : { dropoutMask: mask }),
