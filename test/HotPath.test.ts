@@ -3,7 +3,8 @@
  * through the tf.moments reference (values and gradients w.r.t. x, gamma and beta, to ~1e-5 relative, over random
  * shapes, groups and offsets), the conv and multiscale cells build their GroupNorm averagers once per forward call
  * (f with the per-call context creates no averager), and f is the same with and without that context; `linear`
- * (a matMul with an explicitly transposing backward) equals tf.matMul; the implicit backward's Broyden memory is its
+ * (a matMul with an explicitly transposing backward) equals tf.matMul; LayerNorm's hand-written backward equals
+ * autodiff; the implicit backward's Broyden memory is its
  * own setting.
  */
 import * as fc from "fast-check"
@@ -11,7 +12,7 @@ import { Effect } from "effect"
 import { beforeAll, describe, expect, it } from "vitest"
 import * as Dynamics from "../src/Dynamics.ts"
 import { Backward, makePicardSync } from "../src/FixedPoint.ts"
-import { groupNorm, groupNormReference, linear } from "../src/internal/models/layers.ts"
+import { groupNorm, groupNormReference, layerNorm, linear } from "../src/internal/models/layers.ts"
 import * as Models from "../src/Models.ts"
 import { noLeaks, tf, useBackend } from "../src/Tensor.ts"
 
@@ -67,6 +68,36 @@ describe("GroupNorm with the hand-written backward", () => {
         }
       ),
       { numRuns: 40, seed: 11 }
+    )
+  })
+})
+
+/** LayerNorm by autodiff through tf.moments (what layerNorm computed before its hand-written backward) */
+const layerNormReference = (x: tf.Tensor2D, affine?: { readonly gamma: tf.Tensor; readonly beta: tf.Tensor }): tf.Tensor2D => {
+  const { mean, variance } = tf.moments(x, -1, true)
+  const y = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, 1e-5))) as tf.Tensor2D
+  return affine === undefined ? y : tf.add(tf.mul(y, affine.gamma), affine.beta)
+}
+
+describe("LayerNorm with the hand-written backward", () => {
+  it("equals autodiff through tf.moments (values and gradients)", () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 6 }), fc.integer({ min: 2, max: 40 }), fc.boolean(), fc.integer({ min: 1, max: 10_000 }), (b, n, affine, seed) =>
+        noLeaks(() =>
+          tf.tidy(() => {
+            const x = tf.add(tf.randomNormal([b, n], 0, 2, "float32", seed), 1) as tf.Tensor2D
+            const gamma = tf.randomNormal([n], 1, 0.3, "float32", seed + 1), beta = tf.randomNormal([n], 0, 0.3, "float32", seed + 2)
+            const dy = tf.randomNormal([b, n], 0, 1, "float32", seed + 3)
+            const a = affine ? { gamma, beta } : undefined
+            expect(relDiff(layerNorm(x, a), layerNormReference(x, a))).toBeLessThan(1e-6)
+            const loss = (f: typeof layerNorm) => (xx: tf.Tensor, gg?: tf.Tensor, bb?: tf.Tensor) =>
+              tf.sum(tf.mul(f(xx as tf.Tensor2D, gg !== undefined && bb !== undefined ? { gamma: gg, beta: bb } : undefined), dy))
+            const inputs = affine ? [x, gamma, beta] : [x]
+            const ours = tf.grads(loss(layerNorm))(inputs), ref = tf.grads(loss(layerNormReference))(inputs)
+            for (let i = 0; i < inputs.length; i++) expect(relDiff(ours[i]!, ref[i]!)).toBeLessThan(1e-5)
+          })
+        )),
+      { numRuns: 30, seed: 7 }
     )
   })
 })

@@ -147,16 +147,35 @@ export const linear = (a: tf.Tensor, w: tf.Tensor): tf.Tensor2D =>
   })(a, w) as tf.Tensor2D
 
 /**
- * LayerNorm over the last axis of a [B, N] tensor, with optional gain and bias.
+ * LayerNorm over the last axis of a [B, N] tensor, with optional gain and bias, and a hand-written backward
+ * (dx = inv (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), saving xhat and 1/sigma): a handful of ops instead of
+ * autodiff through tf.moments.
  */
 export const layerNorm = (
   x: tf.Tensor2D,
   affine?: { readonly gamma: tf.Tensor; readonly beta: tf.Tensor },
   eps = 1e-5
 ): tf.Tensor2D => {
-  const { mean, variance } = tf.moments(x, -1, true)
-  const y = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps))) as tf.Tensor2D
-  return affine === undefined ? y : tf.add(tf.mul(y, affine.gamma), affine.beta)
+  const forward = (xx: tf.Tensor, gamma: tf.Tensor | undefined, beta: tf.Tensor | undefined, save: tf.GradSaveFunc) => {
+    const { mean, variance } = tf.moments(xx, -1, true)
+    const inv = tf.rsqrt(tf.add(variance, eps))
+    const xhat = tf.mul(tf.sub(xx, mean), inv)
+    save([xhat, inv])
+    const value = gamma === undefined || beta === undefined ? xhat : tf.add(tf.mul(xhat, gamma), beta)
+    const gradFunc = (dy: tf.Tensor, saved: Array<tf.Tensor>): Array<tf.Tensor> => {
+      const [xh, iv] = saved as [tf.Tensor, tf.Tensor]
+      const dxhat = gamma === undefined ? dy : tf.mul(dy, gamma)
+      const dx = tf.mul(iv, tf.sub(tf.sub(dxhat, tf.mean(dxhat, -1, true)), tf.mul(xh, tf.mean(tf.mul(dxhat, xh), -1, true))))
+      return gamma === undefined ? [dx] : [dx, tf.sum(tf.mul(dy, xh), 0), tf.sum(dy, 0)]
+    }
+    return { value: value as tf.Tensor2D, gradFunc }
+  }
+  if (affine === undefined) {
+    return tf.customGrad((xx, save) => forward(xx as tf.Tensor, undefined, undefined, save as tf.GradSaveFunc))(x) as tf.Tensor2D
+  }
+  return tf.customGrad((xx, gamma, beta, save) =>
+    forward(xx as tf.Tensor, gamma as tf.Tensor, beta as tf.Tensor, save as tf.GradSaveFunc)
+  )(x, affine.gamma, affine.beta) as tf.Tensor2D
 }
 
 /**
