@@ -4,7 +4,7 @@
  * shapes, groups and offsets), the conv and multiscale cells build their GroupNorm averagers once per forward call
  * (f with the per-call context creates no averager), and f is the same with and without that context; `linear`
  * (a matMul with an explicitly transposing backward) equals tf.matMul; LayerNorm's hand-written backward equals
- * autodiff; the implicit backward's Broyden memory is its
+ * autodiff; spatialMean's backward equals tf.mean's; the implicit backward's Broyden memory is its
  * own setting.
  */
 import * as fc from "fast-check"
@@ -12,7 +12,7 @@ import { Effect } from "effect"
 import { beforeAll, describe, expect, it } from "vitest"
 import * as Dynamics from "../src/Dynamics.ts"
 import { Backward, makePicardSync } from "../src/FixedPoint.ts"
-import { groupNorm, groupNormReference, layerNorm, linear } from "../src/internal/models/layers.ts"
+import { groupNorm, groupNormReference, layerNorm, linear, spatialMean } from "../src/internal/models/layers.ts"
 import * as Models from "../src/Models.ts"
 import { noLeaks, tf, useBackend } from "../src/Tensor.ts"
 
@@ -100,6 +100,19 @@ describe("LayerNorm with the hand-written backward", () => {
       { numRuns: 30, seed: 7 }
     )
   })
+})
+
+describe("spatialMean with a broadcast backward", () => {
+  it("equals tf.mean over H and W in value and gradient", () =>
+    noLeaks(() =>
+      tf.tidy(() => {
+        const x = tf.randomNormal([3, 5, 4, 6], 0, 1, "float32", 1) as tf.Tensor4D
+        const dy = tf.randomNormal([3, 6], 0, 1, "float32", 2)
+        expect(relDiff(spatialMean(x), tf.mean(x, [1, 2]))).toBeLessThan(1e-6)
+        const g = (f: (t: tf.Tensor4D) => tf.Tensor) => tf.grad((t: tf.Tensor) => tf.sum(tf.mul(f(t as tf.Tensor4D), dy)))(x)
+        expect(relDiff(g(spatialMean), g((t) => tf.mean(t, [1, 2])))).toBeLessThan(1e-6)
+      })
+    ))
 })
 
 describe("linear (a matMul whose backward transposes explicitly)", () => {

@@ -186,9 +186,17 @@ export const weightNorm = (v: tf.Tensor4D, g: tf.Tensor1D): tf.Tensor4D =>
   tf.mul(v, tf.div(g, tf.sqrt(tf.sum(tf.square(v), [0, 1, 2])))) as tf.Tensor4D
 
 /**
- * Global average pool of an NHWC tensor: [B, C].
+ * Global average pool of an NHWC tensor: [B, C] (the heads' read-out), with a broadcast as its backward.
  */
-export const spatialMean = (x: tf.Tensor4D): tf.Tensor2D => channelMeans(x)
+export const spatialMean = (x: tf.Tensor4D): tf.Tensor2D =>
+  tf.customGrad((xx) => {
+    const [b, h, w, c] = (xx as tf.Tensor4D).shape
+    return {
+      value: channelMeans(xx as tf.Tensor4D),
+      // dy / HW spread over H and W: wasm's AvgPoolGrad takes 11 ms for one [64, 14, 14, 16] global pool
+      gradFunc: (dy: tf.Tensor) => tf.broadcastTo(tf.reshape(tf.div(dy, h * w), [b, 1, 1, c]), [b, h, w, c])
+    }
+  })(x) as tf.Tensor2D
 
 /**
  * Nearest-neighbour upsampling to `size` (PyTorch `mode='nearest'` with an integer factor, method.md 11.4).
