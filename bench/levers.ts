@@ -19,6 +19,8 @@ export interface Lever {
   readonly current: () => Promise<string>
   /** the settings `--levers all` compares; empty when the lever cannot be switched here */
   readonly settings: () => Promise<ReadonlyArray<LeverSetting>>
+  /** back to the setting the environment asks for */
+  readonly reset: () => Promise<void>
 }
 
 /** A module that may not exist yet (another part of the project adds it); undefined when it does not. */
@@ -30,23 +32,52 @@ const optionalImport = async (specifier: string): Promise<Record<string, unknown
   }
 }
 
+interface NativeModule {
+  readonly nativeKernels: () => {
+    readonly active: boolean
+    readonly kernels: ReadonlyArray<string>
+    readonly threads: number
+    readonly version?: string
+    readonly reason?: string
+  }
+  readonly registerNativeKernels: (env?: NodeJS.ProcessEnv) => unknown
+}
+
+const nativeModule = async (): Promise<NativeModule | undefined> => {
+  const m = await optionalImport(new URL("../src/internal/tensor/native.ts", import.meta.url).href)
+  return typeof m?.["nativeKernels"] === "function" && typeof m["registerNativeKernels"] === "function" ?
+    (m as unknown as NativeModule) :
+    undefined
+}
+
 /**
- * Native kernels. The native module is expected to export `nativeActive(): boolean` and `setNative(on): void`
- * (or to read DEQ_NATIVE once); until it exists the lever reads "not available".
+ * Native kernels (src/internal/tensor/native.ts: `nativeKernels()` tells whether they serve the wasm backend,
+ * `registerNativeKernels(env)` switches them by DEQ_NATIVE); "not available" while that module is absent.
  */
 const native: Lever = {
   name: "native",
   current: async () => {
-    const m = await optionalImport(new URL("../src/internal/tensor/native.ts", import.meta.url).href)
-    const active = m?.["nativeActive"]
-    return typeof active === "function" ? ((active as () => boolean)() ? "on" : "off") : "not available"
+    const m = await nativeModule()
+    if (m === undefined) return "not available"
+    const s = m.nativeKernels()
+    return s.active ?
+      `on (oneDNN ${s.version ?? "?"} for ${s.kernels.join(", ")}, ${s.threads} thread${s.threads === 1 ? "" : "s"})` :
+      `off (${s.reason ?? "inactive"})`
   },
   settings: async () => {
-    const m = await optionalImport(new URL("../src/internal/tensor/native.ts", import.meta.url).href)
-    const set = m?.["setNative"]
-    if (typeof set !== "function") return []
-    return [false, true].map((on) => ({ label: on ? "native on" : "native off", apply: async () => (set as (on: boolean) => void)(on) }))
-  }
+    const m = await nativeModule()
+    if (m === undefined) return []
+    // a machine without the addon can only run "off"
+    m.registerNativeKernels({ ...process.env, DEQ_NATIVE: "1" })
+    const can = m.nativeKernels().active
+    m.registerNativeKernels(process.env)
+    if (!can) return []
+    return [false, true].map((on) => ({
+      label: on ? "native on" : "native off",
+      apply: async () => void m.registerNativeKernels({ ...process.env, DEQ_NATIVE: on ? "1" : "0" })
+    }))
+  },
+  reset: async () => void (await nativeModule())?.registerNativeKernels(process.env)
 }
 
 /** Workers. Until the `workers` setting exists every step runs on one thread, whatever DEQ_WORKERS says. */
@@ -56,7 +87,8 @@ const workers: Lever = {
     const asked = process.env["DEQ_WORKERS"]
     return asked === undefined || asked === "1" ? "1" : `1 (DEQ_WORKERS=${asked} asked; no workers setting yet)`
   },
-  settings: async () => []
+  settings: async () => [],
+  reset: async () => undefined
 }
 
 /** The levers, in table order. */
@@ -67,6 +99,11 @@ export const describeLevers = async (): Promise<Record<string, string>> => {
   const out: Record<string, string> = {}
   for (const l of levers) out[l.name] = await l.current()
   return out
+}
+
+/** Puts every lever back to what the environment asks for (after a `--levers all` run). */
+export const resetLevers = async (): Promise<void> => {
+  for (const l of levers) await l.reset()
 }
 
 /** One column of a `--levers all` run: its label and how to switch every lever to it. */

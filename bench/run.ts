@@ -40,6 +40,7 @@ if (levers !== "all" && levers !== "current") {
 }
 await useBackend((process.env["DEQ_BACKEND"] as BackendName | undefined) ?? "wasm")
 const result = await runBench({
+  command: ["npm run bench", ...(args.length > 0 ? ["--", ...args] : [])].join(" "),
   quick: args.includes("--quick"),
   peer: !args.includes("--no-peer"),
   levers,

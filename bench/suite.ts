@@ -22,7 +22,7 @@ import { tf } from "../src/Tensor.ts"
 import { type BenchModel, compare, type CompareRow, scaling, type ScalingRow } from "./compare.ts"
 import { convGradTable, type ConvGradRow, runConvGradBench } from "./convGrad.ts"
 import { runFixedPointBench, type FixedPointBenchResult } from "./fixedPoint.ts"
-import { combinations, describeLevers } from "./levers.ts"
+import { combinations, describeLevers, resetLevers } from "./levers.ts"
 import { type Peer, python, startPeer } from "./peer.ts"
 import { defaultSpec, type StepSpec, type WorkloadName, workloadNames } from "./workloads.ts"
 
@@ -50,6 +50,8 @@ export interface BenchOptions {
   readonly models?: ReadonlyArray<"fc" | "conv">
   /** the workloads of the comparison (default: all) */
   readonly workloads?: ReadonlyArray<WorkloadName>
+  /** the command line that ran the suite, for the report */
+  readonly command?: string
   /** told what is being measured */
   readonly onProgress?: (message: string) => void
 }
@@ -76,6 +78,7 @@ export type PeerResult =
 
 /** Everything the suite measured, and its Markdown report. */
 export interface BenchResult {
+  readonly command: string
   readonly backend: string
   readonly quick: boolean
   readonly machine: string
@@ -219,6 +222,7 @@ export const runBench = async (options: BenchOptions = {}): Promise<BenchResult>
       scalingRows = await scaling({ ...new Models.ConvConfig({}), groups: 4 }, [16, 64, 256], [8, 16, 32], spec, peer, 1, log)
     }
   } finally {
+    await resetLevers()
     await peer?.close()
   }
   let fixedPoint: FixedPointBenchResult | undefined
@@ -276,7 +280,7 @@ export const runBench = async (options: BenchOptions = {}): Promise<BenchResult>
     `# effect-deq benchmarks${quick ? " (quick sizes)" : ""}`,
     "",
     `Backend ${backend}; ${machine}; load average ${loadStart.join(" ")} at the start, ${loadEnd.join(" ")} at the end; ` +
-    `${seconds.toFixed(0)} s in total. Levers: ${leverLine}.`,
+    `${seconds.toFixed(0)} s in total. Levers: ${leverLine}. Command: \`${options.command ?? "npm run bench"}\`.`,
     `Versions: ${Object.entries(environment.versions).map(([k, v]) => `${k} ${v}`).join(", ")}.`,
     "",
     "## PyTorch peer",
@@ -321,6 +325,7 @@ export const runBench = async (options: BenchOptions = {}): Promise<BenchResult>
     ""
   ].join("\n")
   return {
+    command: options.command ?? "npm run bench",
     backend,
     quick,
     machine,
