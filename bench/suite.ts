@@ -96,7 +96,7 @@ export interface BenchResult {
   readonly levers: Readonly<Record<string, string>>
   readonly spec: StepSpec
   readonly comparison: ReadonlyArray<CompareRow>
-  /** "<fc|conv>/<workload>": ours (the first column) / torch with 2 threads */
+  /** "<fc|conv>/<workload>": ours (the last column: every switchable lever on with `levers: "all"`) / torch 2 threads */
   readonly ratios: Readonly<Record<string, number>>
   /** with `levers: "all"`: the same per column */
   readonly ratiosByColumn: Readonly<Record<string, Readonly<Record<string, number>>>>
@@ -140,14 +140,18 @@ const roundsOf = (quick: boolean) => ({
 
 const comparisonTable = (rows: ReadonlyArray<CompareRow>, columns: ReadonlyArray<string>, peer: PeerResult): string => {
   const ran = peer._tag === "Ran"
-  const headers = ["model", "workload", ...columns.map((c) => `${c === "ours" ? "effect-deq" : c} (ms)`), "effect-deq CPU (ms)"]
-  if (ran) headers.push("torch 1 thread (ms)", "torch 2 threads (ms)", "ratio (ours / torch 2 threads)")
+  // the ratio and CPU columns are of the last column: every switchable lever on with --levers all
+  const last = columns[columns.length - 1]!
+  const name = (c: string) => (c === "ours" ? "effect-deq" : c)
+  const headers = ["model", "workload", ...columns.map((c) => `${name(c)} (ms)`), `${name(last)} CPU (ms)`]
+  if (ran) headers.push("torch 1 thread (ms)", "torch 2 threads (ms)", `ratio (${name(last)} / torch 2 threads)`)
   return Report.table(
     headers,
     rows.map((r) => {
       const ours = columns.map((c) => r.ours[c])
-      const cells = [r.model, r.label, ...ours.map((o) => fmt(o)), fmt(r.oursCpu[columns[0]!])]
-      if (ran) cells.push(fmt(r.torch1), fmt(r.torch2), r.torch2 !== undefined && ours[0] !== undefined ? `${(ours[0] / r.torch2).toFixed(2)}x` : "-")
+      const mine = r.ours[last]
+      const cells = [r.model, r.label, ...ours.map((o) => fmt(o)), fmt(r.oursCpu[last])]
+      if (ran) cells.push(fmt(r.torch1), fmt(r.torch2), r.torch2 !== undefined && mine !== undefined ? `${(mine / r.torch2).toFixed(2)}x` : "-")
       return cells
     })
   )
@@ -245,11 +249,12 @@ export const runBench = async (options: BenchOptions = {}): Promise<BenchResult>
       const o = r.ours[column]
       return o !== undefined && r.torch2 !== undefined ? [[`${r.kind}/${r.workload}`, Math.round((o / r.torch2) * 1000) / 1000]] : []
     }))
-  const ratios = ratiosOf(columns[0]!)
+  const primary = columns[columns.length - 1]!
+  const ratios = ratiosOf(primary)
   const ratiosByColumn = columns.length > 1 ? Object.fromEntries(columns.map((c) => [c, ratiosOf(c)])) : {}
   const steps: Array<StepRow> = comparison
     .filter((r) => r.workload === "attack-step" || r.workload === "train-step")
-    .map((r) => ({ workload: r.label, model: r.model, batch: r.batch, medianMs: r.ours[columns[0]!]!, runs: r.rounds }))
+    .map((r) => ({ workload: r.label, model: r.model, batch: r.batch, medianMs: r.ours[primary]!, runs: r.rounds }))
   const seconds = (performance.now() - started) / 1000
   const loadEnd = load()
   const environment = {
