@@ -45,11 +45,6 @@ export const channelMeans = (x: tf.Tensor4D): tf.Tensor2D => {
   return tf.reshape(tf.avgPool(x, [h, w], 1, "valid"), [b, c])
 }
 
-/**
- * Per-sample, per-channel sums over H and W of an NHWC tensor, as [B, C].
- */
-export const channelSums = (x: tf.Tensor4D): tf.Tensor2D => tf.mul(channelMeans(x), x.shape[1] * x.shape[2])
-
 const broadcastC = (t: tf.Tensor, b: number, c: number) => tf.reshape(t, [b, 1, 1, c])
 
 /**
@@ -83,7 +78,7 @@ export const groupNorm = (
     const value = tf.add(tf.mul(xx, broadcastC(scale, b, c)), broadcastC(shift, b, c)) as tf.Tensor4D
     const gradFunc = (dy: tf.Tensor, saved: Array<tf.Tensor>): Array<tf.Tensor> => {
       const [xs, m, iv, av] = saved as [tf.Tensor4D, tf.Tensor2D, tf.Tensor2D, tf.Tensor2D]
-      const g = gamma === undefined ? undefined : gamma
+      const g = gamma
       const dyMean = channelMeans(dy as tf.Tensor4D) // E_hw[dy]
       const dyxMean = channelMeans(tf.mul(dy, xs) as tf.Tensor4D) // E_hw[dy x]
       // E_hw[dy xhat] per channel, and the group means of dxhat = gamma dy and of dxhat xhat
