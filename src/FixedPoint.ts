@@ -537,8 +537,7 @@ export type Backward =
     readonly solver: SolverName
     /** stop mode of the backward solve (default "rel") */
     readonly stopMode?: "abs" | "rel"
-    /** Broyden's memory (rank-1 pairs) in the backward solve (default 30, as the Broyden solver) */
-    readonly memory?: number
+    /** Broyden's memory (rank-1 pairs) in the backward solve (default 30, as the Broyden solver) */ readonly memory?: number
     /** receives the statistics of every backward solve (TorchDEQ's backward_writer) */
     readonly onStats?: (stats: SolveStats) => void
   }

@@ -1,6 +1,6 @@
 /**
  * Convolutional pieces shared by the conv and multiscale DEQs: the injection stem, the MDEQ residual block
- * (method.md 2.2), weight-normed convolutions and their parameter specs.
+ * (docs/method.md, "The model"), weight-normed convolutions and their parameter specs.
  *
  * @internal
  */
@@ -30,7 +30,8 @@ export const cellGroupNorm = (
   groups: number,
   affine: { readonly gamma: tf.Tensor; readonly beta: tf.Tensor } | undefined,
   ctx: CellContext | undefined
-): tf.Tensor4D => groupNorm(x, groups, affine, 1e-5, (ctx as ConvContext | undefined)?.averagers?.[`${x.shape[3]}/${groups}`])
+): tf.Tensor4D =>
+  groupNorm(x, groups, affine, 1e-5, (ctx as ConvContext | undefined)?.averagers?.[`${x.shape[3]}/${groups}`])
 
 // ---------------------------------------------------------------------------------------------------------------
 // Convolutions (plain or weight-normed)
@@ -39,8 +40,8 @@ export const cellGroupNorm = (
 /**
  * Specs of one bias-free convolution `prefix`: a plain filter `prefix/w`, or `prefix/v` and `prefix/g` with weight
  * normalisation. Weight-normed convs start from PyTorch's default (kaiming-uniform, bound 1/sqrt(fan_in)) with
- * g = ||v|| so w = v at init (method.md 2.2: the N(0, 0.01) fill never reaches them). Plain convs use `std`
- * (kaiming-normal by default) or the same uniform init when `uniform` is set.
+ * g = ||v|| so w = v at init (docs/method.md, "The model": the N(0, 0.01) fill never reaches them). Plain convs
+ * use `std` (kaiming-normal by default) or the same uniform init when `uniform` is set.
  */
 export const convSpecs = (
   init: Init,
@@ -195,7 +196,7 @@ export const blockSpecs = (init: Init, prefix: string, b: BlockSettings): Array<
 export const blockFilters = (prefix: string): ReadonlyArray<string> => [`${prefix}/conv1`, `${prefix}/conv2`]
 
 /**
- * The MDEQ BasicBlock (method.md 2.2), in its order:
+ * The MDEQ BasicBlock (docs/method.md, "The model"), in its order:
  * a = ReLU(GN(conv1(z))); b = GN(drop(conv2(a)) + u); b = b + z; out = GN(ReLU(b)).
  * `u` is undefined for branches that get no injection (zero), `mask` a [B,1,1,C] variational dropout mask.
  */
@@ -221,7 +222,10 @@ export const block = (
 /**
  * The GroupNorm widths (channels, groups) of a residual block, for the per-call averagers.
  */
-export const blockNorms = (b: BlockSettings): ReadonlyArray<readonly [number, number]> => [[b.inner, b.groups], [b.channels, b.groups]]
+export const blockNorms = (b: BlockSettings): ReadonlyArray<readonly [number, number]> => [
+  [b.inner, b.groups],
+  [b.channels, b.groups]
+]
 
 /**
  * The `prepare` of a conv model: the weight-normed `filters` and the GroupNorm averagers of `norms` (channels,

@@ -68,7 +68,8 @@ export const groupNorm = (
   const [b, h, w, c] = x.shape
   const avg = averager ?? groupAverager(c, groups)
   const hw = h * w
-  const forward = (xx: tf.Tensor4D, gamma: tf.Tensor | undefined, beta: tf.Tensor | undefined, save: tf.GradSaveFunc) => {
+  type Affine = tf.Tensor | undefined
+  const forward = (xx: tf.Tensor4D, gamma: Affine, beta: Affine, save: tf.GradSaveFunc) => {
     const mean = tf.matMul(channelMeans(xx), avg) // [B, C]: every channel carries its group's mean
     const meanSq = tf.matMul(channelMeans(tf.square(xx) as tf.Tensor4D), avg)
     const inv = tf.rsqrt(tf.add(tf.relu(tf.sub(meanSq, tf.square(mean))), eps))
@@ -96,7 +97,8 @@ export const groupNorm = (
     return { value, gradFunc }
   }
   if (affine === undefined) {
-    return tf.customGrad((xx, save) => forward(xx as tf.Tensor4D, undefined, undefined, save as tf.GradSaveFunc))(x) as tf.Tensor4D
+    const plain = tf.customGrad((xx, save) => forward(xx as tf.Tensor4D, undefined, undefined, save as tf.GradSaveFunc))
+    return plain(x) as tf.Tensor4D
   }
   return tf.customGrad((xx, gamma, beta, save) =>
     forward(xx as tf.Tensor4D, gamma as tf.Tensor, beta as tf.Tensor, save as tf.GradSaveFunc)
@@ -104,8 +106,8 @@ export const groupNorm = (
 }
 
 /**
- * Reference GroupNorm from `tf.moments` on a [B, H, W, G, C/G] view (method.md 11.2): slow on wasm, used by the
- * tests to check {@link groupNorm} and its gradient.
+ * Reference GroupNorm from `tf.moments` on a [B, H, W, G, C/G] view (docs/method.md, "The model"): slow on
+ * wasm, used by the tests to check {@link groupNorm} and its gradient.
  */
 export const groupNormReference = (
   x: tf.Tensor4D,
@@ -160,13 +162,15 @@ export const layerNorm = (
     const gradFunc = (dy: tf.Tensor, saved: Array<tf.Tensor>): Array<tf.Tensor> => {
       const [xh, iv] = saved as [tf.Tensor, tf.Tensor]
       const dxhat = gamma === undefined ? dy : tf.mul(dy, gamma)
-      const dx = tf.mul(iv, tf.sub(tf.sub(dxhat, tf.mean(dxhat, -1, true)), tf.mul(xh, tf.mean(tf.mul(dxhat, xh), -1, true))))
+      const centred = tf.sub(dxhat, tf.mean(dxhat, -1, true))
+      const dx = tf.mul(iv, tf.sub(centred, tf.mul(xh, tf.mean(tf.mul(dxhat, xh), -1, true))))
       return gamma === undefined ? [dx] : [dx, tf.sum(tf.mul(dy, xh), 0), tf.sum(dy, 0)]
     }
     return { value: value as tf.Tensor2D, gradFunc }
   }
   if (affine === undefined) {
-    return tf.customGrad((xx, save) => forward(xx as tf.Tensor, undefined, undefined, save as tf.GradSaveFunc))(x) as tf.Tensor2D
+    const plain = tf.customGrad((xx, save) => forward(xx as tf.Tensor, undefined, undefined, save as tf.GradSaveFunc))
+    return plain(x) as tf.Tensor2D
   }
   return tf.customGrad((xx, gamma, beta, save) =>
     forward(xx as tf.Tensor, gamma as tf.Tensor, beta as tf.Tensor, save as tf.GradSaveFunc)
@@ -195,7 +199,8 @@ export const spatialMean = (x: tf.Tensor4D): tf.Tensor2D =>
   })(x) as tf.Tensor2D
 
 /**
- * Nearest-neighbour upsampling to `size` (PyTorch `mode='nearest'` with an integer factor, method.md 11.4).
+ * Nearest-neighbour upsampling to `size` (PyTorch `mode='nearest'` with an integer factor; docs/method.md,
+ * "The model").
  */
 export const upsampleNearest = (x: tf.Tensor4D, size: readonly [number, number]): tf.Tensor4D =>
   tf.image.resizeNearestNeighbor(x, [size[0], size[1]], false, false)

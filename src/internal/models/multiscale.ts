@@ -1,7 +1,7 @@
 /**
  * A small multiscale DEQ (MDEQ with 2 branches): full and half resolution, one residual block per branch,
- * multiscale fusion and a post-fuse conv1x1 + affine-free GroupNorm (method.md 2.2). The state is both branches
- * flattened into one [B, N] vector (list2vec: branch 0 then branch 1, each NHWC row-major).
+ * multiscale fusion and a post-fuse conv1x1 + affine-free GroupNorm (docs/method.md, "The model"). The state is
+ * both branches flattened into one [B, N] vector (list2vec: branch 0 then branch 1, each NHWC row-major).
  *
  * @internal
  */
@@ -116,7 +116,7 @@ export const multiscaleCore = (c: MultiscaleSettings, params: ReadonlyMap<string
       tf.tidy(() => {
         const [z0, z1] = toList(z)
         const m = ctx?.dropoutMask
-        // only the full-resolution branch receives the injection (method.md 1)
+        // only the full-resolution branch receives the injection (docs/method.md, "The model")
         const y0 = block(get, `${P}/cell/block0`, b0, z0, u as tf.Tensor4D, ctx, m?.[0])
         const y1 = block(get, `${P}/cell/block1`, b1, z1, undefined, ctx, m?.[1])
         const f0 = tf.add(
