@@ -31,7 +31,8 @@ export const benchSection = (r: Omit<BenchResult, "markdown">, command: string):
     `- machine: ${e.cpus} vCPU ${e.cpuModel}, ${e.memoryGiB} GiB, ${e.os}; backend ${r.backend}`,
     `- load average (1, 5, 15 min): ${e.loadStart.join(", ")} at the start, ${e.loadEnd.join(", ")} at the end; ${r.seconds.toFixed(0)} s`,
     `- levers: ${Object.entries(r.levers).map(([k, v]) => `${k} ${v}`).join(", ")}`,
-    `- versions: ${Object.entries(e.versions).map(([k, v]) => `${k} ${v}`).join(", ")}; GLIBC_TUNABLES ${e.glibcTunables === undefined ? "not set" : "set"}`,
+    `- versions: ${Object.entries(e.versions).map(([k, v]) => `${k} ${v}`).join(", ")}; GLIBC_TUNABLES ${e.glibcTunables === undefined ? "not set" : "set"}` +
+    `${e.peerOmpWaitPolicy === undefined ? "" : `; the peer's OMP_WAIT_POLICY ${e.peerOmpWaitPolicy}`}`,
     "",
     Report.table(
       [

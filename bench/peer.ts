@@ -15,6 +15,14 @@ import type { CheckValues, StepSpec, WorkloadName, Workloads } from "./workloads
 /** The GLIBC_TUNABLES the peer (and `npm run bench` / `npm start`) run with. */
 export const glibcTunables = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296"
 
+/**
+ * OpenMP's wait policy for the peer: PASSIVE unless OMP_WAIT_POLICY says otherwise. With torch's default, its idle
+ * threads keep spinning after a call and take the cores from our rounds in between (ours' conv f measured 26.5 ms
+ * instead of 11.9 right after torch calls); passive waiting also made torch's own 2-thread solve faster on these
+ * shared cores (53 vs 173 ms at load 3.4). docs/performance.md, "The comparison with PyTorch".
+ */
+export const peerWaitPolicy = (): string => process.env["OMP_WAIT_POLICY"] ?? "PASSIVE"
+
 /** The interpreter that has Debian's python3-torch. */
 export const python = "/usr/bin/python3"
 
@@ -66,7 +74,7 @@ export const startPeer = async (): Promise<PeerStart> => {
   const available = torchAvailable()
   if (!available.ok) return { _tag: "Skipped", reason: available.reason }
   const child: ChildProcessWithoutNullStreams = spawn(python, [script, "--serve"], {
-    env: { ...process.env, GLIBC_TUNABLES: glibcTunables },
+    env: { ...process.env, GLIBC_TUNABLES: glibcTunables, OMP_WAIT_POLICY: peerWaitPolicy() },
     stdio: ["pipe", "pipe", "pipe"]
   })
   let stderr = ""

@@ -23,7 +23,7 @@ import { type BenchModel, compare, type CompareRow, scaling, type ScalingRow } f
 import { convGradTable, type ConvGradRow, runConvGradBench } from "./convGrad.ts"
 import { runFixedPointBench, type FixedPointBenchResult } from "./fixedPoint.ts"
 import { combinations, describeLevers, resetLevers } from "./levers.ts"
-import { type Peer, python, startPeer } from "./peer.ts"
+import { type Peer, peerWaitPolicy, python, startPeer } from "./peer.ts"
 import { defaultSpec, type StepSpec, type WorkloadName, workloadNames } from "./workloads.ts"
 
 export { workloadNames }
@@ -92,6 +92,8 @@ export interface BenchResult {
     readonly loadStart: ReadonlyArray<number>
     readonly loadEnd: ReadonlyArray<number>
     readonly glibcTunables: string | undefined
+    /** OpenMP's wait policy of the PyTorch peer (bench/peer.ts) */
+    readonly peerOmpWaitPolicy: string
   }
   readonly levers: Readonly<Record<string, string>>
   readonly spec: StepSpec
@@ -271,7 +273,8 @@ export const runBench = async (options: BenchOptions = {}): Promise<BenchResult>
     os: `${os.type()} ${os.release()}`,
     loadStart,
     loadEnd,
-    glibcTunables: process.env["GLIBC_TUNABLES"]
+    glibcTunables: process.env["GLIBC_TUNABLES"],
+    peerOmpWaitPolicy: peerWaitPolicy()
   }
   const machine = Report.machine()
   const leverLine = Object.entries(levers).map(([k, v]) => `${k}: ${v}`).join(", ")
@@ -299,7 +302,8 @@ export const runBench = async (options: BenchOptions = {}): Promise<BenchResult>
         `Same models, weights, batch and settings on both sides: budget N = ${spec.budget} Picard steps (tol 0), the tail ` +
         `f + ${spec.tailK} damped steps (lambda ${spec.tailLambda}), eps ${spec.eps}, step ${spec.alpha}, Adam lr ${spec.lr}. ` +
         `Medians over rounds that alternate ours, torch 1 thread, torch 2 threads (${quick ? "1 round" : "3-7 rounds"} after a warm-up). ` +
-        `PyTorch ${peerResult._tag === "Ran" ? peerResult.torch : "-"} on CPU (${python}, GLIBC_TUNABLES set); wasm here is ` +
+        `PyTorch ${peerResult._tag === "Ran" ? peerResult.torch : "-"} on CPU (${python}, GLIBC_TUNABLES set, ` +
+        `OMP_WAIT_POLICY=${peerWaitPolicy()}); wasm here is ` +
         "single-threaded. Torch with 2 threads suffers most when other processes share the 2 cores."
       ] :
       ["not run"]),
