@@ -4,7 +4,7 @@
  *
  * Cells (implemented here, injection precomputed once per solve as a DEQ does):
  * - conv: z' = relu(groupnorm(conv3x3(z) + u)), batch 64, 32 channels, 28x28, 8 groups; GroupNorm from per-channel
- *   sums (matMul with ones), broadcast only as [B, 1, 1, C] (see stack.md).
+ *   sums (matMul with ones), broadcast only as [B, 1, 1, C] (docs/performance.md, "GroupNorm").
  * - fc: z' = tanh(z W + u), batch 64, hidden 256.
  *
  * Per solver: median wall time of a solve with tol 0 and K iterations (so every solver does K + 1 f evaluations),

@@ -1,167 +1,328 @@
 #!/usr/bin/env python3
-"""PyTorch peer of effect-deq's benchmarks: the same DEQ cells, timed on CPU with torch.
+"""PyTorch peer of effect-deq's benchmarks: the project's own DEQ models, rebuilt in torch from exported weights.
 
-Workloads (the ones bench/fixedPoint.ts and bench/suite.ts time on tfjs):
-  conv cell: z' = relu(groupnorm(conv3x3(z) + u)), batch 64, 32 channels, 28x28, 8 groups, no affine
-  fc cell:   z' = tanh(z W + u), batch 64, hidden 256
-(sizes and iteration counts can be changed with flags, to match a quick run of the TypeScript side)
-For each cell: one f evaluation; a solve of K iterations (tol 0) with Picard and with Anderson (m = 5); forward
-(Anderson) + implicit backward (20 adjoint Picard iterations through autograd VJPs, then the parameter VJP);
-forward + phantom backward (k = 5, tau = 0.5). Median wall time in ms after a warm-up, per thread count.
+The TypeScript side (bench/peer.ts) writes a model file (config, weights in the project's layout, a batch x, y and
+the step settings) and drives this script over stdin/stdout, one JSON object per line, so rounds of ours and of
+the peer can alternate and machine noise hits both.
 
-Usage: GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296 \
-         /usr/bin/python3 bench/peer.py [--threads 1,2] [--quick]
-Prints one JSON object on stdout.
+Models (the same functions as src/internal/models/fc.ts and block.ts / conv.ts):
+  fc:   u = flatten(x) U + b;  f(z) = relu(layernorm(z W + u) * gamma + beta);  logits = z Wh + bh
+  conv: u = stem(x) = GN(conv3x3(relu(GN(conv3x3 stride s(x))))), tfjs 'same' padding (extra pad bottom/right);
+        f(z) = GN3(relu(GN2(conv2(relu(GN1(conv1(z)))) + u) + z)), conv1/conv2 weight-normed per output channel
+        (w = g v / ||v||, computed once per forward call, as the project's per-call context does);
+        logits = mean_hw(z) Wh + bh. GroupNorm: consecutive channel groups, biased variance, eps 1e-5.
+Workloads (the same as bench/workloads.ts):
+  f          one application of f (u and the filters precomputed)
+  solve      N Picard steps from z0 = 0 (tol 0), no tape
+  implicit   N Picard steps, then z1 = f(z*) on the tape, loss = CE(head(z1)), the adjoint g = v + J^T g by A
+             Picard iterations of autograd VJPs, then g through z1 into every parameter (inject included)
+  attack     one PGD step: z_N off the tape, tail f then k damped steps (lambda), CE, grad w.r.t. x, sign step,
+             projection on the eps ball and [0, 1]
+  train      PGD-AT with random intermediate states: `pgdSteps` attack steps, then the CE at state n (n from the
+             file's list; one call runs one step per listed n) through the same tail, all parameter gradients,
+             torch.optim.Adam
+Ops on stdin: {"op": "load", "key", "file"} | {"op": "time", "key", "workload", "threads", "warmup", "runs",
+  "reps"} -> {"ms": [...]} (per call, averaged over reps) | {"op": "check", "key"} -> the values of f, the attack
+  gradient and the parameter gradients in the project's layout | {"op": "quit"}.
+
+Usage (bench/peer.ts does this):
+  GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296 \
+    /usr/bin/python3 bench/peer.py --serve
 """
 import argparse
 import json
-import statistics
+import platform
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
 
-def median_ms(fn, warmup, runs):
+# ---------------------------------------------------------------------------------------------------------------
+# layouts: the project stores conv filters as [kh, kw, in, out] (tfjs), torch as [out, in, kh, kw]
+# ---------------------------------------------------------------------------------------------------------------
+
+def to_torch(name, shape, values):
+    t = torch.tensor(values, dtype=torch.float32).reshape(shape)
+    if len(shape) == 4:
+        t = t.permute(3, 2, 0, 1).contiguous()
+    return t
+
+
+def to_project(t):
+    if t.dim() == 4:
+        t = t.permute(2, 3, 1, 0)
+    return t.contiguous().reshape(-1).tolist()
+
+
+def same_pad(size, stride, k=3):
+    """tfjs 'same' padding: total max((out - 1) s + k - in, 0), the odd pixel after (bottom / right)."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + k - size, 0)
+    return total // 2, total - total // 2
+
+
+def conv_same(x, w, stride=1):
+    if stride == 1:
+        return F.conv2d(x, w, padding=w.shape[-1] // 2)
+    top, bottom = same_pad(x.shape[2], stride, w.shape[2])
+    left, right = same_pad(x.shape[3], stride, w.shape[3])
+    return F.conv2d(F.pad(x, (left, right, top, bottom)), w, stride=stride)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# models
+# ---------------------------------------------------------------------------------------------------------------
+
+class FcModel:
+    def __init__(self, config, p):
+        self.c, self.p = config, p
+
+    def inject(self, x):
+        return x.reshape(x.shape[0], -1) @ self.p["fc/inject/U"] + self.p["fc/inject/b"]
+
+    def context(self):
+        return None
+
+    def cell(self, z, u, ctx):
+        p = self.p
+        pre = z @ p["fc/cell/W"] + u
+        if self.c.get("norm", "layer") == "layer":
+            pre = F.layer_norm(pre, (pre.shape[-1],), p["fc/cell/norm/gamma"], p["fc/cell/norm/beta"], 1e-5)
+        return torch.relu(pre) if self.c.get("act", "relu") == "relu" else torch.tanh(pre)
+
+    def head(self, z):
+        return z @ self.p["fc/head/W"] + self.p["fc/head/b"]
+
+    def init_state(self, u):
+        return torch.zeros_like(u)
+
+    def state_to_project(self, z):
+        return z.reshape(-1).tolist()
+
+
+class ConvModel:
+    """Inputs arrive NHWC (the project's layout) and are permuted once per forward call; states are NCHW."""
+
+    def __init__(self, config, p):
+        self.c, self.p = config, p
+        self.groups = config.get("groups", 4)
+        self.wn = config.get("weightNorm", True)
+
+    def inject(self, x):
+        p, g = self.p, self.groups
+        x = x.permute(0, 3, 1, 2)
+        a = conv_same(x, p["conv/stem/conv1/w"], self.c.get("stemStride", 2))
+        if self.c.get("stemNorm", "group") == "group":
+            a = F.group_norm(a, g, p["conv/stem/gn1/gamma"], p["conv/stem/gn1/beta"], 1e-5)
+        a = conv_same(torch.relu(a), p["conv/stem/conv2/w"])
+        if self.c.get("stemNorm", "group") == "group":
+            a = F.group_norm(a, g, p["conv/stem/gn2/gamma"], p["conv/stem/gn2/beta"], 1e-5)
+        return a
+
+    def context(self):
+        """The effective cell filters, once per forward call (weight norm on the tape)."""
+        def filt(prefix):
+            if not self.wn:
+                return self.p[prefix + "/w"]
+            v, gain = self.p[prefix + "/v"], self.p[prefix + "/g"]
+            return v * (gain / v.pow(2).sum((1, 2, 3)).sqrt()).view(-1, 1, 1, 1)
+        return (filt("conv/cell/conv1"), filt("conv/cell/conv2"))
+
+    def cell(self, z, u, ctx):
+        p, g = self.p, self.groups
+        w1, w2 = ctx
+        a = torch.relu(F.group_norm(conv_same(z, w1), g, p["conv/cell/gn1/gamma"], p["conv/cell/gn1/beta"], 1e-5))
+        b = F.group_norm(conv_same(a, w2) + u, g, p["conv/cell/gn2/gamma"], p["conv/cell/gn2/beta"], 1e-5) + z
+        return F.group_norm(torch.relu(b), g, p["conv/cell/gn3/gamma"], p["conv/cell/gn3/beta"], 1e-5)
+
+    def head(self, z):
+        return z.mean((2, 3)) @ self.p["conv/head/W"] + self.p["conv/head/b"]
+
+    def init_state(self, u):
+        return torch.zeros_like(u)
+
+    def state_to_project(self, z):
+        return z.permute(0, 2, 3, 1).contiguous().reshape(-1).tolist()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the workloads
+# ---------------------------------------------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, data):
+        config = data["config"]
+        self.params = {w["name"]: to_torch(w["name"], w["shape"], w["values"]).requires_grad_() for w in data["weights"]}
+        self.names = [w["name"] for w in data["weights"]]
+        self.model = (FcModel if config["_tag"] == "fc" else ConvModel)(config, self.params)
+        self.x = torch.tensor(data["x"], dtype=torch.float32).reshape(data["xShape"])
+        self.y = torch.tensor(data["y"], dtype=torch.int64)
+        self.z = torch.tensor(data["z"], dtype=torch.float32).reshape(data["zShape"]) if "z" in data else None
+        s = data["spec"]
+        self.budget, self.k, self.lam = s["budget"], s["tailK"], s["tailLambda"]
+        self.adjoint, self.pgd_steps = s["adjointIterations"], s["pgdSteps"]
+        self.eps, self.alpha, self.lr, self.states = s["eps"], s["alpha"], s["lr"], s["trainStates"]
+        self.opt = torch.optim.Adam([self.params[n] for n in self.names], lr=self.lr)
+        with torch.no_grad():
+            u = self.model.inject(self.x)
+            self.u, self.ctx = u, self.model.context()
+            self.z_f = self.picard(u, self.ctx, 2) if self.z is None else self.state_from_project(self.z, u)
+
+    def state_from_project(self, z, u):
+        return z.permute(0, 3, 1, 2).contiguous() if u.dim() == 4 else z
+
+    def picard(self, u, ctx, n):
+        m = self.model
+        z = m.init_state(u)
+        for _ in range(n):
+            z = m.cell(z, u, ctx)
+        return z
+
+    def tail_logits(self, x, n):
+        """logits at state n through the tail; the solve runs without a tape (like the project's `untaped`)."""
+        m = self.model
+        u, ctx = m.inject(x), m.context()
+        with torch.no_grad():
+            z = self.picard(u, ctx, n)
+        nxt = m.cell(z, u, ctx)
+        for _ in range(self.k):
+            fz = m.cell(nxt, u, ctx)
+            nxt = fz if self.lam == 1 else nxt * (1 - self.lam) + fz * self.lam
+        return m.head(nxt)
+
+    def attack_grad(self, x_adv):
+        x_adv = x_adv.detach().requires_grad_()
+        loss = F.cross_entropy(self.tail_logits(x_adv, self.budget), self.y)
+        (g,) = torch.autograd.grad(loss, x_adv)
+        return g
+
+    def pgd_step(self, x_adv):
+        g = self.attack_grad(x_adv)
+        with torch.no_grad():
+            moved = x_adv + self.alpha * g.sign()
+            return torch.clamp(torch.min(torch.max(moved, self.x - self.eps), self.x + self.eps), 0, 1)
+
+    def train_step(self, n):
+        x_adv = self.x.clone()
+        for _ in range(self.pgd_steps):
+            x_adv = self.pgd_step(x_adv)
+        self.opt.zero_grad(set_to_none=True)
+        F.cross_entropy(self.tail_logits(x_adv, n), self.y).backward()
+        self.opt.step()
+
+    def implicit_grads(self):
+        m = self.model
+        u, ctx = m.inject(self.x), m.context()
+        with torch.no_grad():
+            z_star = self.picard(u, ctx, self.budget)
+        z_star.requires_grad_()
+        z1 = m.cell(z_star, u, ctx)
+        h = z1.detach().requires_grad_()
+        loss = F.cross_entropy(m.head(h), self.y)
+        leaves = [self.params[n] for n in self.names]
+        head_grads = torch.autograd.grad(loss, [h] + leaves, allow_unused=True)
+        v = head_grads[0]
+        g = v
+        for _ in range(self.adjoint):
+            (jt,) = torch.autograd.grad(z1, z_star, g, retain_graph=True)
+            g = v + jt
+        cell_grads = torch.autograd.grad(z1, leaves, g, allow_unused=True)
+        return [a if b is None else (b if a is None else a + b) for a, b in zip(head_grads[1:], cell_grads)]
+
+    def f(self):
+        with torch.no_grad():
+            return self.model.cell(self.z_f, self.u, self.ctx)
+
+    def solve(self):
+        with torch.no_grad():
+            return self.picard(self.u, self.ctx, self.budget)
+
+    def workload(self, name):
+        if name == "f":
+            return self.f
+        if name == "solve":
+            return self.solve
+        if name == "implicit":
+            return self.implicit_grads
+        if name == "attack-step":
+            return lambda: self.pgd_step(self.x)
+        if name == "train-step":
+            return lambda: [self.train_step(n) for n in self.states]
+        raise ValueError("unknown workload " + name)
+
+    def check(self):
+        """Values in the project's layout, for bench/peer.ts to compare with its own (before any Adam step)."""
+        leaves = [self.params[n] for n in self.names]
+        loss = F.cross_entropy(self.tail_logits(self.x, self.states[0]), self.y)
+        train = torch.autograd.grad(loss, leaves, allow_unused=True)
+        implicit = self.implicit_grads()
+        grads = lambda gs: {n: (to_project(g) if g is not None else None) for n, g in zip(self.names, gs)}
+        return {
+            "f": self.model.state_to_project(self.f()),
+            "attackGrad": self.attack_grad(self.x).reshape(-1).tolist(),
+            "trainLoss": float(loss),
+            "trainGrads": grads(train),
+            "implicitGrads": grads(implicit),
+        }
+
+
+def timed(fn, warmup, runs, reps):
     for _ in range(warmup):
         fn()
-    times = []
+    out = []
     for _ in range(runs):
         start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
+        for _ in range(reps):
+            fn()
+        out.append((time.perf_counter() - start) * 1000.0 / reps)
+    return out
 
 
-def conv_cell(batch, channels, size):
-    g = torch.Generator().manual_seed(1)
-    weight = (torch.randn(channels, channels, 3, 3, generator=g) * (2.0 / (9 * channels)) ** 0.5).requires_grad_()
-    u = torch.randn(batch, channels, size, size, generator=g)
-
-    def f(z, w=weight, inj=u):
-        return F.relu(F.group_norm(F.conv2d(z, w, padding=1) + inj, 8, eps=1e-5))
-
-    return "conv (B %d, %d ch, %dx%d)" % (batch, channels, size, size), f, torch.zeros(batch, channels, size, size), weight
-
-
-def fc_cell(batch, hidden):
-    g = torch.Generator().manual_seed(3)
-    weight = (torch.randn(hidden, hidden, generator=g) * (0.9 / (2 * hidden ** 0.5))).requires_grad_()
-    u = torch.randn(batch, hidden, generator=g)
-
-    def f(z, w=weight, inj=u):
-        return torch.tanh(z @ w + inj)
-
-    return "fc (B %d, hidden %d)" % (batch, hidden), f, torch.zeros(batch, hidden), weight
-
-
-def picard(f, z0, iters):
-    z = z0
-    for _ in range(iters):
-        z = f(z)
-    return z
-
-
-def anderson(f, z0, iters, m=5, lam=1e-4):
-    """Anderson acceleration (TorchDEQ style, beta = 1) on flattened states; iters + 1 evaluations of f.
-
-    The Gram matrix is updated one row per step (torch 1.13's bmm of [B, m, N] x [B, N, m] is slow for small m).
-    """
-    b = z0.shape[0]
-    shape = z0.shape
-    n = z0[0].numel()
-    X = torch.zeros(b, m, n)
-    Fx = torch.zeros(b, m, n)
-    G = torch.zeros(b, m, n)
-    gram = torch.zeros(b, m, m)
-
-    def put(slot, x, fx):
-        X[:, slot] = x
-        Fx[:, slot] = fx
-        torch.sub(fx, x, out=G[:, slot])
-        row = (G * G[:, slot, None]).sum(-1)
-        gram[:, slot, :] = row
-        gram[:, :, slot] = row
-
-    x0 = z0.reshape(b, -1)
-    f0 = f(z0).reshape(b, -1)
-    put(0, x0, f0)
-    put(1, f0, f(f0.reshape(shape)).reshape(b, -1))
-    H = torch.zeros(b, m + 1, m + 1)
-    H[:, 0, 1:] = H[:, 1:, 0] = 1
-    y = torch.zeros(b, m + 1, 1)
-    y[:, 0] = 1
-    last = 1
-    for k in range(2, iters + 1):
-        mk = min(k, m)
-        gk = gram[:, :mk, :mk]
-        H[:, 1:mk + 1, 1:mk + 1] = gk + lam * gk.abs().amax(dim=(1, 2), keepdim=True) * torch.eye(mk)[None]
-        alpha = torch.linalg.solve(H[:, :mk + 1, :mk + 1], y[:, :mk + 1])[:, 1:mk + 1, 0]
-        z = (alpha[:, :, None] * Fx[:, :mk]).sum(1)
-        last = k % m
-        put(last, z, f(z.reshape(shape)).reshape(b, -1))
-    return Fx[:, last].reshape(shape).clone()
-
-
-def implicit_step(f, z0, weight, iters, adjoint_iters=20):
-    with torch.no_grad():
-        z_star = anderson(f, z0, iters)
-    z_star = z_star.requires_grad_()
-    fz = f(z_star)
-    v = torch.full_like(fz, 1.0 / fz.numel())  # d mean / d z
-    g = v
-    for _ in range(adjoint_iters):
-        (jt,) = torch.autograd.grad(fz, z_star, g, retain_graph=True)
-        g = jt + v
-    (dw,) = torch.autograd.grad(fz, weight, g)
-    return dw
-
-
-def phantom_step(f, z0, weight, iters, k=5, tau=0.5):
-    with torch.no_grad():
-        z_star = anderson(f, z0, iters)
-    z = z_star
-    for _ in range(k):
-        z = (1 - tau) * z + tau * f(z)
-    (dw,) = torch.autograd.grad(z.mean(), weight)
-    return dw
-
-
-def measure(name, f, z0, weight, iters, runs):
-    row = {"cell": name, "iterations": iters}
-    with torch.no_grad():
-        row["fMs"] = median_ms(lambda: f(z0), 2, runs * 3)
-        row["picardMs"] = median_ms(lambda: picard(f, z0, iters), 1, runs)
-        row["andersonMs"] = median_ms(lambda: anderson(f, z0, iters), 1, runs)
-    row["implicitMs"] = median_ms(lambda: implicit_step(f, z0, weight, iters), 1, max(1, runs // 2))
-    row["phantomMs"] = median_ms(lambda: phantom_step(f, z0, weight, iters), 1, max(1, runs // 2))
-    return row
+def serve():
+    benches = {}
+    reply = lambda obj: (sys.stdout.write(json.dumps(obj) + "\n"), sys.stdout.flush())
+    reply({"ready": True, "torch": torch.__version__, "python": platform.python_version(),
+           "threads": torch.get_num_threads()})
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        cmd = json.loads(line)
+        try:
+            op = cmd["op"]
+            if op == "quit":
+                reply({"ok": True})
+                return
+            if op == "load":
+                with open(cmd["file"]) as fh:
+                    benches[cmd["key"]] = Bench(json.load(fh))
+                reply({"ok": True})
+            elif op == "time":
+                torch.set_num_threads(int(cmd["threads"]))
+                b = benches[cmd["key"]]
+                reply({"ms": timed(b.workload(cmd["workload"]), cmd.get("warmup", 0), cmd.get("runs", 1), cmd.get("reps", 1))})
+            elif op == "check":
+                torch.set_num_threads(1)
+                reply(benches[cmd["key"]].check())
+            elif op == "drop":
+                benches.pop(cmd["key"], None)
+                reply({"ok": True})
+            else:
+                reply({"error": "unknown op " + str(op)})
+        except Exception as e:  # report, keep serving
+            reply({"error": "%s: %s" % (type(e).__name__, e)})
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--threads", default="1,2")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--channels", type=int, default=32)
-    parser.add_argument("--size", type=int, default=28)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--conv-iterations", type=int, default=20)
-    parser.add_argument("--fc-iterations", type=int, default=30)
-    parser.add_argument("--skip-conv", action="store_true")
+    parser.add_argument("--serve", action="store_true", help="read JSON commands from stdin (bench/peer.ts)")
     args = parser.parse_args()
-    runs = 3 if args.quick else 7
-    result = {"torch": torch.__version__, "rows": []}
-    for threads in [int(t) for t in args.threads.split(",") if t]:
-        torch.set_num_threads(threads)
-        cells = [] if args.skip_conv else [conv_cell(args.batch, args.channels, args.size)]
-        cells.append(fc_cell(args.batch, args.hidden))
-        iters = {"conv": args.conv_iterations, "fc": args.fc_iterations}
-        for name, f, z0, weight in cells:
-            row = measure(name, f, z0, weight, iters[name.split(" ")[0]], runs)
-            row["threads"] = threads
-            result["rows"].append(row)
-    print(json.dumps(result))
+    if not args.serve:
+        parser.print_help()
+        sys.exit(2)
+    torch.manual_seed(0)
+    serve()
 
 
 if __name__ == "__main__":

@@ -537,6 +537,7 @@ export type Backward =
     readonly solver: SolverName
     /** stop mode of the backward solve (default "rel") */
     readonly stopMode?: "abs" | "rel"
+    /** Broyden's memory (rank-1 pairs) in the backward solve (default 30, as the Broyden solver) */ readonly memory?: number
     /** receives the statistics of every backward solve (TorchDEQ's backward_writer) */
     readonly onStats?: (stats: SolveStats) => void
   }
@@ -551,7 +552,7 @@ export type Backward =
 export const Backward = {
   /**
    * Implicit gradient: the adjoint fixed point solved with `solver` (default anderson), `maxIter` (default 30)
-   * and relative `tol` (default 1e-5).
+   * and relative `tol` (default 1e-5); `memory` sizes Broyden's memory (default 30).
    */
   implicit: (
     options: {
@@ -559,6 +560,7 @@ export const Backward = {
       readonly tol?: number
       readonly solver?: SolverName
       readonly stopMode?: "abs" | "rel"
+      readonly memory?: number
       readonly onStats?: (stats: SolveStats) => void
     } = {}
   ): Backward => ({
@@ -567,6 +569,7 @@ export const Backward = {
     tol: options.tol ?? 1e-5,
     solver: options.solver ?? "anderson",
     ...(options.stopMode !== undefined ? { stopMode: options.stopMode } : {}),
+    ...(options.memory !== undefined ? { memory: options.memory } : {}),
     ...(options.onStats !== undefined ? { onStats: options.onStats } : {})
   }),
   /** Phantom gradient: k damped steps from z* (default tau 0.5); k = 1, tau = 1 is JFB. The paper's tail (f, then

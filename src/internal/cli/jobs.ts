@@ -436,9 +436,15 @@ interface BenchSuite {
   readonly runBench: (options: {
     readonly quick: boolean
     readonly peer: boolean
+    readonly command: string
     readonly onProgress: (message: string) => void
-  }) => Promise<{ readonly markdown: string } & Record<string, unknown>>
+  }) => Promise<BenchRun>
+  /** writes bench.md, bench.json and the scaling plot into a directory */
+  readonly writeBench: (result: BenchRun, out: string) => Effect.Effect<void, Report.ReportError>
 }
+
+/** What `runBench` returns, as far as `deq bench` looks at it. */
+type BenchRun = { readonly markdown: string } & Record<string, unknown>
 
 /** `deq bench`: the benchmark suite (bench/suite.ts), printed and written to `<out>/bench.md` + `bench.json`. */
 export const benchJob = (
@@ -452,18 +458,20 @@ export const benchJob = (
     if (!fs.existsSync(suite)) {
       return yield* unavailable("the benchmarks (bench/) are not part of the installed package: run `npm run bench` in a clone of the repository")
     }
-    const { runBench } = yield* Effect.tryPromise({
+    const { runBench, writeBench } = yield* Effect.tryPromise({
       try: () => import(suite.href) as Promise<BenchSuite>,
       // plain node running dist/ cannot load bench/'s TypeScript
       catch: (e) => unavailable(`bench/suite.ts could not be loaded (${e instanceof Error ? e.message.split("\n")[0] : String(e)}): run \`npm run bench\``)
     })
     const result = yield* Effect.promise(() =>
-      runBench({ quick: options.quick, peer: options.peer, onProgress: (m) => process.stderr.write(`bench: ${m}\n`) })
+      runBench({
+        quick: options.quick,
+        peer: options.peer,
+        command: `deq bench${options.quick ? " --quick" : ""}${options.peer ? "" : " --no-peer"}`,
+        onProgress: (m) => process.stderr.write(`bench: ${m}\n`)
+      })
     )
-    const { markdown, ...json } = result
-    const md = path.join(options.out, "bench.md"), js = path.join(options.out, "bench.json")
-    yield* Report.writeText(md, markdown)
-    yield* Report.writeJson(js, json)
-    yield* Effect.sync(() => console.log(markdown))
-    return { markdown: md, json: js }
+    yield* writeBench(result, options.out)
+    yield* Effect.sync(() => console.log(result.markdown))
+    return { markdown: path.join(options.out, "bench.md"), json: path.join(options.out, "bench.json") }
   })

@@ -7,20 +7,20 @@
 import type * as tf from "@tensorflow/tfjs"
 import type { Backward, FixedPointMap, SolverName } from "../../FixedPoint.ts"
 import { andersonMethod } from "./anderson.ts"
-import { attachImplicit, attachPhantom, attachUnrolled } from "./backward.ts"
+import { attachImplicit, attachPhantom, attachUnrolled, defaultBackwardMemory } from "./backward.ts"
 import { broydenMethod } from "./broyden.ts"
 import type { Method } from "./iteration.ts"
 import { picardMethod } from "./picard.ts"
 
-/** The adjoint solve's method: each solver with its default settings (Broyden's memory holds every step). */
-const backwardMethod = (solver: SolverName, maxIter: number): Method => {
+/** The adjoint solve's method: each solver with its default settings, Broyden with its own memory setting. */
+const backwardMethod = (solver: SolverName, memory: number): Method => {
   switch (solver) {
     case "picard":
       return picardMethod(1)
     case "anderson":
       return andersonMethod(5, 1e-4, 1)
     case "broyden":
-      return broydenMethod(maxIter)
+      return broydenMethod(memory)
   }
 }
 
@@ -29,7 +29,7 @@ export const attachBackward = (f: FixedPointMap, zStar: tf.Tensor, backward: Bac
   switch (backward._tag) {
     case "Implicit":
       return attachImplicit(f, zStar, {
-        method: backwardMethod(backward.solver, backward.maxIter),
+        method: backwardMethod(backward.solver, backward.memory ?? defaultBackwardMemory),
         options: {
           maxIter: backward.maxIter,
           tol: backward.tol,

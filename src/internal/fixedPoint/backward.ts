@@ -21,6 +21,9 @@ export interface ImplicitSettings {
   readonly onStats?: (stats: CoreStats) => void
 }
 
+/** Broyden's memory in the backward solve when none is given: the Broyden solver's own default. */
+export const defaultBackwardMemory = 30
+
 /** A copy of `z` that is not connected to any tape (tfjs has no stopGradient op). */
 export const detach = (z: tf.Tensor): tf.Tensor => untaped(() => share(z))
 

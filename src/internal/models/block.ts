@@ -1,18 +1,37 @@
 /**
  * Convolutional pieces shared by the conv and multiscale DEQs: the injection stem, the MDEQ residual block
- * (method.md 2.2), weight-normed convolutions and their parameter specs.
+ * (docs/method.md, "The model"), weight-normed convolutions and their parameter specs.
  *
  * @internal
  */
 import * as tf from "@tensorflow/tfjs"
 import type { CellContext } from "../../Dynamics.ts"
 import type { ParamSpec } from "./spec.ts"
-import { groupNorm, type Init, weightNorm } from "./layers.ts"
+import { groupAverager, groupNorm, type Init, weightNorm } from "./layers.ts"
 
 /**
  * Looks up a variable by name (throws on a programming error).
  */
 export type Get = (name: string) => tf.Variable
+
+/**
+ * The conv models' per-call context: the cell context plus GroupNorm's group averagers keyed "channels/groups",
+ * built once per forward call instead of once per application of f.
+ */
+export interface ConvContext extends CellContext {
+  readonly averagers?: Readonly<Record<string, tf.Tensor2D>>
+}
+
+/**
+ * GroupNorm inside f: the averager comes from the per-call context when it has one for this width.
+ */
+export const cellGroupNorm = (
+  x: tf.Tensor4D,
+  groups: number,
+  affine: { readonly gamma: tf.Tensor; readonly beta: tf.Tensor } | undefined,
+  ctx: CellContext | undefined
+): tf.Tensor4D =>
+  groupNorm(x, groups, affine, 1e-5, (ctx as ConvContext | undefined)?.averagers?.[`${x.shape[3]}/${groups}`])
 
 // ---------------------------------------------------------------------------------------------------------------
 // Convolutions (plain or weight-normed)
@@ -21,8 +40,8 @@ export type Get = (name: string) => tf.Variable
 /**
  * Specs of one bias-free convolution `prefix`: a plain filter `prefix/w`, or `prefix/v` and `prefix/g` with weight
  * normalisation. Weight-normed convs start from PyTorch's default (kaiming-uniform, bound 1/sqrt(fan_in)) with
- * g = ||v|| so w = v at init (method.md 2.2: the N(0, 0.01) fill never reaches them). Plain convs use `std`
- * (kaiming-normal by default) or the same uniform init when `uniform` is set.
+ * g = ||v|| so w = v at init (docs/method.md, "The model": the N(0, 0.01) fill never reaches them). Plain convs
+ * use `std` (kaiming-normal by default) or the same uniform init when `uniform` is set.
  */
 export const convSpecs = (
   init: Init,
@@ -177,7 +196,7 @@ export const blockSpecs = (init: Init, prefix: string, b: BlockSettings): Array<
 export const blockFilters = (prefix: string): ReadonlyArray<string> => [`${prefix}/conv1`, `${prefix}/conv2`]
 
 /**
- * The MDEQ BasicBlock (method.md 2.2), in its order:
+ * The MDEQ BasicBlock (docs/method.md, "The model"), in its order:
  * a = ReLU(GN(conv1(z))); b = GN(drop(conv2(a)) + u); b = b + z; out = GN(ReLU(b)).
  * `u` is undefined for branches that get no injection (zero), `mask` a [B,1,1,C] variational dropout mask.
  */
@@ -191,31 +210,43 @@ export const block = (
   mask: tf.Tensor | undefined
 ): tf.Tensor4D =>
   tf.tidy(() => {
-    const a = tf.relu(
-      groupNorm(tf.conv2d(z, filter(get, `${prefix}/conv1`, b.weightNorm, ctx), 1, "same"), b.groups, affineOf(get, `${prefix}/gn1`))
-    )
+    const gn = (t: tf.Tensor4D, name: string) => cellGroupNorm(t, b.groups, affineOf(get, `${prefix}/${name}`), ctx)
+    const a = tf.relu(gn(tf.conv2d(z, filter(get, `${prefix}/conv1`, b.weightNorm, ctx), 1, "same"), "gn1"))
     let c: tf.Tensor4D = tf.conv2d(a, filter(get, `${prefix}/conv2`, b.weightNorm, ctx), 1, "same")
     if (mask !== undefined) c = tf.mul(c, mask)
     if (u !== undefined) c = tf.add(c, u)
-    const r = tf.add(groupNorm(c, b.groups, affineOf(get, `${prefix}/gn2`)), z) as tf.Tensor4D
-    return groupNorm(tf.relu(r), b.groups, affineOf(get, `${prefix}/gn3`))
+    const r = tf.add(gn(c, "gn2"), z) as tf.Tensor4D
+    return gn(tf.relu(r), "gn3")
   })
 
 /**
- * The `prepare` of a conv model: the weight-normed `filters` computed once per forward call, and the dropout masks
- * when a dropout seed is given.
+ * The GroupNorm widths (channels, groups) of a residual block, for the per-call averagers.
+ */
+export const blockNorms = (b: BlockSettings): ReadonlyArray<readonly [number, number]> => [
+  [b.inner, b.groups],
+  [b.channels, b.groups]
+]
+
+/**
+ * The `prepare` of a conv model: the weight-normed `filters` and the GroupNorm averagers of `norms` (channels,
+ * groups) computed once per forward call, and the dropout masks when a dropout seed is given.
  */
 export const prepareContext = (
   get: Get,
   filters: ReadonlyArray<string>,
   weightNormed: boolean,
-  mask: ((batch: number, seed: number) => ReadonlyArray<tf.Tensor>) | undefined
+  mask: ((batch: number, seed: number) => ReadonlyArray<tf.Tensor>) | undefined,
+  norms: ReadonlyArray<readonly [number, number]>
 ) =>
-(o: { readonly batch: number; readonly dropoutSeed?: number }): CellContext => {
+(o: { readonly batch: number; readonly dropoutSeed?: number }): ConvContext => {
   const weights: Record<string, tf.Tensor> = {}
   if (weightNormed) for (const p of filters) weights[p] = filter(get, p, true)
+  // a plain record, not a Map: tf.tidy finds tensors in objects and arrays only
+  const averagers: Record<string, tf.Tensor2D> = {}
+  for (const [c, g] of norms) averagers[`${c}/${g}`] ??= groupAverager(c, g)
   return {
     weights,
+    averagers,
     ...(mask !== undefined && o.dropoutSeed !== undefined ? { dropoutMask: mask(o.batch, o.dropoutSeed) } : {})
   }
 }

@@ -8,6 +8,7 @@ import type { CellContext } from "../../Dynamics.ts"
 import {
   block,
   blockFilters,
+  blockNorms,
   blockSettings,
   blockSpecs,
   type ConvCommonSettings,
@@ -17,7 +18,7 @@ import {
   stemSpecs
 } from "./block.ts"
 import { type ModelCore, type ParamSpec, lookup } from "./spec.ts"
-import { dropoutMask, type Init, spatialMean, strided } from "./layers.ts"
+import { dropoutMask, type Init, linear, spatialMean, strided } from "./layers.ts"
 
 /**
  * The settings the conv internals need (a structural view of `Models.ConvConfig`).
@@ -65,9 +66,9 @@ export const convCore = (c: ConvSettings, params: ReadonlyMap<string, tf.Variabl
     inject: (x) => stem(get, "conv/stem", s, x),
     cell: (z, u, ctx?: CellContext) =>
       block(get, "conv/cell", b, z as tf.Tensor4D, u as tf.Tensor4D, ctx, ctx?.dropoutMask?.[0]),
-    head: (z) => tf.tidy(() => tf.add(tf.matMul(spatialMean(z as tf.Tensor4D), Wh), bh) as tf.Tensor2D),
+    head: (z) => tf.tidy(() => tf.add(linear(spatialMean(z as tf.Tensor4D), Wh), bh) as tf.Tensor2D),
     initState: (u) => tf.zerosLike(u),
     ...(mask === undefined ? {} : { dropoutMask: mask }),
-    prepare: prepareContext(get, blockFilters("conv/cell"), c.weightNorm, mask)
+    prepare: prepareContext(get, blockFilters("conv/cell"), c.weightNorm, mask, blockNorms(b))
   }
 }

@@ -6,7 +6,7 @@
 import * as tf from "@tensorflow/tfjs"
 import type { CellContext } from "../../Dynamics.ts"
 import { type ModelCore, type ParamSpec, lookup } from "./spec.ts"
-import { dropoutMask, type Init, layerNorm } from "./layers.ts"
+import { dropoutMask, type Init, layerNorm, linear } from "./layers.ts"
 
 /**
  * The settings the FC internals need (a structural view of `Models.FcConfig`).
@@ -65,7 +65,7 @@ export const fcCore = (c: FcSettings, params: ReadonlyMap<string, tf.Variable>):
 
   // W z (times the dropout mask) + u: what f applies its norm and activation to
   const preActivation = (z: tf.Tensor, u: tf.Tensor, m: tf.Tensor | undefined): tf.Tensor2D => {
-    const wz = tf.matMul(z as tf.Tensor2D, W)
+    const wz = linear(z, W)
     return tf.add(m === undefined ? wz : tf.mul(wz, m), u) as tf.Tensor2D
   }
 
@@ -77,13 +77,13 @@ export const fcCore = (c: FcSettings, params: ReadonlyMap<string, tf.Variable>):
     stateShape: [c.hidden],
     summary: `FC DEQ: input ${c.inputShape.join("x")} (${d}) -> hidden ${c.hidden}, norm ${c.norm}, act ${c.act}` +
       (c.dropout > 0 ? `, variational dropout ${c.dropout}` : "") + ` -> linear head ${c.classes}`,
-    inject: (x) => tf.tidy(() => tf.add(tf.matMul(tf.reshape(x, [x.shape[0], d]), U), b)),
+    inject: (x) => tf.tidy(() => tf.add(linear(tf.reshape(x, [x.shape[0], d]), U), b)),
     cell: (z, u, ctx?: CellContext) =>
       tf.tidy(() => {
         const pre = preActivation(z, u, ctx?.dropoutMask?.[0])
         return act(affine === undefined ? pre : layerNorm(pre, affine))
       }),
-    head: (z) => tf.tidy(() => tf.add(tf.matMul(z as tf.Tensor2D, Wh), bh) as tf.Tensor2D),
+    head: (z) => tf.tidy(() => tf.add(linear(z, Wh), bh) as tf.Tensor2D),
     linearize: (z, u, ctx?: CellContext) => {
       // what f computes at z, kept for the whole backward solve: act'(y), and LayerNorm's xhat and 1/sigma
       const m = ctx?.dropoutMask?.[0]
@@ -96,6 +96,8 @@ export const fcCore = (c: FcSettings, params: ReadonlyMap<string, tf.Variable>):
         return { dact: derivative(tf.add(tf.mul(xhat, affine.gamma), affine.beta)), xhat, invStd }
       })
       const mask = m === undefined ? undefined : tf.keep(tf.clone(m))
+      // J^T v multiplies by W^T every adjoint iteration: transpose once (a transposed matMul is slow on wasm)
+      const Wt = tf.keep(tf.transpose(W))
       Object.values(saved).forEach((t) => tf.keep(t))
       return {
         vjp: (v) =>
@@ -110,9 +112,9 @@ export const fcCore = (c: FcSettings, params: ReadonlyMap<string, tf.Variable>):
               )
             }
             if (mask !== undefined) g = tf.mul(g, mask)
-            return tf.matMul(g as tf.Tensor2D, W, false, true)
+            return tf.matMul(g as tf.Tensor2D, Wt)
           }),
-        dispose: () => tf.dispose([...Object.values(saved), ...(mask === undefined ? [] : [mask])])
+        dispose: () => tf.dispose([...Object.values(saved), Wt, ...(mask === undefined ? [] : [mask])])
       }
     },
     initState: (u) => tf.zerosLike(u),

@@ -15,21 +15,20 @@ import { deriveSeed } from "../../Tensor.ts"
 const averagers = new Map<string, Float32Array>()
 
 /**
- * [C, C] matrix that averages per-channel sums within each group: entry (c, c') = 1 / (n * C/G) when c and c' are
- * in the same group. Multiplying the [B, C] channel sums by it gives every channel its group's mean directly, so
- * the statistics never leave the [B, C] layout. The JS array is cached; the tensor is made per call (a cached
- * tensor would outlive every tidy and break leak accounting).
+ * [C, C] matrix that averages per-channel values within each group: entry (c, c') = 1 / (C/G) when c and c' are
+ * in the same group. Multiplying [B, C] per-channel means by it gives every channel its group's mean directly, so
+ * the statistics never leave the [B, C] layout. The JS array is cached; the tensor belongs to the caller's scope
+ * (a model builds it once per forward call in its cell context, see `prepareContext` in block.ts).
  */
-const groupAverager = (channels: number, groups: number, n: number): tf.Tensor2D => {
-  const key = `${channels}/${groups}/${n}`
+export const groupAverager = (channels: number, groups: number): tf.Tensor2D => {
+  const key = `${channels}/${groups}`
   let values = averagers.get(key)
   if (values === undefined) {
     const size = channels / groups
     values = new Float32Array(channels * channels)
-    const w = 1 / (n * size)
     for (let c = 0; c < channels; c++) {
       const g = Math.floor(c / size)
-      for (let d = g * size; d < (g + 1) * size; d++) values[c * channels + d] = w
+      for (let d = g * size; d < (g + 1) * size; d++) values[c * channels + d] = 1 / size
     }
     averagers.set(key, values)
   }
@@ -37,42 +36,78 @@ const groupAverager = (channels: number, groups: number, n: number): tf.Tensor2D
 }
 
 /**
- * Per-sample, per-channel sums of an NHWC tensor as [B, C], computed as `matMul(ones[B,1,HW], x[B,HW,C])`:
- * wasm reductions over leading axes transpose first, a batched matMul does not.
+ * Per-sample, per-channel means over H and W of an NHWC tensor, as [B, C]: a global average pool (XNNPACK's,
+ * 0.27 ms for [64, 14, 14, 32], against 0.59 ms for a batched matMul with ones and 0.82 ms for `tf.sum`, whose
+ * wasm kernel transposes first; docs/performance.md).
  */
-export const channelSums = (x: tf.Tensor4D): tf.Tensor2D => {
+export const channelMeans = (x: tf.Tensor4D): tf.Tensor2D => {
   const [b, h, w, c] = x.shape
-  const n = h * w
-  const ones = tf.ones([b, 1, n])
-  return tf.matMul(ones, tf.reshape(x, [b, n, c])).reshape([b, c]) as tf.Tensor2D
+  return tf.reshape(tf.avgPool(x, [h, w], 1, "valid"), [b, c])
 }
+
+const broadcastC = (t: tf.Tensor, b: number, c: number) => tf.reshape(t, [b, 1, 1, c])
 
 /**
  * GroupNorm over an NHWC tensor (PyTorch semantics: statistics per sample and group over H, W and the group's
- * channels; biased variance; eps inside the square root). Statistics come from E[x] and E[x^2] of channel sums
- * (see `channelSums`) and everything broadcasts as [B,1,1,C] only (stack.md, "Making a DEQ step fast"). The variance
- * is clamped at 0 against cancellation. Gradients come from autodiff.
+ * channels; biased variance; eps inside the square root), with a hand-written backward pass.
+ *
+ * Statistics come from E[x] and E[x^2] of per-channel means averaged within groups by `averager`
+ * ({@link groupAverager}; built here when not given); everything broadcasts as [B,1,1,C] only, and the variance is
+ * clamped at 0 against cancellation. Autodiff through these ops costs about 13x the forward on wasm (the gradients
+ * of the broadcasts and reductions are slow); the backward here is dx = dy s + x k1 + k0 with per-channel [B,1,1,C]
+ * coefficients from two more channel means (of dy and of dy x), and saves only x and [B, C] statistics
+ * (docs/performance.md, "GroupNorm").
  */
 export const groupNorm = (
   x: tf.Tensor4D,
   groups: number,
   affine?: { readonly gamma: tf.Tensor; readonly beta: tf.Tensor },
-  eps = 1e-5
+  eps = 1e-5,
+  averager?: tf.Tensor2D
 ): tf.Tensor4D => {
   const [b, h, w, c] = x.shape
-  const avg = groupAverager(c, groups, h * w)
-  const mean = tf.matMul(channelSums(x), avg) // [B, C]
-  const meanSq = tf.matMul(channelSums(tf.square(x) as tf.Tensor4D), avg)
-  const variance = tf.relu(tf.sub(meanSq, tf.square(mean)))
-  const inv = tf.rsqrt(tf.add(variance, eps))
-  const scale = affine === undefined ? inv : tf.mul(inv, affine.gamma)
-  const shift = affine === undefined ? tf.neg(tf.mul(mean, inv)) : tf.sub(affine.beta, tf.mul(mean, scale))
-  return tf.add(tf.mul(x, tf.reshape(scale, [b, 1, 1, c])), tf.reshape(shift, [b, 1, 1, c]))
+  const avg = averager ?? groupAverager(c, groups)
+  const hw = h * w
+  type Affine = tf.Tensor | undefined
+  const forward = (xx: tf.Tensor4D, gamma: Affine, beta: Affine, save: tf.GradSaveFunc) => {
+    const mean = tf.matMul(channelMeans(xx), avg) // [B, C]: every channel carries its group's mean
+    const meanSq = tf.matMul(channelMeans(tf.square(xx) as tf.Tensor4D), avg)
+    const inv = tf.rsqrt(tf.add(tf.relu(tf.sub(meanSq, tf.square(mean))), eps))
+    const scale = gamma === undefined ? inv : tf.mul(inv, gamma)
+    const shift = beta === undefined ? tf.neg(tf.mul(mean, scale)) : tf.sub(beta, tf.mul(mean, scale))
+    save([xx, mean, inv, avg])
+    const value = tf.add(tf.mul(xx, broadcastC(scale, b, c)), broadcastC(shift, b, c)) as tf.Tensor4D
+    const gradFunc = (dy: tf.Tensor, saved: Array<tf.Tensor>): Array<tf.Tensor> => {
+      const [xs, m, iv, av] = saved as [tf.Tensor4D, tf.Tensor2D, tf.Tensor2D, tf.Tensor2D]
+      const g = gamma
+      const dyMean = channelMeans(dy as tf.Tensor4D) // E_hw[dy]
+      const dyxMean = channelMeans(tf.mul(dy, xs) as tf.Tensor4D) // E_hw[dy x]
+      // E_hw[dy xhat] per channel, and the group means of dxhat = gamma dy and of dxhat xhat
+      const dyXhat = tf.mul(iv, tf.sub(dyxMean, tf.mul(m, dyMean)))
+      const m1 = tf.matMul(g === undefined ? dyMean : tf.mul(dyMean, g), av)
+      const m2 = tf.matMul(g === undefined ? dyXhat : tf.mul(dyXhat, g), av)
+      // dx = inv (gamma dy - m1 - xhat m2) = dy s + x k1 + k0
+      const s = g === undefined ? iv : tf.mul(iv, g)
+      const k1 = tf.neg(tf.mul(tf.square(iv), m2))
+      const k0 = tf.sub(tf.mul(tf.neg(m), k1), tf.mul(iv, m1))
+      const dx = tf.add(tf.mul(dy, broadcastC(s, b, c)), tf.add(tf.mul(xs, broadcastC(k1, b, c)), broadcastC(k0, b, c)))
+      if (g === undefined) return [dx]
+      return [dx, tf.mul(tf.sum(dyXhat, 0), hw), tf.mul(tf.sum(dyMean, 0), hw)]
+    }
+    return { value, gradFunc }
+  }
+  if (affine === undefined) {
+    const plain = tf.customGrad((xx, save) => forward(xx as tf.Tensor4D, undefined, undefined, save as tf.GradSaveFunc))
+    return plain(x) as tf.Tensor4D
+  }
+  return tf.customGrad((xx, gamma, beta, save) =>
+    forward(xx as tf.Tensor4D, gamma as tf.Tensor, beta as tf.Tensor, save as tf.GradSaveFunc)
+  )(x, affine.gamma, affine.beta) as tf.Tensor4D
 }
 
 /**
- * Reference GroupNorm from `tf.moments` on a [B, H, W, G, C/G] view (method.md 11.2): slow on wasm, used by the
- * tests to check {@link groupNorm} and its gradient.
+ * Reference GroupNorm from `tf.moments` on a [B, H, W, G, C/G] view (docs/method.md, "The model"): slow on
+ * wasm, used by the tests to check {@link groupNorm} and its gradient.
  */
 export const groupNormReference = (
   x: tf.Tensor4D,
@@ -87,17 +122,59 @@ export const groupNormReference = (
   return affine === undefined ? y : tf.add(tf.mul(y, affine.gamma), affine.beta)
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Dense layers
+// ---------------------------------------------------------------------------------------------------------------
+
 /**
- * LayerNorm over the last axis of a [B, N] tensor, with optional gain and bias.
+ * a w for a [B, K] and w [K, N], with a backward pass that transposes explicitly. tfjs' MatMul gradient multiplies
+ * with transposeA / transposeB set, and wasm's BatchMatMul is about 10x slower that way than on a transposed copy
+ * (4.0 vs 0.47 ms for [64, 256] x [256, 256]; docs/performance.md, "Dense layers").
+ */
+export const linear = (a: tf.Tensor, w: tf.Tensor): tf.Tensor2D =>
+  tf.customGrad((x, y, save) => {
+    ;(save as tf.GradSaveFunc)([x as tf.Tensor, y as tf.Tensor])
+    return {
+      value: tf.matMul(x as tf.Tensor2D, y as tf.Tensor2D),
+      gradFunc: (dy: tf.Tensor, saved: Array<tf.Tensor>) => {
+        const [xs, ws] = saved as [tf.Tensor2D, tf.Tensor2D]
+        return [tf.matMul(dy as tf.Tensor2D, tf.transpose(ws)), tf.matMul(tf.transpose(xs), dy as tf.Tensor2D)]
+      }
+    }
+  })(a, w) as tf.Tensor2D
+
+/**
+ * LayerNorm over the last axis of a [B, N] tensor, with optional gain and bias, and a hand-written backward
+ * (dx = inv (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), saving xhat and 1/sigma): a handful of ops instead of
+ * autodiff through tf.moments.
  */
 export const layerNorm = (
   x: tf.Tensor2D,
   affine?: { readonly gamma: tf.Tensor; readonly beta: tf.Tensor },
   eps = 1e-5
 ): tf.Tensor2D => {
-  const { mean, variance } = tf.moments(x, -1, true)
-  const y = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps))) as tf.Tensor2D
-  return affine === undefined ? y : tf.add(tf.mul(y, affine.gamma), affine.beta)
+  const forward = (xx: tf.Tensor, gamma: tf.Tensor | undefined, beta: tf.Tensor | undefined, save: tf.GradSaveFunc) => {
+    const { mean, variance } = tf.moments(xx, -1, true)
+    const inv = tf.rsqrt(tf.add(variance, eps))
+    const xhat = tf.mul(tf.sub(xx, mean), inv)
+    save([xhat, inv])
+    const value = gamma === undefined || beta === undefined ? xhat : tf.add(tf.mul(xhat, gamma), beta)
+    const gradFunc = (dy: tf.Tensor, saved: Array<tf.Tensor>): Array<tf.Tensor> => {
+      const [xh, iv] = saved as [tf.Tensor, tf.Tensor]
+      const dxhat = gamma === undefined ? dy : tf.mul(dy, gamma)
+      const centred = tf.sub(dxhat, tf.mean(dxhat, -1, true))
+      const dx = tf.mul(iv, tf.sub(centred, tf.mul(xh, tf.mean(tf.mul(dxhat, xh), -1, true))))
+      return gamma === undefined ? [dx] : [dx, tf.sum(tf.mul(dy, xh), 0), tf.sum(dy, 0)]
+    }
+    return { value: value as tf.Tensor2D, gradFunc }
+  }
+  if (affine === undefined) {
+    const plain = tf.customGrad((xx, save) => forward(xx as tf.Tensor, undefined, undefined, save as tf.GradSaveFunc))
+    return plain(x) as tf.Tensor2D
+  }
+  return tf.customGrad((xx, gamma, beta, save) =>
+    forward(xx as tf.Tensor, gamma as tf.Tensor, beta as tf.Tensor, save as tf.GradSaveFunc)
+  )(x, affine.gamma, affine.beta) as tf.Tensor2D
 }
 
 /**
@@ -108,15 +185,22 @@ export const weightNorm = (v: tf.Tensor4D, g: tf.Tensor1D): tf.Tensor4D =>
   tf.mul(v, tf.div(g, tf.sqrt(tf.sum(tf.square(v), [0, 1, 2])))) as tf.Tensor4D
 
 /**
- * Global average pool of an NHWC tensor: [B, C].
+ * Global average pool of an NHWC tensor: [B, C] (the heads' read-out), with a broadcast as its backward.
  */
-export const spatialMean = (x: tf.Tensor4D): tf.Tensor2D => {
-  const [, h, w] = x.shape
-  return tf.div(channelSums(x), h * w) as tf.Tensor2D
-}
+export const spatialMean = (x: tf.Tensor4D): tf.Tensor2D =>
+  tf.customGrad((xx) => {
+    const [b, h, w, c] = (xx as tf.Tensor4D).shape
+    return {
+      value: channelMeans(xx as tf.Tensor4D),
+      // dy / HW spread over H and W by a broadcast add: for [64, 14, 14, 16], wasm's AvgPoolGrad takes 11 ms and
+      // Tile (tf.broadcastTo) 12 ms, zeros + broadcast 0.8 ms
+      gradFunc: (dy: tf.Tensor) => tf.add(tf.zeros([b, h, w, c]), tf.reshape(tf.div(dy, h * w), [b, 1, 1, c]))
+    }
+  })(x) as tf.Tensor2D
 
 /**
- * Nearest-neighbour upsampling to `size` (PyTorch `mode='nearest'` with an integer factor, method.md 11.4).
+ * Nearest-neighbour upsampling to `size` (PyTorch `mode='nearest'` with an integer factor; docs/method.md,
+ * "The model").
  */
 export const upsampleNearest = (x: tf.Tensor4D, size: readonly [number, number]): tf.Tensor4D =>
   tf.image.resizeNearestNeighbor(x, [size[0], size[1]], false, false)

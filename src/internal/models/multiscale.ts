@@ -1,7 +1,7 @@
 /**
  * A small multiscale DEQ (MDEQ with 2 branches): full and half resolution, one residual block per branch,
- * multiscale fusion and a post-fuse conv1x1 + affine-free GroupNorm (method.md 2.2). The state is both branches
- * flattened into one [B, N] vector (list2vec: branch 0 then branch 1, each NHWC row-major).
+ * multiscale fusion and a post-fuse conv1x1 + affine-free GroupNorm (docs/method.md, "The model"). The state is
+ * both branches flattened into one [B, N] vector (list2vec: branch 0 then branch 1, each NHWC row-major).
  *
  * @internal
  */
@@ -11,9 +11,11 @@ import {
   affineOf,
   block,
   blockFilters,
+  blockNorms,
   blockSettings,
   blockSpecs,
   type ConvCommonSettings,
+  cellGroupNorm,
   convSpecs,
   filter,
   normSpecs,
@@ -23,7 +25,7 @@ import {
   stemSpecs
 } from "./block.ts"
 import { type ModelCore, type ParamSpec, lookup } from "./spec.ts"
-import { dropoutMask, groupNorm, type Init, spatialMean, strided, upsampleNearest } from "./layers.ts"
+import { dropoutMask, type Init, linear, spatialMean, strided, upsampleNearest } from "./layers.ts"
 
 /**
  * The settings the multiscale internals need (a structural view of `Models.MultiscaleConfig`).
@@ -114,29 +116,36 @@ export const multiscaleCore = (c: MultiscaleSettings, params: ReadonlyMap<string
       tf.tidy(() => {
         const [z0, z1] = toList(z)
         const m = ctx?.dropoutMask
-        // only the full-resolution branch receives the injection (method.md 1)
+        // only the full-resolution branch receives the injection (docs/method.md, "The model")
         const y0 = block(get, `${P}/cell/block0`, b0, z0, u as tf.Tensor4D, ctx, m?.[0])
         const y1 = block(get, `${P}/cell/block1`, b1, z1, undefined, ctx, m?.[1])
         const f0 = tf.add(
           y0,
-          up(groupNorm(tf.conv2d(y1, get(`${P}/cell/up/w`) as tf.Tensor4D, 1, "same"), c.groups, affineOf(get, `${P}/cell/up/gn`)))
+          up(cellGroupNorm(tf.conv2d(y1, get(`${P}/cell/up/w`) as tf.Tensor4D, 1, "same"), c.groups, affineOf(get, `${P}/cell/up/gn`), ctx))
         ) as tf.Tensor4D
         const f1 = tf.add(
           y1,
-          groupNorm(tf.conv2d(y0, get(`${P}/cell/down/w`) as tf.Tensor4D, 2, "same"), c.groups, affineOf(get, `${P}/cell/down/gn`))
+          cellGroupNorm(tf.conv2d(y0, get(`${P}/cell/down/w`) as tf.Tensor4D, 2, "same"), c.groups, affineOf(get, `${P}/cell/down/gn`), ctx)
         ) as tf.Tensor4D
         const post = (t: tf.Tensor4D, name: string) =>
-          groupNorm(tf.conv2d(tf.relu(t), filter(get, `${P}/cell/${name}`, c.weightNorm, ctx), 1, "same"), postGroups)
+          cellGroupNorm(tf.conv2d(tf.relu(t), filter(get, `${P}/cell/${name}`, c.weightNorm, ctx), 1, "same"), postGroups, undefined, ctx)
         return toVec(post(f0, "post0"), post(f1, "post1"))
       }),
     head: (z) =>
       tf.tidy(() => {
         const [z0, z1] = toList(z)
         const pooled = tf.concat([spatialMean(z0), spatialMean(z1)], 1)
-        return tf.add(tf.matMul(pooled, Wh), bh) as tf.Tensor2D
+        return tf.add(linear(pooled, Wh), bh) as tf.Tensor2D
       }),
     initState: (u) => tf.zeros([u.shape[0], n0 + n1]),
     ...(mask === undefined ? {} : { dropoutMask: mask }),
-    prepare: prepareContext(get, filters, c.weightNorm, mask)
+    prepare: prepareContext(get, filters, c.weightNorm, mask, [
+      ...blockNorms(b0),
+      ...blockNorms(b1),
+      [c0, c.groups],
+      [c1, c.groups],
+      [c0, postGroups],
+      [c1, postGroups]
+    ])
   }
 }
