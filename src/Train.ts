@@ -38,7 +38,7 @@ import { Effect, Layer, Queue, Schema, Stream } from "effect"
 import type { Attack, AttackError } from "./Adversary.ts"
 import { decode } from "./Config.ts"
 import * as Data from "./Data.ts"
-import type { CheckpointError, DatasetError } from "./Errors.ts"
+import type { CheckpointError, DatasetError, WorkerError } from "./Errors.ts"
 import { ConfigError } from "./Errors.ts"
 import type { Solver } from "./FixedPoint.ts"
 import * as Models from "./Models.ts"
@@ -171,6 +171,8 @@ export interface Started extends At {
   readonly readOut: string
   readonly jacobian: string
   readonly attack: string
+  /** threads computing each batch (1: this thread; more: data-parallel workers, docs/training.md "Workers") */
+  readonly workers?: number
   readonly out?: string
 }
 
@@ -274,11 +276,12 @@ export interface TrainSummary {
 }
 
 /**
- * The errors of {@link fit}: bad config (ConfigError), checkpoint IO, an attack that could not run, a NaN loss.
+ * The errors of {@link fit}: bad config (ConfigError), checkpoint IO, an attack that could not run, a NaN loss, a
+ * worker thread that failed (WorkerError, with `workers` > 1; docs/training.md, "Workers").
  *
  * @category errors
  */
-export type TrainError = ConfigError | CheckpointError | AttackError | NaNLoss
+export type TrainError = ConfigError | CheckpointError | AttackError | NaNLoss | WorkerError
 
 
 /**
@@ -421,7 +424,8 @@ export const run = (
   Effect.scoped(Effect.gen(function*() {
     const data = options.data ?? (yield* Data.load(config.data))
     const model = yield* Models.buildSeeded(config.model)
-    return yield* fit(model, data, config, options)
+    // the services are the config's own: worker threads can rebuild them (config.workers)
+    return yield* fitInternal(model, data, config, options, { servicesFromConfig: true })
   })).pipe(Effect.provide(layersFromConfig(config)))
 
 /**

@@ -61,6 +61,12 @@ const firstDifference = (a: unknown, b: unknown, at = ""): string | undefined =>
   return undefined
 }
 
+const withoutWorkers = (config: unknown): unknown => {
+  if (typeof config !== "object" || config === null) return config
+  const { workers: _workers, ...rest } = config as Record<string, unknown>
+  return rest
+}
+
 /**
  * Loads the training checkpoint in `dir` into the target's model and optimiser and returns its state, or
  * undefined when there is none. A checkpoint of another config is a ConfigError naming the first differing key.
@@ -76,7 +82,8 @@ export const restore = (
     if (!present) return undefined
     const loaded = yield* Checkpoint.load(dir, target.model)
     const { state, config } = yield* State.restore(loaded.metadata.extra, { path: dir, step: loaded.metadata.step })
-    const diff = firstDifference(config, target.config)
+    // how many threads compute a batch is not part of what is trained: a run resumes with any count
+    const diff = firstDifference(withoutWorkers(config), withoutWorkers(target.config))
     if (diff !== undefined) {
       return yield* new ConfigError({
         path: diff,
