@@ -1,11 +1,12 @@
 /**
  * The `deq` command line (effect/cli):
  *
- * - `deq` / `deq main [--preset NAME | --config FILE] [--out DIR] [--resume]`: the main job: train, evaluate (paper
- *   protocol and adaptive attacks, with and without the entropy defence), analyse the dynamics, write
- *   `runs/<name>/report.md`. Bare `deq` (and `npm start`) runs the `mnist-fc-pgdat-ris` preset.
- * - `deq train --config FILE.json | --preset NAME [--out DIR] [--resume DIR]`: training with a progress bar, a
- *   JSONL event log and checkpoints; Ctrl-C saves a checkpoint and exits (code 130).
+ * - `deq` / `deq main [--preset NAME | --config FILE] [--out DIR] [--resume] [--workers N|auto]`: the main job:
+ *   train, evaluate (paper protocol and adaptive attacks, with and without the entropy defence), analyse the
+ *   dynamics, write `runs/<name>/report.md`. Bare `deq` (and `npm start`) runs the `mnist-fc-pgdat-ris` preset.
+ * - `deq train --config FILE.json | --preset NAME [--out DIR] [--resume DIR] [--workers N|auto]`: training with a
+ *   progress bar, a JSONL event log and checkpoints; Ctrl-C saves a checkpoint and exits (code 130). `--workers`
+ *   sets how many threads compute each batch (docs/training.md, "Workers").
  * - `deq eval --checkpoint DIR [--attacks ready-made,grid,aa] [--defence entropy]`: the evaluation suite.
  * - `deq dynamics --checkpoint DIR`: per-state accuracy, entropy and residual, a table and SVG plots.
  * - `deq bench [--quick] [--no-peer]`: the benchmarks, with the PyTorch peer when torch is importable.
@@ -36,6 +37,7 @@ import { attackFamilies as families, type AttackFamily as Family } from "./Evalu
 import { resumableConfig, say, trainRun } from "./internal/cli/train.ts"
 import * as Report from "./Report.ts"
 import { Backend } from "./Tensor.ts"
+import * as Train from "./Train.ts"
 
 // ---------------------------------------------------------------------------------------------------------------
 // errors
@@ -112,6 +114,21 @@ const numberFlag = (name: string, description: string) => Flag.Finite(name).pipe
 
 const opt = <A>(o: Option.Option<A>): A | undefined => Option.getOrUndefined(o)
 
+const workersFlag = Flag.String("workers").pipe(
+  Flag.withDescription('threads computing each batch: a positive integer or "auto" (default: the config\'s "workers")'),
+  Flag.optional
+)
+
+/** The config with `--workers` applied (absent: as it is); a bad value is a ConfigError naming the flag. */
+const withWorkers = (config: Train.TrainConfig, flag: string | undefined): Effect.Effect<Train.TrainConfig, ConfigError> => {
+  if (flag === undefined) return Effect.succeed(config)
+  const n = Number(flag)
+  if (flag !== "auto" && !(Number.isInteger(n) && n >= 1)) {
+    return Effect.fail(new ConfigError({ path: "workers", message: `--workers ${flag}: give a positive integer or "auto"` }))
+  }
+  return Train.decodeConfig({ ...(Train.encodeConfig(config) as object), workers: flag === "auto" ? "auto" : n })
+}
+
 /** The preset or config file a command names (exactly one of them). */
 const chooseConfig = (preset: string | undefined, config: string | undefined, fallback?: string): Effect.Effect<Preset, ConfigError> => {
   if (preset !== undefined && config !== undefined) {
@@ -137,7 +154,8 @@ export const train = Command.make("train", {
   config: configFlag,
   preset: presetFlag,
   out: outFlag,
-  resume: Flag.String("resume").pipe(Flag.withDescription("continue the run in this directory from its last checkpoint"), Flag.optional)
+  resume: Flag.String("resume").pipe(Flag.withDescription("continue the run in this directory from its last checkpoint"), Flag.optional),
+  workers: workersFlag
 }, (flags) =>
   Effect.gen(function*() {
     const resume = opt(flags.resume), out = opt(flags.out), preset = opt(flags.preset), file = opt(flags.config)
@@ -151,7 +169,7 @@ export const train = Command.make("train", {
       ? { name: path.basename(path.resolve(resume!)), train: stored }
       : yield* Effect.map(chooseConfig(preset, file), (p) => ({ name: p.name, train: p.train }))
     const dir = resume ?? out ?? path.join("runs", config.name)
-    const { summary } = yield* trainRun(config.train, { out: dir, resume: resume !== undefined })
+    const { summary } = yield* trainRun(yield* withWorkers(config.train, opt(flags.workers)), { out: dir, resume: resume !== undefined })
     yield* Effect.sync(() =>
       console.log(
         `trained ${config.name}: epoch ${summary.epoch}, ${summary.step} steps in ${summary.seconds.toFixed(1)} s` +
@@ -266,9 +284,10 @@ export const bench = Command.make("bench", {
   Command.withDescription("Benchmarks: solvers, conv gradients, an attack step and a training step; PyTorch peer")
 )
 
-const runMain = (preset: string | undefined, config: string | undefined, out: string | undefined, resume: boolean, command: string) =>
+const runMain = (preset: string | undefined, config: string | undefined, out: string | undefined, resume: boolean, command: string, workers?: string) =>
   Effect.gen(function*() {
-    const p = yield* chooseConfig(preset, config, mainPreset)
+    const chosen = yield* chooseConfig(preset, config, mainPreset)
+    const p = { ...chosen, train: yield* withWorkers(chosen.train, workers) }
     yield* pipelineJob({ preset: p, out: out ?? path.join("runs", p.name), resume, command })
   })
 
@@ -282,9 +301,10 @@ export const main = Command.make("main", {
   preset: presetFlag,
   config: configFlag,
   out: outFlag,
-  resume: Flag.Boolean("resume").pipe(Flag.withDescription("continue training from <out>/last"), Flag.withDefault(false))
+  resume: Flag.Boolean("resume").pipe(Flag.withDescription("continue training from <out>/last"), Flag.withDefault(false)),
+  workers: workersFlag
 }, (flags) =>
-  runMain(opt(flags.preset), opt(flags.config), opt(flags.out), flags.resume, `deq main ${process.argv.slice(3).join(" ")}`.trim()).pipe(
+  runMain(opt(flags.preset), opt(flags.config), opt(flags.out), flags.resume, `deq main ${process.argv.slice(3).join(" ")}`.trim(), opt(flags.workers)).pipe(
     withBackend,
     reported("main")
   )).pipe(Command.withDescription(`The whole pipeline: train, evaluate, analyse, report (default preset ${mainPreset})`))

@@ -88,18 +88,21 @@ const tsxApi = (): string => {
   return pathToFileURL(path.join(path.dirname(manifest), file)).href
 }
 
-let live = 0
+const live = new Set<Worker>()
 
 /** Worker threads of every pool in this thread that have started and not yet exited (tests: nothing is left over). */
-export const liveWorkers = (): number => live
+export const liveWorkers = (): number => live.size
+
+/** Terminates every live worker thread of this thread, as if killed from outside (fault tests). */
+export const killAll = (): Promise<void> => Promise.all([...live].map((w) => w.terminate())).then(() => undefined)
 
 /** Starts one worker thread on `entry`; a `.ts` entry first registers tsx inside the worker. */
 const spawn = (entry: URL, env: Readonly<Record<string, string>>): Worker => {
   const options = { env: { ...process.env, ...env } }
   const bootstrap = () => `import(${JSON.stringify(tsxApi())}).then((m) => { m.register(); return import(${JSON.stringify(entry.href)}) })`
   const worker = entry.pathname.endsWith(".ts") ? new Worker(bootstrap(), { ...options, eval: true }) : new Worker(entry, options)
-  live++
-  worker.once("exit", () => live--)
+  live.add(worker)
+  worker.once("exit", () => live.delete(worker))
   return worker
 }
 
