@@ -9,7 +9,7 @@
  * clone (run through tsx's loader, registered inside the worker), a `.js` file when built.
  *
  * @example
- * ```ts
+ * ```
  * const pool = yield* Pool.make({ entry: Pool.entryOf(import.meta.url, "myWorker"), size: 1, init: () => ({ body: {} }) })
  * const reply = yield* pool.request(1, { body: { kind: "square", x: 3 } })
  * ```

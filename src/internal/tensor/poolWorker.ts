@@ -5,7 +5,7 @@
  * reports progress).
  *
  * @example
- * ```ts
+ * ```
  * serve((body) => Effect.succeed({ body: (body as { x: number }).x ** 2 }))
  * ```
  *

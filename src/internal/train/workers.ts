@@ -7,7 +7,7 @@
  * batches, so its counts are exactly the single-thread ones. See docs/training.md, "Workers".
  *
  * @example
- * ```ts
+ * ```
  * const sharder = yield* makeSharder({ model, data, config, context, evaluator }, 2) // lives as long as the Scope
  * const out = yield* sharder.step(indices, position) // the summed gradients of the batch
  * sharder.updated() // after applying them: the next message carries the new parameters

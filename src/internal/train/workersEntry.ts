@@ -6,7 +6,7 @@
  * arrive with a request when they changed.
  *
  * @example
- * ```ts
+ * ```
  * // not imported: the pool starts it as a worker script (workers.ts)
  * const pool = yield* Pool.make({ entry: Pool.entryOf(import.meta.url, "workersEntry"), size: 1, init })
  * ```
