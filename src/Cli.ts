@@ -2,11 +2,12 @@
  * The `deq` command line (effect/cli):
  *
  * - `deq`: the usage (the commands and the global flags).
- * - `deq main [--preset NAME | --config FILE] [--out DIR] [--resume]`: the main job: train, evaluate (paper
- *   protocol and adaptive attacks, with and without the entropy defence), analyse the dynamics, write
- *   `runs/<name>/report.md`. Without a preset (and as `npm start`) it runs `mnist-fc-pgdat-ris`.
- * - `deq train --config FILE.json | --preset NAME [--out DIR] [--resume DIR]`: training with a progress bar, a
- *   JSONL event log and checkpoints; Ctrl-C saves a checkpoint and exits (code 130).
+ * - `deq main [--preset NAME | --config FILE] [--out DIR] [--resume] [--workers N|auto]`: the main job: train,
+ *   evaluate (paper protocol and adaptive attacks, with and without the entropy defence), analyse the dynamics,
+ *   write `runs/<name>/report.md`. Without a preset (and as `npm start`) it runs `mnist-fc-pgdat-ris`.
+ * - `deq train --config FILE.json | --preset NAME [--out DIR] [--resume DIR] [--workers N|auto]`: training with a
+ *   progress bar, a JSONL event log and checkpoints; Ctrl-C saves a checkpoint and exits (code 130). `--workers`
+ *   sets how many threads compute each batch (docs/training.md, "Workers").
  * - `deq eval --checkpoint DIR [--attacks ready-made,grid,aa] [--defence entropy]`: the evaluation suite.
  * - `deq dynamics --checkpoint DIR`: per-state accuracy, entropy and residual, a table and SVG plots.
  * - `deq bench [--quick] [--no-peer]`: the benchmarks, with the PyTorch peer when torch is importable.
@@ -47,6 +48,7 @@ import { resumableConfig, say, trainRun } from "./internal/cli/train.ts"
 import * as Report from "./Report.ts"
 import * as Sweep from "./Sweep.ts"
 import { Backend } from "./Tensor.ts"
+import * as Train from "./Train.ts"
 
 // ---------------------------------------------------------------------------------------------------------------
 // errors
@@ -121,6 +123,21 @@ const checkpointFlag = Flag.String("checkpoint").pipe(
 )
 const given = (o: Option.Option<unknown>): boolean => Option.isSome(o)
 
+const workersFlag = Flag.String("workers").pipe(
+  Flag.withDescription('threads computing each batch: a positive integer or "auto" (default: the config\'s "workers")'),
+  Flag.optional
+)
+
+/** The config with `--workers` applied (absent: as it is); a bad value is a ConfigError naming the flag. */
+const withWorkers = (config: Train.TrainConfig, flag: string | undefined): Effect.Effect<Train.TrainConfig, ConfigError> => {
+  if (flag === undefined) return Effect.succeed(config)
+  const n = Number(flag)
+  if (flag !== "auto" && !(Number.isInteger(n) && n >= 1)) {
+    return Effect.fail(new ConfigError({ path: "workers", message: `--workers ${flag}: give a positive integer or "auto"` }))
+  }
+  return Train.decodeConfig({ ...(Train.encodeConfig(config) as object), workers: flag === "auto" ? "auto" : n })
+}
+
 /** The preset or config file a command names (exactly one of them). */
 const chooseConfig = (preset: string | undefined, config: string | undefined, fallback?: string): Effect.Effect<Preset, ConfigError> => {
   if (preset !== undefined && config !== undefined) {
@@ -151,7 +168,8 @@ export const train = Command.make("train", {
   preset: presetFlag,
   out: outFlag,
   resume: Flag.String("resume").pipe(Flag.withDescription("continue the run in this directory from its last checkpoint"), Flag.optional),
-  force: forceFlag
+  force: forceFlag,
+  workers: workersFlag
 }, (flags) =>
   Effect.gen(function*() {
     const resume = opt(flags.resume), out = opt(flags.out), preset = opt(flags.preset), file = opt(flags.config)
@@ -174,7 +192,7 @@ export const train = Command.make("train", {
       what: "a run (a checkpoint in last/)",
       alternative: (d) => `deq train --resume ${d} continues it`
     }))
-    const { summary } = yield* trainRun(config.train, { out: dir, resume: resume !== undefined })
+    const { summary } = yield* trainRun(yield* withWorkers(config.train, opt(flags.workers)), { out: dir, resume: resume !== undefined })
     yield* Effect.sync(() =>
       console.log(
         `trained ${config.name}: epoch ${summary.epoch}, ${summary.step} steps in ${summary.seconds.toFixed(1)} s` +
@@ -324,11 +342,13 @@ export const main = Command.make("main", {
   config: configFlag,
   out: outFlagWith("output directory (default: runs/<preset or config name>, or runs/<name>-2, ... when it holds a run)"),
   resume: Flag.Boolean("resume").pipe(Flag.withDescription("continue training from <out>/last"), Flag.withDefault(false)),
-  force: forceFlag
+  force: forceFlag,
+  workers: workersFlag
 }, (flags) =>
   Effect.gen(function*() {
     yield* checkCombination([{ flag: "--force", given: flags.force, used: !flags.resume, why: "with --resume (the run continues where it stopped)" }])
-    const p = yield* chooseConfig(opt(flags.preset), opt(flags.config), mainPreset)
+    const chosen = yield* chooseConfig(opt(flags.preset), opt(flags.config), mainPreset)
+    const p = { ...chosen, train: yield* withWorkers(chosen.train, opt(flags.workers)) }
     const fallback = path.join("runs", p.name)
     const out = flags.resume
       ? path.resolve(opt(flags.out) ?? fallback)

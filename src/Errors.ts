@@ -61,3 +61,16 @@ export class TensorLeak extends Schema.TaggedError<TensorLeak>()("TensorLeak", {
   after: Schema.Number,
   message: Schema.String
 }) {}
+
+/**
+ * A worker thread failed: it could not start (`spawn`), threw outside a request or ran out of memory (`crash`),
+ * exited (`exit`: process.exit, terminated) or failed a request with an error that is not one of the caller's
+ * typed errors (`failure`). `worker` is its index in its pool (1-based: index 0 is the calling thread).
+ *
+ * @category errors
+ */
+export class WorkerError extends Schema.TaggedError<WorkerError>()("WorkerError", {
+  worker: Schema.Number,
+  reason: Schema.Literals(["spawn", "crash", "exit", "failure"]),
+  message: Schema.String
+}) {}

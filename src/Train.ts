@@ -35,15 +35,15 @@
  * @since 0.1.0
  */
 import { Effect, Layer, Queue, Schema, Stream } from "effect"
-import { Attack, type AttackError, pgd as pgdAttack } from "./Adversary.ts"
+import type { Attack, AttackError } from "./Adversary.ts"
 import { decode } from "./Config.ts"
 import * as Data from "./Data.ts"
-import type { CheckpointError, DatasetError } from "./Errors.ts"
+import type { CheckpointError, DatasetError, WorkerError } from "./Errors.ts"
 import { ConfigError } from "./Errors.ts"
-import { Solver } from "./FixedPoint.ts"
+import type { Solver } from "./FixedPoint.ts"
 import * as Models from "./Models.ts"
 import * as Regularizers from "./Regularizers.ts"
-import { Rng } from "./Tensor.ts"
+import type { Rng } from "./Tensor.ts"
 import {
   AdamConfig,
   AndersonSolverConfig,
@@ -67,6 +67,7 @@ import {
 } from "./internal/train/config.ts"
 import { NaNLoss } from "./internal/train/events.ts"
 import { checkpointDirs as checkpointDirsInternal } from "./internal/train/checkpoint.ts"
+import * as Layers from "./internal/train/layers.ts"
 import { fit as fitInternal } from "./internal/train/loop.ts"
 
 export {
@@ -170,6 +171,8 @@ export interface Started extends At {
   readonly readOut: string
   readonly jacobian: string
   readonly attack: string
+  /** threads computing each batch (1: this thread; more: data-parallel workers, docs/training.md "Workers") */
+  readonly workers?: number
   readonly out?: string
 }
 
@@ -273,11 +276,12 @@ export interface TrainSummary {
 }
 
 /**
- * The errors of {@link fit}: bad config (ConfigError), checkpoint IO, an attack that could not run, a NaN loss.
+ * The errors of {@link fit}: bad config (ConfigError), checkpoint IO, an attack that could not run, a NaN loss, a
+ * worker thread that failed (WorkerError, with `workers` > 1; docs/training.md, "Workers").
  *
  * @category errors
  */
-export type TrainError = ConfigError | CheckpointError | AttackError | NaNLoss
+export type TrainError = ConfigError | CheckpointError | AttackError | NaNLoss | WorkerError
 
 
 /**
@@ -336,23 +340,7 @@ export const gradientOf = gradientOfInternal
  *
  * @category layers
  */
-export const solverLayer = (config: TrainConfig): Layer.Layer<Solver, ConfigError> => {
-  const s = config.solver
-  switch (s._tag) {
-    case "picard": {
-      const { _tag, ...options } = s
-      return Solver.picard(options)
-    }
-    case "anderson": {
-      const { _tag, ...options } = s
-      return Solver.anderson(options)
-    }
-    case "broyden": {
-      const { _tag, ...options } = s
-      return Solver.broyden(options)
-    }
-  }
-}
+export const solverLayer: (config: TrainConfig) => Layer.Layer<Solver, ConfigError> = Layers.solverLayer
 
 /**
  * The training read-out a config names: random intermediate states (max defaulting to the solver's maxIter) or
@@ -360,30 +348,15 @@ export const solverLayer = (config: TrainConfig): Layer.Layer<Solver, ConfigErro
  *
  * @category layers
  */
-export const readOutLayer = (config: TrainConfig): Layer.Layer<Regularizers.TrainReadOut, ConfigError> => {
-  const reg = config.regularizers
-  const common = {
-    dropout: reg.dropout,
-    ...(reg.correction !== undefined ? { correction: reg.correction } : {})
-  }
-  return reg.randomStates === undefined ?
-    Regularizers.finalState(common) :
-    Regularizers.randomIntermediateStates({
-      ...common,
-      max: reg.randomStates.max ?? config.solver.maxIter,
-      perSample: reg.randomStates.perSample
-    })
-}
+export const readOutLayer: (config: TrainConfig) => Layer.Layer<Regularizers.TrainReadOut, ConfigError> = Layers.readOutLayer
 
 /**
  * The Jacobian penalty a config names (or none).
  *
  * @category layers
  */
-export const jacobianLayer = (config: TrainConfig): Layer.Layer<Regularizers.JacobianPenalty, ConfigError> => {
-  const j = config.regularizers.jacobian
-  return j === undefined ? Regularizers.noJacobian : Regularizers.jacobian(j)
-}
+export const jacobianLayer: (config: TrainConfig) => Layer.Layer<Regularizers.JacobianPenalty, ConfigError> =
+  Layers.jacobianLayer
 
 /**
  * The training attack a config names: PGD (Linf, CE, one restart, last iterate) with the config's eps, step size
@@ -392,18 +365,7 @@ export const jacobianLayer = (config: TrainConfig): Layer.Layer<Regularizers.Jac
  *
  * @category layers
  */
-export const attackLayer = (config: TrainConfig): Layer.Layer<Attack, ConfigError> =>
-  Layer.effect(
-    Attack,
-    pgdAttack({
-      eps: config.attack.eps,
-      stepSize: config.attack.stepSize,
-      steps: config.attack.steps,
-      randomStart: config.attack.start !== "none",
-      randomStartClamp: true,
-      keepBest: false
-    })
-  )
+export const attackLayer: (config: TrainConfig) => Layer.Layer<Attack, ConfigError> = Layers.attackLayer
 
 /**
  * Every service a run needs, from its config: Solver, TrainReadOut, JacobianPenalty, Attack and Rng (seeded with
@@ -411,16 +373,10 @@ export const attackLayer = (config: TrainConfig): Layer.Layer<Attack, ConfigErro
  *
  * @category layers
  */
-export const layersFromConfig = (
+export const layersFromConfig: (
   config: TrainConfig
-): Layer.Layer<Solver | Regularizers.TrainReadOut | Regularizers.JacobianPenalty | Attack | Rng, ConfigError> =>
-  Layer.mergeAll(
-    solverLayer(config),
-    readOutLayer(config),
-    jacobianLayer(config),
-    attackLayer(config),
-    Rng.seeded(config.seed)
-  )
+) => Layer.Layer<Solver | Regularizers.TrainReadOut | Regularizers.JacobianPenalty | Attack | Rng, ConfigError> =
+  Layers.layersFromConfig
 
 // ---------------------------------------------------------------------------------------------------------------
 // programs
@@ -468,7 +424,8 @@ export const run = (
   Effect.scoped(Effect.gen(function*() {
     const data = options.data ?? (yield* Data.load(config.data))
     const model = yield* Models.buildSeeded(config.model)
-    return yield* fit(model, data, config, options)
+    // the services are the config's own: worker threads can rebuild them (config.workers)
+    return yield* fitInternal(model, data, config, options, { servicesFromConfig: true })
   })).pipe(Effect.provide(layersFromConfig(config)))
 
 /**

@@ -60,6 +60,12 @@ const firstDifference = (a: unknown, b: unknown, at = ""): string | undefined =>
   return undefined
 }
 
+const withoutWorkers = (config: unknown): unknown => {
+  if (typeof config !== "object" || config === null) return config
+  const { workers: _workers, ...rest } = config as Record<string, unknown>
+  return rest
+}
+
 /**
  * Loads the training checkpoint in `dir` into the target's model and optimiser and returns its state, or
  * undefined when there is none (a `dir` that a kill inside a checkpoint swap left absent is read from its complete
@@ -75,7 +81,8 @@ export const restore = (
     if (!(yield* Checkpoint.present(dir))) return undefined
     const contents = yield* Checkpoint.read(dir)
     const { state, config } = yield* State.restore(contents.metadata.extra, { path: dir, step: contents.metadata.step })
-    const diff = firstDifference(config, target.config)
+    // how many threads compute a batch is not part of what is trained: a run resumes with any count
+    const diff = firstDifference(withoutWorkers(config), withoutWorkers(target.config))
     if (diff !== undefined) {
       return yield* new ConfigError({
         path: diff,

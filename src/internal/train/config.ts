@@ -196,5 +196,13 @@ export class TrainConfig extends Schema.Class<TrainConfig>("TrainConfig")({
   pretrainSteps: dflt(NonNegativeInt, 0),
   pretrainLayers: dflt(PositiveInt, 8),
   /** drop a final short batch of each epoch */
-  dropLast: dflt(Schema.Boolean, false)
+  dropLast: dflt(Schema.Boolean, false),
+  /**
+   * threads that compute each batch (data-parallel shards: the calling thread and workers - 1 worker threads).
+   * "auto": DEQ_WORKERS when set, else the measured choice (docs/training.md, "Workers"); 1: one thread.
+   */
+  workers: dflt(Schema.Union([Schema.Literal("auto"), PositiveInt]), "auto")
 }) {}
+
+/** The `workers` setting of a run. */
+export type WorkersSetting = TrainConfig["workers"]

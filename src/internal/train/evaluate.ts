@@ -6,10 +6,10 @@
  * @internal
  */
 import { Effect } from "effect"
-import { type Attack, type Classifier, pgd } from "../../Adversary.ts"
+import { type Attack, type AttackError, type Classifier, pgd } from "../../Adversary.ts"
 import { batchIndices, type Split, toTensors } from "../../Data.ts"
 import * as Dynamics from "../../Dynamics.ts"
-import type { ConfigError } from "../../Errors.ts"
+import type { ConfigError, WorkerError } from "../../Errors.ts"
 import { acquire, makeRng, Rng, tf } from "../../Tensor.ts"
 import type { TrainConfig } from "./config.ts"
 import { correct } from "./losses.ts"
@@ -69,34 +69,67 @@ export const makeEvaluator = (c: StepContext, config: TrainConfig, test: Split):
     return { classifier, ...(attack !== undefined ? { attack } : {}), test, subset: e.subset, batchSize: e.batchSize, rng: c.rng }
   })
 
-/** Evaluates the model as it is after `epoch` (draws seeded by the epoch). */
-export const evaluate = Effect.fn("Train.evaluation")(function*(ev: Evaluator, epoch: number) {
-  const t0 = performance.now()
+/** The evaluation's batches of test indices, in order (each is evaluated on its own: its draws are its own). */
+export const evaluationBatches = (ev: Evaluator): Array<Int32Array> =>
+  batchIndices(Math.min(ev.subset, ev.test.count), { batchSize: ev.batchSize, shuffle: false })
+
+/** Correct counts (clean, under the attack) on some of the evaluation's batches, after `epoch`. */
+export const evaluateBatches = (
+  ev: Evaluator,
+  epoch: number,
+  batches: ReadonlyArray<Int32Array>
+): Effect.Effect<Counts, AttackError> =>
+  Effect.gen(function*() {
+    const rng = makeRng(ev.rng.seed("eval", epoch))
+    let clean = 0, robust = 0
+    for (const indices of batches) {
+      const counts = yield* Effect.scoped(Effect.gen(function*() {
+        const { x, y } = yield* acquire(() => toTensors(ev.test, indices))
+        const c = yield* Effect.sync(() =>
+          tf.tidy(() => correct(ev.classifier.logits(x, { seed: rng.seed("clean", indices[0]!) }), y))
+        )
+        if (ev.attack === undefined) return { clean: c, robust: 0 }
+        const r = yield* ev.attack.perturb(ev.classifier, x, y, { keys: indices }).pipe(Effect.provideService(Rng, rng))
+        const a = yield* Effect.sync(() =>
+          tf.tidy(() => correct(ev.classifier.logits(r.xAdv, { seed: rng.seed("robust", indices[0]!) }), y))
+        )
+        return { clean: c, robust: a }
+      }))
+      clean += counts.clean
+      robust += counts.robust
+      yield* Effect.yieldNow
+    }
+    return { clean, robust }
+  })
+
+/** Correct counts of an evaluation: clean, and under the attack. */
+export interface Counts {
+  readonly clean: number
+  readonly robust: number
+}
+
+/** The accuracies of an evaluation from its correct counts. */
+export const accuracies = (ev: Evaluator, counts: Counts, seconds: number): Accuracies => {
   const n = Math.min(ev.subset, ev.test.count)
-  const rng = makeRng(ev.rng.seed("eval", epoch))
-  let clean = 0, robust = 0
-  for (const indices of batchIndices(n, { batchSize: ev.batchSize, shuffle: false })) {
-    const counts = yield* Effect.scoped(Effect.gen(function*() {
-      const { x, y } = yield* acquire(() => toTensors(ev.test, indices))
-      const c = yield* Effect.sync(() =>
-        tf.tidy(() => correct(ev.classifier.logits(x, { seed: rng.seed("clean", indices[0]!) }), y))
-      )
-      if (ev.attack === undefined) return { clean: c, robust: 0 }
-      const r = yield* ev.attack.perturb(ev.classifier, x, y, { keys: indices }).pipe(Effect.provideService(Rng, rng))
-      const a = yield* Effect.sync(() =>
-        tf.tidy(() => correct(ev.classifier.logits(r.xAdv, { seed: rng.seed("robust", indices[0]!) }), y))
-      )
-      return { clean: c, robust: a }
-    }))
-    clean += counts.clean
-    robust += counts.robust
-    yield* Effect.yieldNow
-  }
-  const result: Accuracies = {
+  return {
     samples: n,
-    clean: n === 0 ? 0 : clean / n,
-    ...(ev.attack !== undefined && n > 0 ? { robust: robust / n } : {}),
-    seconds: (performance.now() - t0) / 1000
+    clean: n === 0 ? 0 : counts.clean / n,
+    ...(ev.attack !== undefined && n > 0 ? { robust: counts.robust / n } : {}),
+    seconds
   }
-  return result
+}
+
+/**
+ * Evaluates the model as it is after `epoch` (draws seeded by the epoch and each batch's first index, so any
+ * split of the batches gives the same counts); `counts` computes them (default: here, every batch).
+ */
+export const evaluate = Effect.fn("Train.evaluation")(function*(
+  ev: Evaluator,
+  epoch: number,
+  counts: (ev: Evaluator, epoch: number) => Effect.Effect<Counts, AttackError | ConfigError | WorkerError> =
+    (ev, epoch) => evaluateBatches(ev, epoch, evaluationBatches(ev))
+) {
+  const t0 = performance.now()
+  const c = yield* counts(ev, epoch)
+  return accuracies(ev, c, (performance.now() - t0) / 1000)
 })

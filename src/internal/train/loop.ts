@@ -21,9 +21,18 @@ import { TrainConfig } from "./config.ts"
 import { type Evaluator, evaluate, makeEvaluator } from "./evaluate.ts"
 import type { BatchDone, EpochDone, Evaluated, FitOptions, TrainError, TrainEvent, TrainSummary } from "../../Train.ts"
 import { NaNLoss } from "./events.ts"
-import { makeSchedule, type Schedule } from "./schedule.ts"
+import { makeSchedule, type Position, type Schedule } from "./schedule.ts"
 import * as State from "./state.ts"
-import { flatDraws, gradients, makeStepContext, type StepContext } from "./step.ts"
+import { flatDraws, gradients, makeStepContext, type StepContext, type StepGradients } from "./step.ts"
+import { makeSharder, resolveWorkers, type Sharder } from "./workers.ts"
+
+/**
+ * How `fit` was called: `servicesFromConfig` when the services are the config's own (`Train.run`), the only case
+ * where worker threads, which rebuild them from the config, compute what this thread would.
+ */
+export interface FitMode {
+  readonly servicesFromConfig: boolean
+}
 
 /** Everything one run holds. */
 interface Run {
@@ -38,6 +47,8 @@ interface Run {
   readonly dirs: { readonly last: string; readonly best: string } | undefined
   readonly emit: (event: TrainEvent) => Effect.Effect<void>
   readonly state: Ref.Ref<State.TrainState>
+  /** the data-parallel step (workers > 1 and services from the config), else undefined: this thread alone */
+  readonly sharder: Sharder | undefined
 }
 
 const checkShapes = (model: Model, data: Dataset): Effect.Effect<void, ConfigError> => {
@@ -58,7 +69,7 @@ const checkShapes = (model: Model, data: Dataset): Effect.Effect<void, ConfigErr
 }
 
 /** The run's units, and its state: restored from `<out>/last` with `resume`, else fresh. */
-const setUp = (model: Model, data: Dataset, config: TrainConfig, options: FitOptions) =>
+const setUp = (model: Model, data: Dataset, config: TrainConfig, options: FitOptions, mode: FitMode) =>
   Effect.gen(function*() {
     yield* checkShapes(model, data)
     const context = yield* makeStepContext(model, config)
@@ -71,6 +82,8 @@ const setUp = (model: Model, data: Dataset, config: TrainConfig, options: FitOpt
     const target = { model, optimizer, config: Schema.encodeSync(TrainConfig)(config), seed: context.rng.root }
     const dirs = options.out !== undefined ? Checkpoints.checkpointDirs(options.out) : undefined
     const restored = options.resume === true && dirs !== undefined ? yield* Checkpoints.restore(dirs.last, target) : undefined
+    const threads = mode.servicesFromConfig ? Math.min(yield* resolveWorkers(config.workers, config.model), config.batchSize) : 1
+    const sharder = threads > 1 ? yield* makeSharder({ model, data, config, context, evaluator }, threads) : undefined
     const run: Run = {
       model,
       data,
@@ -82,7 +95,8 @@ const setUp = (model: Model, data: Dataset, config: TrainConfig, options: FitOpt
       target,
       dirs,
       emit: options.onEvent ?? (() => Effect.void),
-      state: yield* Ref.make(restored !== undefined ? State.resumePoint(restored) : State.initial)
+      state: yield* Ref.make(restored !== undefined ? State.resumePoint(restored) : State.initial),
+      sharder
     }
     return { run, resumed: restored !== undefined }
   })
@@ -93,6 +107,22 @@ const mean = (a: ArrayLike<number>): number => {
   return a.length === 0 ? 0 : s / a.length
 }
 
+/** The summed gradients of the batch's shards as tensors owned by the Scope (the update applies them here). */
+const shardedGradients = (run: Run, sharder: Sharder, indices: Int32Array, position: Position) =>
+  Effect.gen(function*() {
+    const out = yield* sharder.step(indices, position)
+    const grads = yield* acquire(() => {
+      const byName: Record<string, tf.Tensor> = {}
+      for (const p of run.model.params) {
+        const g = out.grads[p.name]
+        if (g !== undefined) byName[p.name] = tf.tensor(g, p.variable.shape)
+      }
+      return byName
+    })
+    const result: StepGradients = { ...out, grads: new Map(Object.entries(grads)) }
+    return result
+  })
+
 /** One batch: its gradients, then (finite loss only) the update and the state, together. */
 const runBatch = Effect.fn("Train.batch")(function*(run: Run, indices: Int32Array) {
   const t0 = performance.now()
@@ -100,9 +130,10 @@ const runBatch = Effect.fn("Train.batch")(function*(run: Run, indices: Int32Arra
   const position = run.schedule.position(s.epoch, s.batch, s.step)
   const lr = run.schedule.lrAt(position.step)
   const event = yield* Effect.scoped(Effect.gen(function*() {
-    const { x, y } = yield* acquire(() => toTensors(run.data.train, indices))
-    const rows = { offset: 0, total: indices.length }
-    const g = yield* gradients({ context: run.context, batch: { x, y, keys: indices, rows }, position })
+    const g = run.sharder !== undefined ?
+      yield* shardedGradients(run, run.sharder, indices, position) :
+      yield* Effect.flatMap(acquire(() => toTensors(run.data.train, indices)), ({ x, y }) =>
+        gradients({ context: run.context, batch: { x, y, keys: indices, rows: { offset: 0, total: indices.length } }, position }))
     if (!Number.isFinite(g.loss)) {
       return yield* new NaNLoss({
         epoch: s.epoch,
@@ -121,6 +152,7 @@ const runBatch = Effect.fn("Train.batch")(function*(run: Run, indices: Int32Arra
     // the update and the position change together: an interruption never separates them
     const gradNorm = yield* Effect.uninterruptible(Effect.gen(function*() {
       const norm = yield* Effect.sync(() => run.optimizer.apply(byVariable, lr, run.config.clip))
+      run.sharder?.updated()
       yield* Ref.set(
         run.state,
         State.afterBatch(s, {
@@ -177,7 +209,7 @@ const checkpoint = (run: Run, which: "last" | "best") =>
 /** The evaluation after `epoch`: accuracies, the best so far, and `<out>/best` when it improved. */
 const evaluateEpoch = (run: Run, epoch: number) =>
   Effect.gen(function*() {
-    const acc = yield* evaluate(run.evaluator, epoch)
+    const acc = yield* evaluate(run.evaluator, epoch, run.sharder?.evaluate)
     const metric = run.config.eval.select === "robust" && acc.robust !== undefined ? acc.robust : acc.clean
     const { state, improved } = State.recordEvaluation(yield* Ref.get(run.state), metric, epoch)
     // a new best and its checkpoint go together: an interruption never leaves a state naming a best/ not written
@@ -241,11 +273,12 @@ export const fit = (
   model: Model,
   data: Dataset,
   config: TrainConfig,
-  options: FitOptions = {}
+  options: FitOptions = {},
+  mode: FitMode = { servicesFromConfig: false }
 ): Effect.Effect<TrainSummary, TrainError, Solver | TrainReadOut | JacobianPenalty | Attack | Rng> =>
   Effect.scoped(Effect.gen(function*() {
     const started = performance.now()
-    const { run, resumed } = yield* setUp(model, data, config, options)
+    const { run, resumed } = yield* setUp(model, data, config, options, mode)
     const first = yield* Ref.get(run.state)
     const c = run.context
     yield* run.emit({
@@ -263,6 +296,7 @@ export const fit = (
       readOut: c.readOut.name,
       jacobian: c.jacobian.name,
       attack: config.method._tag === "pgd-at" ? c.attack.name : config.method._tag === "trades" ? "trades-kl" : "none",
+      workers: run.sharder?.threads ?? 1,
       ...(options.out !== undefined ? { out: options.out } : {})
     })
     const until = Math.min(config.epochs, options.untilEpoch ?? config.epochs)
