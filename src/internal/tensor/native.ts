@@ -31,6 +31,9 @@ const BACKEND = "wasm"
 /** Where `npm ci` (native/build.mjs) puts the addon. */
 export const addonPath: string = fileURLToPath(new URL("../../../native/build/Release/deq_native.node", import.meta.url))
 
+/** Environment variables as read here (`process.env`; no Node types in the published declarations). */
+export type Env = Readonly<Record<string, string | undefined>>
+
 /** The addon, or why it could not be loaded. */
 export type Loaded = { readonly ok: true; readonly addon: Addon } | { readonly ok: false; readonly reason: string }
 
@@ -95,12 +98,12 @@ export const defaultMatMulMinWork = 65_536
 ctx.matMulMinWork = defaultMatMulMinWork
 
 /** Whether `DEQ_NATIVE` in `env` switches the native kernels off ("0", "false", "off", "no"). */
-export const nativeSwitchedOff = (env: NodeJS.ProcessEnv = process.env): boolean => {
+export const nativeSwitchedOff = (env: Env = process.env): boolean => {
   const v = env["DEQ_NATIVE"]
   return v !== undefined && ["0", "false", "off", "no"].includes(v.trim().toLowerCase())
 }
 
-const threadsFrom = (env: NodeJS.ProcessEnv): { threads: number; warning?: string } => {
+const threadsFrom = (env: Env): { threads: number; warning?: string } => {
   const cores = availableParallelism()
   const raw = env["DEQ_NATIVE_THREADS"]
   if (raw === undefined || raw.trim() === "") return { threads: cores }
@@ -116,7 +119,7 @@ const isOurs = (name: string, fn: tf.KernelFunc): boolean => tf.getKernel(name, 
  * them when `DEQ_NATIVE=0` or the addon is absent. Call after the wasm backend is active and the project's
  * conv-gradient kernels are registered. Idempotent; returns the resulting status.
  */
-export const registerNativeKernels = (env: NodeJS.ProcessEnv = process.env): NativeStatus => {
+export const registerNativeKernels = (env: Env = process.env): NativeStatus => {
   if (nativeSwitchedOff(env)) {
     unregisterNativeKernels()
     status = { active: false, kernels: [], threads: 0, reason: `off (DEQ_NATIVE=${env["DEQ_NATIVE"]})` }
