@@ -1,6 +1,6 @@
 /**
- * Examples: each example's main runs in-process in its `--quick` mode (about 2.5 minutes for all five on 2 cores)
- * and writes runs/examples/<name>.quick.json whose shape and values are sane: accuracies in [0, 1], robust <= clean,
+ * Examples: each example's main runs in-process in its `smoke` mode (the sizes of examples/common.ts
+ * `scaleFor("smoke")`, so the suite stays fast) and writes runs/examples/<name>.smoke.json whose shape and values are sane: accuracies in [0, 1], robust <= clean,
  * entropies in [0, log 10], and the rows each claim needs.
  */
 import * as fs from "node:fs/promises"
@@ -30,13 +30,13 @@ const entropy = (h: number) => {
 }
 
 /** Runs a main, checks the common envelope and that the JSON on disk is the returned output; no tensor left. */
-const run = async <A>(name: string, main: (o: { quick: boolean; silent: boolean }) => Effect.Effect<{ result: A }, unknown>) => {
+const run = async <A>(name: string, main: (o: { smoke: boolean; silent: boolean }) => Effect.Effect<{ result: A }, unknown>) => {
   const before = tf.memory().numTensors
-  const out = await Effect.runPromise(main({ quick: true, silent: true }) as Effect.Effect<any, unknown>)
+  const out = await Effect.runPromise(main({ smoke: true, silent: true }) as Effect.Effect<any, unknown>)
   expect(tf.memory().numTensors).toBe(before)
-  const written = JSON.parse(await fs.readFile(outputFile(name, "quick"), "utf8"))
+  const written = JSON.parse(await fs.readFile(outputFile(name, "smoke"), "utf8"))
   expect(written.example).toBe(name)
-  expect(written.mode).toBe("quick")
+  expect(written.mode).toBe("smoke")
   expect(written.backend).toBe("wasm")
   expect(typeof written.markdown).toBe("string")
   expect(written.markdown).toContain("|")
@@ -44,7 +44,7 @@ const run = async <A>(name: string, main: (o: { quick: boolean; silent: boolean 
   return written.result as A
 }
 
-describe("examples (--quick)", { timeout: 400_000 }, () => {
+describe("examples (smoke mode)", { timeout: 400_000 }, () => {
   it("dynamics-under-at: per-state accuracy and entropy for standard and PGD-AT", async () => {
     const r = await run<import("../examples/dynamics-under-at.ts").DynamicsResult>("dynamics-under-at", dynamicsMain)
     expect(r.models.map((m) => m.model)).toEqual(["standard", "PGD-AT"])
