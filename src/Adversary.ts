@@ -52,9 +52,9 @@ import { apgdCore, apgdTargetedCore, checkpoints as apgdCheckpoints } from "./in
 import * as geometry from "./internal/adversary/geometry.ts"
 import * as lossFns from "./internal/adversary/losses.ts"
 import { type Core, makeAttack } from "./internal/adversary/run.ts"
-import { makeEnsemble } from "./internal/adversary/ensemble.ts"
-import type { EnsembleShape } from "./internal/adversary/ensemble.ts"
+import { type EnsembleShape, makeEnsemble } from "./internal/adversary/ensemble.ts"
 import * as evaluation from "./internal/adversary/evaluation.ts"
+import * as facade from "./internal/adversary/facade.ts"
 import {
   ApgdOptions,
   ApgdTargetedOptions,
@@ -74,7 +74,7 @@ import * as flags from "./internal/adversary/flags.ts"
 import * as report from "./internal/adversary/report.ts"
 import * as worst from "./internal/adversary/worst.ts"
 import { squareCore } from "./internal/adversary/square.ts"
-import type { AttackError, AttackShape, Classifier, ResumeError } from "./internal/adversary/types.ts"
+import type { AttackError, AttackShape, Classifier, FromModelOptions, ModelLike, ResumeError } from "./internal/adversary/types.ts"
 import type { Deq } from "./Dynamics.ts"
 import type { Rng } from "./Tensor.ts"
 
@@ -115,10 +115,18 @@ export type {
   Classifier,
   /** Solver diagnostics a classifier may report for the masking flags. */
   Diagnostics,
+  /** Options of {@link fromModel}: `bounds` (required), `classes`, `inputShape`, `name`, `output`. */
+  FromModelOptions,
+  /** What {@link fromModel} takes: a `tf.LayersModel` or a function from NHWC images to logits. */
+  ModelLike,
   /** "Linf" or "L2". */
   Norm,
   /** Per-sample keys of an attack call. */
-  PerturbContext
+  PerturbContext,
+  /** An attack for code outside Effect (see {@link promise}). */
+  PromiseAttack,
+  /** An explicit random seed. */
+  Seeded
 } from "./internal/adversary/types.ts"
 
 export type {
@@ -212,10 +220,7 @@ export class Attack extends Context.Service<Attack, AttackShape>()("effect-deq/A
 
 /** The recorded settings of a built-in attack from its decoded options. */
 const settingsOf = <O extends { readonly norm: "Linf" | "L2"; readonly eps: number }>(
-  kind: "white-box" | "black-box",
-  o: O,
-  steps: number,
-  restarts: number
+  kind: "white-box" | "black-box", o: O, steps: number, restarts: number
 ): Attack["Service"]["settings"] => ({ kind, norm: o.norm, eps: o.eps, steps, restarts, options: { ...o } })
 
 /**
@@ -332,6 +337,30 @@ export const autoAttack = (
     if (o.version === "standard") return [yield* apgd({ ...base, loss: "ce" }), t, fab, sq]
     return [yield* apgd({ ...base, loss: "ce", restarts: 5 }), yield* apgd({ ...base, loss: "dlr", restarts: 5 }), sq, t, fab]
   })
+
+/**
+ * A {@link Classifier} from a `tf.LayersModel` (input shape, class count and a final softmax read from it; a flat
+ * [batch, features] input gets x reshaped) or a function `(x) => logits`, in its input `bounds`. Throws a
+ * ConfigError naming a bad option.
+ *
+ * @category constructors
+ */
+export const fromModel: (model: ModelLike, options: FromModelOptions) => Classifier = facade.fromModel
+
+/**
+ * The attacks as Promises, seeded explicitly: `await promise.pgd({ eps: 0.1, steps: 10 }, { seed: 0 }).run(classifier,
+ * x, y)` resolves to an AttackResult whose `xAdv` the caller owns (cloned out of the attack's Scope: dispose it);
+ * a failed attack rejects with its AttackError, a bad option throws its ConfigError. `of(attack, { seed })` wraps
+ * any Effect attack; `evaluate` is {@link evaluate} (attacks given as Promise attacks, `seed` in the options).
+ *
+ * @category promise
+ */
+export const promise = {
+  of: facade.toPromise, fgsm: facade.lift(fgsm), pgd: facade.lift(pgd), apgd: facade.lift(apgd),
+  apgdTargeted: facade.lift(apgdTargeted), fabTargeted: facade.lift(fabTargeted), square: facade.lift(square),
+  autoAttack: facade.lift((o: typeof AutoAttackOptions.Encoded) => Effect.flatMap(autoAttack(o), ensemble)),
+  evaluate: facade.evaluate
+} as const
 
 // ---------------------------------------------------------------------------------------------------------------
 // losses and helpers
