@@ -339,9 +339,8 @@ export const autoAttack = (
   })
 
 /**
- * A {@link Classifier} from a `tf.LayersModel` (input shape, class count and a final softmax read from it; a flat
- * [batch, features] input gets x reshaped) or a function `(x) => logits`, in its input `bounds`. Throws a
- * ConfigError naming a bad option.
+ * A {@link Classifier} from a `tf.LayersModel` (shapes, classes, a final softmax read from it; flat inputs get x
+ * reshaped) or a function `(x) => logits`, in its input `bounds`. A bad option throws a ConfigError naming it.
  *
  * @category constructors
  */
@@ -388,7 +387,6 @@ export const project = geometry.project
 
 /**
  * APGD's checkpoint iterations for a budget of `steps`.
- *
  * @category internals
  */
 export const checkpoints = apgdCheckpoints
