@@ -7,9 +7,10 @@
  * as one Effect per call with plain tfjs inside, draw their randomness from {@link Rng} keyed per sample (same seed,
  * same result; a sample's perturbation does not depend on its batch), and hand x_adv to the caller's Scope.
  *
- * A classifier declares its input domain (`bounds`, default [0, 1]), its class count and input shape; attacks
- * reject NaN, Inf or out-of-range pixels, labels that are not class indices and wrong shapes with an AttackError
- * naming the sample. Every attack result carries its forward and backward pass counts.
+ * A classifier ({@link fromModel} makes one of a tf.LayersModel or a function) declares its input domain (`bounds`,
+ * default [0, 1]), class count and input shape; attacks reject NaN, Inf or out-of-range pixels, non-class labels
+ * and wrong shapes with an AttackError naming the sample. Results carry their forward and backward pass counts.
+ * Outside Effect, {@link promise} runs the attacks as Promises whose results the caller owns.
  *
  * {@link evaluate} runs an ensemble over a dataset (each stage only on the samples still correct, per-sample worst
  * case), records settings, seed, backend and passes, raises gradient-masking flags, and can resume from a JSONL
@@ -29,11 +30,11 @@
  * import * as Adversary from "effect-deq/Adversary"
  * import { Rng, tf } from "effect-deq/Tensor"
  *
- * // any differentiable model of [B, 28, 28, 1] images in [0, 1] with 10 classes
+ * // any differentiable model of [B, 28, 28, 1] images in [0, 1] with 10 classes (or a tf.LayersModel)
  * declare const net: (x: tf.Tensor4D) => tf.Tensor2D
  * declare const x: tf.Tensor4D
  * declare const y: tf.Tensor1D
- * const classifier: Adversary.Classifier = { name: "net", classes: 10, inputShape: [28, 28, 1], logits: net }
+ * const classifier = Adversary.fromModel(net, { bounds: [0, 1], classes: 10, inputShape: [28, 28, 1] })
  *
  * const program = Effect.gen(function*() {
  *   // AutoAttack's four attacks: APGD-CE, APGD-T, FAB-T, Square
