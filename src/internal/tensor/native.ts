@@ -97,9 +97,6 @@ for (const [name] of kernels) ctx.counts[name] = { native: 0, fallback: 0 }
 export const defaultMatMulMinWork = 65_536
 ctx.matMulMinWork = defaultMatMulMinWork
 
-/** Environment variables (not `NodeJS.ProcessEnv`: the published declarations must not need @types/node). */
-type Env = Readonly<Record<string, string | undefined>>
-
 /** Whether `DEQ_NATIVE` in `env` switches the native kernels off ("0", "false", "off", "no"). */
 export const nativeSwitchedOff = (env: Env = process.env): boolean => {
   const v = env["DEQ_NATIVE"]
