@@ -142,6 +142,9 @@ describe("a CLI that never surprises", () => {
     for (const command of ["main", "train", "eval", "dynamics", "bench", "presets"]) expect(r.stdout).toMatch(new RegExp(`\\n  ${command} `))
     expect(r.stdout).toContain("npm start")
     expect(r.stderr).not.toContain("training")
+    // the main job is what `npm start` asks for by name, never a bare `deq`'s default
+    const scripts = JSON.parse(fs.readFileSync(path.join(root, "package.json"), "utf8")).scripts as Record<string, string>
+    expect(scripts["start"]).toMatch(/node bin\/deq\.js main$/)
   })
 
   it("a missing required flag is one line and a hint, not the whole help", () => {
