@@ -177,6 +177,11 @@ const moduleDoc = (file: ts.SourceFile): { readonly doc: string; readonly exampl
 
 const fence = (code: string): string => "```ts\n" + code.replace(/\n+$/, "") + "\n```"
 
+/** A package's type as its users import it: `import("/abs/node_modules/pkg/dist/index")` is `import("pkg")` (the
+ * reference must not depend on the checkout it was generated in). */
+const portable = (signature: string): string =>
+  signature.replace(/import\("[^"]*\/node_modules\/((?:@[^/"]+\/)?[^/"]+)(?:\/[^"]*)?"\)/g, (_m, pkg: string) => `import("${pkg}")`)
+
 /** An example as written in the comment (a fenced block) or bare code, as one fenced block. */
 const example = (text: string): string => (text.trimStart().startsWith("```") ? text.trim() : fence(text))
 
@@ -223,7 +228,7 @@ const page = (name: string, file: ts.SourceFile, checker: ts.TypeChecker): strin
   for (const c of categories) {
     out.push("", `## ${c}`)
     for (const e of entries.filter((x) => (x.category || "other") === c)) {
-      out.push("", `### ${e.name}`, "", `${e.kind}${e.since !== undefined ? `, since ${e.since}` : ""}`, "", fence(e.signature))
+      out.push("", `### ${e.name}`, "", `${e.kind}${e.since !== undefined ? `, since ${e.since}` : ""}`, "", fence(portable(e.signature)))
       if (e.doc !== "") out.push("", e.doc)
       for (const x of e.examples) out.push("", example(x))
     }

@@ -7,9 +7,10 @@
  * as one Effect per call with plain tfjs inside, draw their randomness from {@link Rng} keyed per sample (same seed,
  * same result; a sample's perturbation does not depend on its batch), and hand x_adv to the caller's Scope.
  *
- * A classifier declares its input domain (`bounds`, default [0, 1]), its class count and input shape; attacks
- * reject NaN, Inf or out-of-range pixels, labels that are not class indices and wrong shapes with an AttackError
- * naming the sample. Every attack result carries its forward and backward pass counts.
+ * A classifier ({@link fromModel} makes one of a tf.LayersModel or a function) declares its input domain (`bounds`,
+ * default [0, 1]), class count and input shape; attacks reject NaN, Inf or out-of-range pixels, non-class labels
+ * and wrong shapes with an AttackError naming the sample. Results carry their forward and backward pass counts.
+ * Outside Effect, {@link promise} runs the attacks as Promises whose results the caller owns.
  *
  * {@link evaluate} runs an ensemble over a dataset (each stage only on the samples still correct, per-sample worst
  * case), records settings, seed, backend and passes, raises gradient-masking flags, and can resume from a JSONL
@@ -29,11 +30,11 @@
  * import * as Adversary from "effect-deq/Adversary"
  * import { Rng, tf } from "effect-deq/Tensor"
  *
- * // any differentiable model of [B, 28, 28, 1] images in [0, 1] with 10 classes
+ * // any differentiable model of [B, 28, 28, 1] images in [0, 1] with 10 classes (or a tf.LayersModel)
  * declare const net: (x: tf.Tensor4D) => tf.Tensor2D
  * declare const x: tf.Tensor4D
  * declare const y: tf.Tensor1D
- * const classifier: Adversary.Classifier = { name: "net", classes: 10, inputShape: [28, 28, 1], logits: net }
+ * const classifier = Adversary.fromModel(net, { bounds: [0, 1], classes: 10, inputShape: [28, 28, 1] })
  *
  * const program = Effect.gen(function*() {
  *   // AutoAttack's four attacks: APGD-CE, APGD-T, FAB-T, Square
@@ -52,9 +53,9 @@ import { apgdCore, apgdTargetedCore, checkpoints as apgdCheckpoints } from "./in
 import * as geometry from "./internal/adversary/geometry.ts"
 import * as lossFns from "./internal/adversary/losses.ts"
 import { type Core, makeAttack } from "./internal/adversary/run.ts"
-import { makeEnsemble } from "./internal/adversary/ensemble.ts"
-import type { EnsembleShape } from "./internal/adversary/ensemble.ts"
+import { type EnsembleShape, makeEnsemble } from "./internal/adversary/ensemble.ts"
 import * as evaluation from "./internal/adversary/evaluation.ts"
+import * as facade from "./internal/adversary/facade.ts"
 import {
   ApgdOptions,
   ApgdTargetedOptions,
@@ -74,7 +75,7 @@ import * as flags from "./internal/adversary/flags.ts"
 import * as report from "./internal/adversary/report.ts"
 import * as worst from "./internal/adversary/worst.ts"
 import { squareCore } from "./internal/adversary/square.ts"
-import type { AttackError, AttackShape, Classifier, ResumeError } from "./internal/adversary/types.ts"
+import type { AttackError, AttackShape, Classifier, FromModelOptions, ModelLike, ResumeError } from "./internal/adversary/types.ts"
 import type { Deq } from "./Dynamics.ts"
 import type { Rng } from "./Tensor.ts"
 
@@ -115,10 +116,18 @@ export type {
   Classifier,
   /** Solver diagnostics a classifier may report for the masking flags. */
   Diagnostics,
+  /** Options of {@link fromModel}: `bounds` (required), `classes`, `inputShape`, `name`, `output`. */
+  FromModelOptions,
+  /** What {@link fromModel} takes: a `tf.LayersModel` or a function from NHWC images to logits. */
+  ModelLike,
   /** "Linf" or "L2". */
   Norm,
   /** Per-sample keys of an attack call. */
-  PerturbContext
+  PerturbContext,
+  /** An attack for code outside Effect (see {@link promise}). */
+  PromiseAttack,
+  /** An explicit random seed. */
+  Seeded
 } from "./internal/adversary/types.ts"
 
 export type {
@@ -212,10 +221,7 @@ export class Attack extends Context.Service<Attack, AttackShape>()("effect-deq/A
 
 /** The recorded settings of a built-in attack from its decoded options. */
 const settingsOf = <O extends { readonly norm: "Linf" | "L2"; readonly eps: number }>(
-  kind: "white-box" | "black-box",
-  o: O,
-  steps: number,
-  restarts: number
+  kind: "white-box" | "black-box", o: O, steps: number, restarts: number
 ): Attack["Service"]["settings"] => ({ kind, norm: o.norm, eps: o.eps, steps, restarts, options: { ...o } })
 
 /**
@@ -333,6 +339,29 @@ export const autoAttack = (
     return [yield* apgd({ ...base, loss: "ce", restarts: 5 }), yield* apgd({ ...base, loss: "dlr", restarts: 5 }), sq, t, fab]
   })
 
+/**
+ * A {@link Classifier} from a `tf.LayersModel` (shapes, classes, a final softmax read from it; flat inputs get x
+ * reshaped) or a function `(x) => logits`, in its input `bounds`. A bad option throws a ConfigError naming it.
+ *
+ * @category constructors
+ */
+export const fromModel: (model: ModelLike, options: FromModelOptions) => Classifier = facade.fromModel
+
+/**
+ * The attacks as Promises, seeded explicitly: `await promise.pgd({ eps: 0.1, steps: 10 }, { seed: 0 }).run(classifier,
+ * x, y)` resolves to an AttackResult whose `xAdv` the caller owns (cloned out of the attack's Scope: dispose it);
+ * a failed attack rejects with its AttackError, a bad option throws its ConfigError. `of(attack, { seed })` wraps
+ * any Effect attack; `evaluate` is {@link evaluate} (attacks given as Promise attacks, `seed` in the options).
+ *
+ * @category promise
+ */
+export const promise = {
+  of: facade.toPromise, fgsm: facade.lift(fgsm), pgd: facade.lift(pgd), apgd: facade.lift(apgd),
+  apgdTargeted: facade.lift(apgdTargeted), fabTargeted: facade.lift(fabTargeted), square: facade.lift(square),
+  autoAttack: facade.lift((o: typeof AutoAttackOptions.Encoded) => Effect.flatMap(autoAttack(o), ensemble)),
+  evaluate: facade.evaluate
+} as const
+
 // ---------------------------------------------------------------------------------------------------------------
 // losses and helpers
 // ---------------------------------------------------------------------------------------------------------------
@@ -359,7 +388,6 @@ export const project = geometry.project
 
 /**
  * APGD's checkpoint iterations for a budget of `steps`.
- *
  * @category internals
  */
 export const checkpoints = apgdCheckpoints

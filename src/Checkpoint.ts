@@ -14,6 +14,8 @@
  * and the next save removes what killed saves left behind. Loading verifies everything (regular files, sizes by
  * stat before reading, JSON, both checksums, the tiling, finite values, every tensor's shape against the model)
  * before it assigns a single variable; every problem is a {@link CheckpointError} naming the file or tensor.
+ * A `Dynamics.DeqModel` of your own is stored by its variables' names (config `{ _tag: "custom" }`): {@link load}
+ * it into the model you build; {@link loadModel}, which builds from the config, refuses it.
  *
  * @example
  * ```ts
@@ -41,7 +43,8 @@ import { exists, io, libraryVersion, readRegular, reason } from "./internal/chec
 import { hold, release, removeStale, type Sibling, siblingPath, siblings, syncDir, writerAlive } from "./internal/checkpoint/swap.ts"
 import { firstNonFinite, manifestChecksum as checksumOf, tilingProblem } from "./internal/checkpoint/verify.ts"
 import { checkEntries, type Entry, swapInto, writeManifest, writeWeights } from "./internal/checkpoint/write.ts"
-import { build, decodeConfig, encodeConfig, type Model, type ModelConfig, parameterSpecs } from "./Models.ts"
+import type { DeqModel } from "./Dynamics.ts"
+import { build, decodeConfig, encodeConfig, isModel, type Model, type ModelConfig, parameterSpecs } from "./Models.ts"
 import { tf } from "./Tensor.ts"
 
 /** The manifest file of a checkpoint directory. */
@@ -51,6 +54,10 @@ export const WEIGHTS = "weights.bin"
 const FORMAT = "effect-deq/checkpoint"
 /** 2: the manifest carries its own checksum (version 1 covered weights.bin only) */
 const VERSION = 2
+/** the config a checkpoint of a custom `Dynamics.DeqModel` stores: its variables by name, nothing to build it from */
+const CUSTOM = { _tag: "custom" } as const
+const isCustom = (config: unknown): boolean =>
+  typeof config === "object" && config !== null && (config as { _tag?: unknown })._tag === "custom" && Object.keys(config).length === 1
 /** a manifest lists tensors, it is never large; a bigger file is refused before it is read */
 const maxManifestBytes = 64 * 1024 ** 2
 
@@ -175,7 +182,8 @@ export interface StoredTensor {
  */
 export interface Contents {
   readonly dir: string
-  readonly config: ModelConfig
+  /** the model config; undefined for a custom `Dynamics.DeqModel` (its variables are stored by name only) */
+  readonly config: ModelConfig | undefined
   readonly metadata: Metadata
   readonly params: ReadonlyArray<StoredTensor>
   readonly extras: ReadonlyArray<StoredTensor>
@@ -189,7 +197,8 @@ export interface Contents {
 export interface Loaded {
   /** the directory actually read (see {@link Contents}) */
   readonly dir: string
-  readonly config: ModelConfig
+  /** the model config; undefined for a custom `Dynamics.DeqModel` */
+  readonly config: ModelConfig | undefined
   readonly metadata: Metadata
   readonly extras: ReadonlyArray<StoredTensor>
 }
@@ -239,7 +248,7 @@ export interface SaveOptions {
  *
  * @category io
  */
-export const save = (dir: string, model: Model, options: SaveOptions = {}): Effect.Effect<Manifest, CheckpointError> =>
+export const save = (dir: string, model: Model | DeqModel, options: SaveOptions = {}): Effect.Effect<Manifest, CheckpointError> =>
   Effect.gen(function*() {
     const target = path.resolve(dir)
     if (!isLittleEndian) {
@@ -264,7 +273,7 @@ export const save = (dir: string, model: Model, options: SaveOptions = {}): Effe
       const body = {
         format: FORMAT,
         version: VERSION,
-        config: encodeConfig(model.config),
+        config: isModel(model) ? encodeConfig(model.config) : CUSTOM,
         metadata: { ...options.metadata, backend: tf.getBackend(), libraryVersion: version, createdAt: new Date().toISOString() },
         weights: { file: WEIGHTS, bytes: weights.bytes, sha256: weights.sha256, byteOrder: "little" },
         tensors: weights.tensors
@@ -310,7 +319,9 @@ const readManifest = (manifestFile: string) =>
       return yield* fail(`format version 1 does not protect its config and metadata by a checksum; load it with the effect-deq that wrote it and save it again`)
     }
     const manifest = yield* decode(Manifest, "checkpoint")(json).pipe(Effect.mapError((e) => fail(`invalid manifest: ${e.message}`)))
-    const config = yield* decodeConfig(manifest.config, "config").pipe(Effect.mapError((e) => fail(`invalid model config: ${e.message}`)))
+    const config = isCustom(manifest.config) ?
+      undefined :
+      yield* decodeConfig(manifest.config, "config").pipe(Effect.mapError((e) => fail(`invalid model config: ${e.message}`)))
     const checksum = checksumOf(json)
     if (checksum !== manifest.checksum) {
       return yield* fail(
@@ -333,7 +344,7 @@ const readManifest = (manifestFile: string) =>
     if (tiling !== undefined) return yield* fail(tiling.message, tiling.tensor)
     // the parameters are exactly those the stored config describes (names and shapes; nothing is allocated)
     const stored = new Map(manifest.tensors.filter((t) => t.group === "param").map((t) => [t.name, t]))
-    const specs = parameterSpecs(config)
+    const specs = config === undefined ? [...stored.values()] : parameterSpecs(config)
     for (const spec of specs) {
       const t = stored.get(spec.name)
       if (t === undefined) return yield* fail(`parameter "${spec.name}" of the stored config is missing from the tensors`, spec.name)
@@ -493,7 +504,7 @@ export const recover = (dir: string): Effect.Effect<string | undefined, Checkpoi
  * @category io
  */
 export const assign = (
-  model: Model,
+  model: Model | DeqModel,
   params: ReadonlyArray<StoredTensor>,
   where = "<checkpoint>"
 ): Effect.Effect<void, CheckpointError> =>
@@ -537,7 +548,7 @@ export const assign = (
  *
  * @category io
  */
-export const load = (dir: string, model: Model): Effect.Effect<Loaded, CheckpointError> =>
+export const load = (dir: string, model: Model | DeqModel): Effect.Effect<Loaded, CheckpointError> =>
   Effect.gen(function*() {
     const contents = yield* read(dir)
     yield* assign(model, contents.params, path.join(contents.dir, MANIFEST))
@@ -549,10 +560,18 @@ export const load = (dir: string, model: Model): Effect.Effect<Loaded, Checkpoin
  *
  * @category io
  */
-export const loadModel = (dir: string): Effect.Effect<Loaded & { readonly model: Model }, CheckpointError, Scope.Scope> =>
+export const loadModel = (
+  dir: string
+): Effect.Effect<Loaded & { readonly config: ModelConfig; readonly model: Model }, CheckpointError, Scope.Scope> =>
   Effect.gen(function*() {
     const contents = yield* read(dir)
     const manifestFile = path.join(contents.dir, MANIFEST)
+    if (contents.config === undefined) {
+      return yield* new CheckpointError({
+        path: manifestFile,
+        message: "the checkpoint holds a custom model's variables (no config to build it from): build the model and use Checkpoint.load"
+      })
+    }
     const model = yield* build(contents.config).pipe(
       Effect.mapError((e) => new CheckpointError({ path: manifestFile, message: `cannot build the stored model: ${e.message}` }))
     )

@@ -69,3 +69,11 @@ export {
   /** The suite's rows as a Markdown table. */
   suiteTable
 } from "./internal/evaluation/report.ts"
+
+export {
+  /**
+   * A Reference told `(0, batches)` when each evaluation of `Adversary.evaluate` starts and `(done, batches)` after
+   * each batch: provide it to show progress (`deq eval` does). Default: nothing.
+   */
+  BatchProgress
+} from "./internal/adversary/evaluation.ts"

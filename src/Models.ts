@@ -241,6 +241,17 @@ export interface Model extends DeqModel {
 }
 
 /**
+ * True for a built-in model (made by {@link build}: it carries its config), false for a `Dynamics.DeqModel` of
+ * your own (checkpoints store its variables by name, with no config to rebuild it from).
+ *
+ * @category models
+ */
+export const isModel = (model: DeqModel): model is Model => {
+  const c = (model as Partial<Model>).config
+  return c instanceof FcConfig || c instanceof ConvConfig || c instanceof MultiscaleConfig
+}
+
+/**
  * One parameter of a model to create: a stable name (the checkpoint key), its shape and its seeded initial value.
  *
  * @category models

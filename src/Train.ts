@@ -6,8 +6,8 @@
  * progress events.
  *
  * A run is described by a {@link TrainConfig} (decoded strictly: unknown keys are ConfigErrors naming them).
- * {@link run} / {@link stream} build everything from it; {@link fit} trains a model you built with the services
- * you provide, so an ablation swaps one Layer.
+ * {@link run} / {@link stream} build everything from it; {@link fit} trains a model you built (a built-in one or
+ * any `Dynamics.DeqModel`, e.g. a cell of your own) with the services you provide, so an ablation swaps one Layer.
  *
  * Randomness: every draw derives its seed from the root seed and its position (epoch, batch, step, use) with
  * `deriveSeed`, so a resumed run draws exactly what an uninterrupted one would; on the same backend the final
@@ -40,6 +40,7 @@ import { decode } from "./Config.ts"
 import * as Data from "./Data.ts"
 import type { CheckpointError, DatasetError, WorkerError } from "./Errors.ts"
 import { ConfigError } from "./Errors.ts"
+import type { DeqModel } from "./Dynamics.ts"
 import type { Solver } from "./FixedPoint.ts"
 import * as Models from "./Models.ts"
 import * as Regularizers from "./Regularizers.ts"
@@ -391,17 +392,20 @@ export const layersFromConfig: (
 export const checkpointDirs = checkpointDirsInternal
 
 /**
- * Trains `model` on `data`. The config supplies the method, schedule, optimiser, pre-training, evaluation and
- * checkpoint settings; the solver, training read-out, Jacobian penalty, training attack and random source come
- * from the context, so an ablation provides different layers. Checkpoints go to `options.out` (every epoch,
- * best evaluation, and on interruption); `options.resume` continues from the last one. Events go to
- * `options.onEvent`. `options.untilEpoch` stops cleanly after that epoch (checkpoint written, as if interrupted
- * there); a later call with `resume` continues bit-exactly.
+ * Trains `model` on `data`: a built-in `Models.Model` or any `Dynamics.DeqModel` of your own (its variables are
+ * checkpointed by their names; one forward of one image must give the dataset's class count, a ConfigError
+ * otherwise). The config supplies the method, schedule, optimiser, pre-training, evaluation and
+ * checkpoint settings (`config.model` only describes built-in models); the solver, training read-out, Jacobian
+ * penalty, training attack and random source come from the context, so an ablation provides different layers.
+ * Checkpoints go to `options.out` (every epoch, best evaluation, and on interruption); `options.resume` continues
+ * from the last one. Events go to `options.onEvent`. `options.untilEpoch` stops cleanly after that epoch
+ * (checkpoint written, as if interrupted there); a later call with `resume` continues bit-exactly. Worker threads
+ * (`workers` > 1) rebuild a built-in model from the config: a custom model with `workers` > 1 is a ConfigError.
  *
  * @category programs
  */
 export const fit: (
-  model: Models.Model,
+  model: DeqModel,
   data: Data.Dataset,
   config: TrainConfig,
   options?: FitOptions

@@ -12,7 +12,7 @@ import { fileURLToPath } from "node:url"
 import { beforeAll, describe, expect, it } from "vitest"
 import { Effect, Exit } from "effect"
 import { chooseOut, holdsReport } from "../src/internal/cli/outputs.ts"
-import { formatEta, makeProgress, makeStageProgress } from "../src/internal/cli/progress.ts"
+import { evaluationTicker, formatEta, makeProgress, makeStageProgress } from "../src/internal/cli/progress.ts"
 import type { TrainEvent } from "../src/Train.ts"
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
@@ -88,6 +88,10 @@ describe("deq eval / dynamics on a checkpoint", () => {
     )
     expect(r.stderr).not.toContain("error")
     expect(r.code).toBe(0)
+    // the training bar's progress: each stage on its own line, then done/total and the stage's ETA
+    expect(r.stderr).toMatch(/eval \[1\] \S.*\(elapsed \d/)
+    expect(r.stderr).toMatch(/eval \[\d+\] \d+\/\d+ batches of evaluation \d+ +\d+% ETA \d\S*/)
+    expect(r.stderr).toMatch(/eval \[\d+\] done in \d\S*/)
     const md = fs.readFileSync(path.join(out, "report.md"), "utf8")
     expect(md).toContain("adaptive: BPDA")
     expect(md).toContain("paper (non-adaptive")
@@ -138,6 +142,9 @@ describe("a CLI that never surprises", () => {
     for (const command of ["main", "train", "eval", "dynamics", "bench", "presets"]) expect(r.stdout).toMatch(new RegExp(`\\n  ${command} `))
     expect(r.stdout).toContain("npm start")
     expect(r.stderr).not.toContain("training")
+    // the main job is what `npm start` asks for by name, never a bare `deq`'s default
+    const scripts = JSON.parse(fs.readFileSync(path.join(root, "package.json"), "utf8")).scripts as Record<string, string>
+    expect(scripts["start"]).toMatch(/node bin\/deq\.js main$/)
   })
 
   it("a missing required flag is one line and a hint, not the whole help", () => {
@@ -387,6 +394,40 @@ describe("the stage progress of eval and dynamics", () => {
     const ticks = out.filter((l) => l.includes("batches"))
     expect(ticks.map((l) => l.split(" ")[2])).toEqual(["1/20", "11/20", "20/20"])
     for (const l of out) expect(l.endsWith("\n") && !l.includes("\r")).toBe(true)
+  })
+
+  it("the evaluations of a stage are counted, each with its own ETA (Evaluation.BatchProgress)", () => {
+    let t = 0
+    const out: Array<string> = []
+    const p = makeStageProgress({ isTTY: false, write: (s) => out.push(s) }, "eval", { now: () => t, logEvery: 100 })
+    const ticker = evaluationTicker(p, () => t)
+    ticker.stage("PGD-2 over 2 surrogates on 8 images")
+    for (const evaluation of [0, 1]) {
+      t = 10_000 * evaluation + 1000
+      ticker.batch(0, 2) // an evaluation starts at 1 s (and 11 s)
+      t += 2000
+      ticker.batch(1, 2) // its first batch took 2 s: 2 s to go, whatever came before in the stage
+      t += 2000
+      ticker.batch(2, 2)
+    }
+    ticker.stage("Square on 8 images")
+    ticker.batch(0, 1)
+    t += 500
+    ticker.batch(1, 1)
+    expect(out.filter((l) => l.includes("batches"))).toEqual([
+      "eval [1] 1/2 batches of evaluation 1  50% ETA 2s\n", // the stage's first tick, then at most every logEvery
+      "eval [1] 2/2 batches of evaluation 1 100% ETA 0s\n",
+      "eval [1] 2/2 batches of evaluation 2 100% ETA 0s\n",
+      "eval [2] 1/1 batches of evaluation 1 100% ETA 0s\n"
+    ])
+    const progress = makeStageProgress({ isTTY: true, columns: 120, write: (s) => out.push(s) }, "eval", { now: () => t })
+    const tty = evaluationTicker(progress, () => t)
+    tty.stage("PGD")
+    t += 1000
+    tty.batch(0, 4)
+    t += 3000
+    tty.batch(1, 4)
+    expect(out.at(-1)).toContain("eval [1] 1/4 batches of evaluation 1  25% ETA 9s")
   })
 })
 

@@ -15,8 +15,19 @@ const dir = fs.mkdtempSync(path.join(repo, ".tmp-guides-"))
 
 /** What each guide must print (one pattern per line it promises), by file name. */
 const expected: Record<string, ReadonlyArray<RegExp>> = {
-  "attack-any-tfjs-model.md": [/^clean accuracy \d+(\.\d)?%, robust accuracy \d+(\.\d)?% \(PGD-10, eps 0\.1\)$/, /^max \|x_adv - x\| = 0\.1\d*$/],
-  "write-your-own-deq-cell.md": [/^residual after 30 steps: \d\.\d+e-\d+$/, /^state 1: entropy \d\.\d+$/, /^robust accuracy \d+(\.\d)?%$/]
+  "attack-any-tfjs-model.md": [
+    /^classifier \S+: 4 classes, input \[8,8,1\]$/,
+    /^max \|x_adv - x\| = 0\.1\d*, \d+ of 16 fooled$/,
+    /^refused: sample 0: pixel \d+ is [\d.]+, outside the input bounds \[0, 1\]$/,
+    /^clean accuracy \d+(\.\d)?%, robust accuracy \d+(\.\d)?% \(PGD-10, eps 0\.1\)$/,
+    /^same x_adv as the Effect API: true$/
+  ],
+  "write-your-own-deq-cell.md": [
+    /^stopped after epoch 2; resumed into a new cell at epoch 3: 4 epochs, clean accuracy \d+(\.\d)?%$/,
+    /^residual after 30 steps: \d\.\d+e-\d+$/,
+    /^state 1: entropy \d\.\d+$/,
+    /^robust accuracy \d+(\.\d)?%$/
+  ]
 }
 
 /** Runs one guide's program and returns what it printed with console.log. */

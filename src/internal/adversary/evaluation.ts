@@ -2,7 +2,7 @@
  * Evaluation over a dataset: clean accuracy, an ensemble of attacks on the correctly classified samples, the
  * gradient-masking measurements, a resumable per-batch record, and the summary with its flags.
  */
-import { Effect, Option } from "effect"
+import { Context, Effect, Option } from "effect"
 import type { Scope } from "effect"
 import { decode } from "../../Config.ts"
 import { ConfigError } from "../../Errors.ts"
@@ -301,6 +301,14 @@ const summarize = (
 }
 
 /**
+ * Told `(0, batches)` when an evaluation starts and `(done, batches)` after each of its batches (resumed ones
+ * included), for a progress display; the default does nothing.
+ */
+export const BatchProgress = Context.Reference<(done: number, total: number) => void>("effect-deq/Adversary/BatchProgress", {
+  defaultValue: () => () => {}
+})
+
+/**
  * Evaluates `classifier` on `data` under `attacks` (one attack, or stages run as an ensemble): see
  * src/Adversary.ts `evaluate`.
  */
@@ -340,6 +348,8 @@ export const evaluate = (
     const file = o.resumeFile
     const done = file === undefined ? new Map<number, BatchRecord>() : yield* Resume.open(file, fingerprint)
     const records: Array<BatchRecord> = []
+    const report = yield* Effect.service(BatchProgress)
+    report(0, source.batches)
     let fresh = 0
     for (let i = 0; i < source.batches; i++) {
       const previous = done.get(i)
@@ -365,6 +375,7 @@ export const evaluate = (
         yield* Effect.logDebug(`evaluate ${classifier.name}: batch ${i + 1}/${source.batches}`)
       }
       records.push(record)
+      report(i + 1, source.batches)
     }
     return summarize(meta, records)
   })

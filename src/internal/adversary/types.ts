@@ -141,3 +141,43 @@ export class ResumeError extends Schema.TaggedError<ResumeError>()("ResumeError"
   file: Schema.String,
   message: Schema.String
 }) {}
+
+/** What {@link fromModel} takes: a tfjs layers model, or any differentiable function from NHWC images to logits. */
+export type ModelLike = tf.LayersModel | ((x: tf.Tensor4D) => tf.Tensor)
+
+/** Options of {@link fromModel}. */
+export interface FromModelOptions {
+  /** the input domain [lo, hi] the model was trained on: attacks reject pixels outside it and keep x_adv inside */
+  readonly bounds: readonly [number, number]
+  /** the number of classes (a layers model's output width when absent; a function's is learnt on the first call) */
+  readonly classes?: number
+  /** the per-sample input shape [H, W, C]: a layers model taking flat [batch, features] inputs gets x reshaped */
+  readonly inputShape?: readonly [number, number, number]
+  /** the name results are recorded under (default: the layers model's name, else "model") */
+  readonly name?: string
+  /**
+   * what the model outputs: "logits", or "probabilities" (a final softmax), which are turned into log-probabilities
+   * (softmax-equivalent logits: cross-entropy, margin and DLR are unchanged). Default: "probabilities" when the
+   * last layer of a layers model has a softmax activation, else "logits".
+   */
+  readonly output?: "logits" | "probabilities"
+}
+
+/** The explicit random seed of a Promise attack or evaluation (same seed, same backend: same result). */
+export interface Seeded {
+  readonly seed: number
+}
+
+/** An attack for code outside Effect. */
+export interface PromiseAttack {
+  readonly name: string
+  readonly settings: AttackSettings
+  readonly seed: number
+  /** the Effect attack underneath (Adversary.evaluate, ensembles) */
+  readonly attack: AttackShape
+  /**
+   * Attacks the batch. The result's `xAdv` is a new tensor the caller owns (dispose it); nothing else is left.
+   * Rejects with the AttackError when the input is invalid or the classifier throws.
+   */
+  readonly run: (classifier: Classifier, x: tf.Tensor4D, y: tf.Tensor1D, context?: PerturbContext) => Promise<AttackResult>
+}

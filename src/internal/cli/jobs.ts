@@ -12,13 +12,13 @@ import { decode } from "../../Config.ts"
 import type * as Data from "../../Data.ts"
 import type * as Dynamics from "../../Dynamics.ts"
 import { type CheckpointError, ConfigError, type DatasetError } from "../../Errors.ts"
-import { analyseDynamics, type AttackFamily, runSuite, SuiteConfig, type SuiteResult, suiteFlags, suiteJson, suiteTable } from "../../Evaluation.ts"
+import { analyseDynamics, type AttackFamily, BatchProgress, runSuite, SuiteConfig, type SuiteResult, suiteFlags, suiteJson, suiteTable } from "../../Evaluation.ts"
 import * as Models from "../../Models.ts"
 import * as Report from "../../Report.ts"
 import { Rng, tf } from "../../Tensor.ts"
 import * as Train from "../../Train.ts"
 import { loadCheckpoint, type Loaded, testSubset } from "./load.ts"
-import { makeStageProgress, silentProgress, type StageProgress } from "./progress.ts"
+import { evaluationTicker, makeStageProgress, silentProgress, type StageProgress } from "./progress.ts"
 import { type Preset } from "./presets.ts"
 import { epochRows, epochTable, trainingPlot } from "./reports.ts"
 import { eventsFile, say, stderrSink, trainRun } from "./train.ts"
@@ -105,14 +105,19 @@ const evaluateLoaded = (
       })
     }
     const eps = attackEpsOf(loaded.config, suite)
+    const ticker = evaluationTicker(progress)
     return yield* runSuite(loaded.deq, loaded.readOut, split, {
       suite,
       eps,
       steps: loaded.steps,
       families,
       defence,
-      log: (m) => Effect.sync(() => progress.stage(m))
-    }).pipe(Effect.provide(Rng.seeded(loaded.config.seed)), Effect.ensuring(Effect.sync(() => progress.close())))
+      log: (m) => Effect.sync(() => ticker.stage(m))
+    }).pipe(
+      Effect.provideService(BatchProgress, ticker.batch),
+      Effect.provide(Rng.seeded(loaded.config.seed)),
+      Effect.ensuring(Effect.sync(() => progress.close()))
+    )
   })
 
 const describeCheckpoint = (loaded: Loaded): string =>

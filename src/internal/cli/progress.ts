@@ -135,12 +135,32 @@ export const makeProgress = (sink: ProgressSink, options: ProgressOptions = {}):
 export interface StageProgress {
   /** a new stage begins: one line (above the bar on a TTY), with the previous stage's time */
   readonly stage: (message: string) => void
-  /** `done` of `total` `unit`s of the current stage are finished */
-  readonly tick: (done: number, total: number, unit?: string) => void
+  /** `done` of `total` `unit`s of the current stage are finished; the ETA counts from `since` (default: the stage's start) */
+  readonly tick: (done: number, total: number, unit?: string, since?: number) => void
   /** a line of its own (a warning), above the bar */
   readonly note: (message: string) => void
   /** clears the bar and prints the last stage's time */
   readonly close: () => void
+}
+
+/**
+ * The batches of the evaluations inside the stages of `progress` (Evaluation.BatchProgress): a stage may run
+ * several evaluations, so each is counted ("batches of evaluation k") with its own ETA. `now` is for tests.
+ */
+export const evaluationTicker = (progress: StageProgress, now: () => number = () => Date.now()) => {
+  let k = 0, started = now()
+  return {
+    stage: (message: string) => {
+      k = 0
+      progress.stage(message)
+    },
+    batch: (done: number, total: number) => {
+      if (done === 0) {
+        k++
+        started = now()
+      } else progress.tick(done, total, `batches of evaluation ${k}`, started)
+    }
+  }
 }
 
 /** A stage display that shows nothing (quiet jobs). */
@@ -175,9 +195,9 @@ export const makeStageProgress = (sink: ProgressSink, label: string, options: Pr
       lastLog = -Infinity
       line(`${label} [${stages}] ${message} (elapsed ${formatEta((stageStart - begun) / 1000)})`)
     },
-    tick: (done, total, unit = "batches") => {
+    tick: (done, total, unit = "batches", since = stageStart) => {
       const fraction = total > 0 ? done / total : 0
-      const eta = etaOf(done, total, (now() - stageStart) / 1000)
+      const eta = etaOf(done, total, (now() - since) / 1000)
       const text = `${label} [${Math.max(1, stages)}] ${done}/${total} ${unit} ${Report.percent(fraction, 0).padStart(4)} ETA ${formatEta(eta)}`
       if (sink.isTTY) {
         sink.write(barLine(sink, fraction, text))

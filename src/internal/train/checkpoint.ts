@@ -9,7 +9,7 @@ import * as path from "node:path"
 import { Effect } from "effect"
 import * as Checkpoint from "../../Checkpoint.ts"
 import { CheckpointError, ConfigError } from "../../Errors.ts"
-import type { Model } from "../../Models.ts"
+import type { DeqModel } from "../../Dynamics.ts"
 import { tf } from "../../Tensor.ts"
 import type { Adam } from "./adam.ts"
 import * as State from "./state.ts"
@@ -22,7 +22,8 @@ export const checkpointDirs = (out: string): { readonly last: string; readonly b
 
 /** What a training checkpoint holds besides the state: the model, its optimiser, the encoded config, the seed. */
 export interface Target {
-  readonly model: Model
+  /** a built-in model or a custom DeqModel (stored by its variables' names) */
+  readonly model: DeqModel
   readonly optimizer: Adam
   readonly config: unknown
   readonly seed: number

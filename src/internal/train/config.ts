@@ -176,7 +176,8 @@ export class AdamConfig extends Schema.Class<AdamConfig>("AdamConfig")({
  * are scaled down to a small default (10 epochs, no pre-training).
  */
 export class TrainConfig extends Schema.Class<TrainConfig>("TrainConfig")({
-  model: ModelConfig,
+  /** the built-in model Train.run builds (default: an FC DEQ's defaults); `Train.fit` with a model of your own ignores it */
+  model: orEncoded(ModelConfig, { _tag: "fc" }),
   data: DatasetConfig,
   solver: orEncoded(SolverConfig, { _tag: "broyden", maxIter: 8, tol: 1e-3, stopMode: "rel", returnMode: "best" }),
   gradient: orEncoded(GradientConfig, { _tag: "unroll" }),

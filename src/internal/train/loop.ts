@@ -12,7 +12,8 @@ import type { Attack } from "../../Adversary.ts"
 import { type Dataset, toTensors } from "../../Data.ts"
 import { ConfigError } from "../../Errors.ts"
 import type { Solver } from "../../FixedPoint.ts"
-import type { Model } from "../../Models.ts"
+import * as Dynamics from "../../Dynamics.ts"
+import { isModel, type Model } from "../../Models.ts"
 import type { JacobianPenalty, TrainReadOut } from "../../Regularizers.ts"
 import { acquire, type Rng, tf } from "../../Tensor.ts"
 import { type Adam, makeAdam } from "./adam.ts"
@@ -36,7 +37,7 @@ export interface FitMode {
 
 /** Everything one run holds. */
 interface Run {
-  readonly model: Model
+  readonly model: Dynamics.DeqModel
   readonly data: Dataset
   readonly config: TrainConfig
   readonly context: StepContext
@@ -51,7 +52,8 @@ interface Run {
   readonly sharder: Sharder | undefined
 }
 
-const checkShapes = (model: Model, data: Dataset): Effect.Effect<void, ConfigError> => {
+const checkShapes = (model: Model | Dynamics.DeqModel, data: Dataset): Effect.Effect<void, ConfigError> => {
+  if (!isModel(model)) return checkCustom(model, data)
   const shape = model.config.inputShape
   if (shape[0] !== data.shape[0] || shape[1] !== data.shape[1] || shape[2] !== data.shape[2]) {
     return Effect.fail(new ConfigError({
@@ -68,10 +70,57 @@ const checkShapes = (model: Model, data: Dataset): Effect.Effect<void, ConfigErr
   return Effect.void
 }
 
+/**
+ * A custom DeqModel declares no shapes: one forward of one of the dataset's images (f applied once) must give
+ * [1, classes] logits, and its variables' names (the checkpoint keys) must be unique.
+ */
+const checkCustom = (model: Dynamics.DeqModel, data: Dataset): Effect.Effect<void, ConfigError> => {
+  const fail = (path: string, message: string) => Effect.fail(new ConfigError({ path, message }))
+  const names = new Set<string>()
+  for (const p of model.params) {
+    if (names.has(p.name)) return fail("model.params", `two variables are named "${p.name}"; names are the checkpoint keys and must be unique`)
+    names.add(p.name)
+  }
+  let shape: ReadonlyArray<number>
+  try {
+    shape = tf.tidy(() => {
+      const x = tf.zeros([1, ...data.shape]) as tf.Tensor4D
+      const u = model.inject(x)
+      const f = Dynamics.mapOf(model, u, Dynamics.contextOf(model, 1))
+      return model.head(f(model.initState(u))).shape
+    })
+  } catch (e) {
+    return fail("model", `the model cannot classify one of the dataset's [${data.shape}] images: ${e instanceof Error ? e.message : String(e)}`)
+  }
+  if (shape.length !== 2 || shape[0] !== 1 || shape[1] !== data.classes) {
+    return fail("model", `the model's head gives logits of shape [${shape}] for one image; the dataset has ${data.classes} classes`)
+  }
+  return Effect.void
+}
+
+/** The config a checkpoint stores and a resume compares: a custom model's has no `model` (it does not describe it). */
+const storedConfig = (model: Dynamics.DeqModel, config: TrainConfig): unknown => {
+  const encoded = Schema.encodeSync(TrainConfig)(config) as Record<string, unknown>
+  if (isModel(model)) return encoded
+  const { model: _model, ...rest } = encoded
+  return rest
+}
+
+/** Worker threads rebuild the model from the config: a custom model trains here, so asking for more is an error. */
+const checkWorkers = (model: Dynamics.DeqModel, config: TrainConfig): Effect.Effect<void, ConfigError> =>
+  isModel(model) || config.workers === "auto" || config.workers === 1 ?
+    Effect.void :
+    Effect.fail(new ConfigError({
+      path: "workers",
+      message: `workers: ${config.workers} threads need a built-in model (worker threads rebuild it from config.model); ` +
+        `a custom DeqModel trains on the calling thread: use workers 1 or "auto"`
+    }))
+
 /** The run's units, and its state: restored from `<out>/last` with `resume`, else fresh. */
-const setUp = (model: Model, data: Dataset, config: TrainConfig, options: FitOptions, mode: FitMode) =>
+const setUp = (model: Dynamics.DeqModel, data: Dataset, config: TrainConfig, options: FitOptions, mode: FitMode) =>
   Effect.gen(function*() {
     yield* checkShapes(model, data)
+    yield* checkWorkers(model, config)
     const context = yield* makeStepContext(model, config)
     const schedule = yield* makeSchedule(config, data.train.count, context.rng.seed)
     const optimizer = yield* Effect.acquireRelease(
@@ -79,11 +128,16 @@ const setUp = (model: Model, data: Dataset, config: TrainConfig, options: FitOpt
       (a) => Effect.sync(() => a.dispose())
     )
     const evaluator = yield* makeEvaluator(context, config, data.test)
-    const target = { model, optimizer, config: Schema.encodeSync(TrainConfig)(config), seed: context.rng.root }
+    const target = { model, optimizer, config: storedConfig(model, config), seed: context.rng.root }
     const dirs = options.out !== undefined ? Checkpoints.checkpointDirs(options.out) : undefined
     const restored = options.resume === true && dirs !== undefined ? yield* Checkpoints.restore(dirs.last, target) : undefined
-    const threads = mode.servicesFromConfig ? Math.min(yield* resolveWorkers(config.workers, config.model), config.batchSize) : 1
-    const sharder = threads > 1 ? yield* makeSharder({ model, data, config, context, evaluator }, threads) : undefined
+    const builtIn = isModel(model) ? model : undefined
+    const threads = mode.servicesFromConfig && builtIn !== undefined ?
+      Math.min(yield* resolveWorkers(config.workers, config.model), config.batchSize) :
+      1
+    const sharder = threads > 1 && builtIn !== undefined ?
+      yield* makeSharder({ model: builtIn, data, config, context, evaluator }, threads) :
+      undefined
     const run: Run = {
       model,
       data,
@@ -270,7 +324,7 @@ const runEpoch = Effect.fn("Train.epoch")(function*(run: Run) {
  * training read-out, the Jacobian penalty, the attack and the random source come from the context.
  */
 export const fit = (
-  model: Model,
+  model: Dynamics.DeqModel,
   data: Dataset,
   config: TrainConfig,
   options: FitOptions = {},

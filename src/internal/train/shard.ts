@@ -10,6 +10,7 @@
 import { Effect } from "effect"
 import type { AttackError } from "../../Adversary.ts"
 import { ConfigError } from "../../Errors.ts"
+import { isModel } from "../../Models.ts"
 import { makeRng, tf } from "../../Tensor.ts"
 import { type Draw, gradients, type StepContext } from "./step.ts"
 
@@ -63,6 +64,8 @@ const bad = (path: string, message: string) => Effect.fail(new ConfigError({ pat
 export const shardStep = (context: StepContext, input: ShardInput): Effect.Effect<ShardOutput, AttackError | ConfigError> =>
   Effect.gen(function*() {
     const model = context.model
+    // worker shards rebuild the model from the config: built-in models only (Train.run)
+    if (!isModel(model)) return yield* bad("model", "a custom DeqModel is trained on the calling thread only")
     const shape = model.config.inputShape
     const n = input.y.length
     const per = shape[0] * shape[1] * shape[2]

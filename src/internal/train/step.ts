@@ -18,7 +18,6 @@ import { Effect, type Scope } from "effect"
 import { Attack, type AttackError, type Classifier } from "../../Adversary.ts"
 import * as Dynamics from "../../Dynamics.ts"
 import { Backward, Solver, type SolveStats } from "../../FixedPoint.ts"
-import type { Model } from "../../Models.ts"
 import { JacobianPenalty, jitterReadOut, type Rows, TrainReadOut } from "../../Regularizers.ts"
 import { acquire, makeRng, Rng, tf } from "../../Tensor.ts"
 import { gradientOf, type MethodConfig, type TrainAttackConfig, type TrainConfig } from "./config.ts"
@@ -28,7 +27,8 @@ import type { Position } from "./schedule.ts"
 
 /** What every step of a run shares: the model, its DEQs, the services and the method's settings. */
 export interface StepContext {
-  readonly model: Model
+  /** a built-in model or a custom DeqModel */
+  readonly model: Dynamics.DeqModel
   /** the training DEQ (the config's gradient) */
   readonly deq: Dynamics.Deq
   /** pre-training: `pretrainLayers` weight-tied applications of f from z_0, differentiated through */
@@ -43,7 +43,7 @@ export interface StepContext {
 
 /** The step context of `model` under `config`, from the services in the context. */
 export const makeStepContext = (
-  model: Model,
+  model: Dynamics.DeqModel,
   config: TrainConfig
 ): Effect.Effect<StepContext, never, Solver | TrainReadOut | JacobianPenalty | Attack | Rng> =>
   Effect.gen(function*() {
