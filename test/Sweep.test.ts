@@ -89,6 +89,19 @@ describe("sweep files", () => {
     const paper = Effect.runSync(Sweep.load(path.resolve("presets", "sweep-paper-ablation.json")))
     expect(paper.runs.length).toBe(12)
     expect(new Set(paper.runs.map((r) => r.arm)).size).toBe(4)
+    const conv = Effect.runSync(Sweep.load(path.resolve("presets", "sweep-paper-conv.json")))
+    expect(conv.runs.length).toBe(12)
+    expect([...new Set(conv.runs.map((r) => r.arm))]).toEqual(["pgd-at, final", "pgd-at, ris", "trades, final", "trades, ris"])
+    expect(conv.runs.every((r) => (r.train as { model: { _tag: string } }).model._tag === "conv")).toBe(true)
+  })
+
+  it("the tail axis sets k of the unrolled tail; the FC tail sweep is read-out x k x 2 seeds", () => {
+    const tail = Effect.runSync(Sweep.load(path.resolve("presets", "sweep-fc-tail.json")))
+    expect(tail.runs.length).toBe(8)
+    expect([...new Set(tail.runs.map((r) => r.arm))]).toEqual(["final, tail k 0", "final, tail k 5", "ris, tail k 0", "ris, tail k 5"])
+    const ks = tail.runs.map((r) => (r.train as { gradient: { _tag: string; k: number; lambda: number } }).gradient)
+    expect(ks.map((g) => g.k)).toEqual([0, 0, 5, 5, 0, 0, 5, 5])
+    expect(ks.every((g) => g._tag === "unroll" && g.lambda === 0.5)).toBe(true)
   })
 })
 

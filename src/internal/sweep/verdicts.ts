@@ -76,9 +76,9 @@ const split = (runs: ReadonlyArray<RunResult>, pick: (s: RunResult["states"][num
     return [{ intermediate: mean(states.filter((s) => s !== last).map((s) => pick(s)!)), last: pick(last)! }]
   })
 
-/** The arms of a method with a given read-out ("final" / "ris"), by the runs' axes. */
-const runsOf = (runs: ReadonlyArray<RunResult>, readOut: string, method: string) =>
-  runs.filter((r) => r.axes.readOut === readOut && (r.axes.method ?? "") === method)
+/** A run's group: its axis values other than the read-out and the seed (the arms RIS is compared within). */
+const groupOf = (r: RunResult): string =>
+  Object.entries(r.axes).filter(([k]) => k !== "readOut" && k !== "seed").map(([k, v]) => (k === "method" ? String(v) : `${k} ${v}`)).join(", ")
 
 /** Why RIS may have had nothing to act on, from the mechanism checks of the runs (undefined when it could act). */
 const mechanismReason = (runs: ReadonlyArray<RunResult>): string | undefined => {
@@ -93,11 +93,13 @@ const mechanismReason = (runs: ReadonlyArray<RunResult>): string | undefined => 
 
 /** Every verdict the sweep's runs allow, in claim order; claims with no data are "not measured". */
 export const verdicts = (runs: ReadonlyArray<RunResult>): Array<Verdict> => {
-  const methods = [...new Set(runs.map((r) => String(r.axes.method ?? "")))]
+  const groups = [...new Set(runs.map(groupOf))]
   const out: Array<Verdict> = []
-  for (const m of methods) {
-    const name = m === "" ? "the base method" : m
-    const baseline = runsOf(runs, "final", m).length > 0 ? runsOf(runs, "final", m) : runs.filter((r) => (r.axes.method ?? "") === m && r.axes.readOut === undefined)
+  for (const g of groups) {
+    const name = g === "" ? "all runs" : g
+    const inGroup = runs.filter((r) => groupOf(r) === g)
+    const fin = inGroup.filter((r) => r.axes.readOut === "final"), ris = inGroup.filter((r) => r.axes.readOut === "ris")
+    const baseline = inGroup.filter((r) => r.axes.readOut === undefined || r.axes.readOut === "final")
     const rob = split(baseline, (s) => s.robustAccuracy)
     out.push(decide(
       { claim: "a", scope: `${name}, final state`, measure: "robust accuracy: z_N vs mean of z_1..z_(N-1)" },
@@ -110,7 +112,6 @@ export const verdicts = (runs: ReadonlyArray<RunResult>): Array<Verdict> => {
       ent.map((r) => r.intermediate),
       ent.map((r) => r.last)
     ))
-    const ris = runsOf(runs, "ris", m), fin = runsOf(runs, "final", m)
     if (ris.length > 0 || fin.length > 0) {
       out.push(decide(
         { claim: "b", scope: `${name}: ris vs final`, measure: "worst-case robust accuracy at the read-out" },
