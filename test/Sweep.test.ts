@@ -14,6 +14,7 @@ import * as Report from "../src/Report.ts"
 import * as Sqlite from "../src/internal/sweep/sqlite.ts"
 import { counts, makeDisplay, type RunStatus, sweepEta, tableText } from "../src/internal/sweep/follow.ts"
 import { defenceOf, plots, type RunResult } from "../src/internal/sweep/results.ts"
+import { submissionOrder } from "../src/internal/sweep/run.ts"
 import { decide, verdicts, verdictTable } from "../src/internal/sweep/verdicts.ts"
 import * as Sweep from "../src/Sweep.ts"
 
@@ -93,6 +94,14 @@ describe("sweep files", () => {
     expect(conv.runs.length).toBe(12)
     expect([...new Set(conv.runs.map((r) => r.arm))]).toEqual(["pgd-at, final", "pgd-at, ris", "trades, final", "trades, ris"])
     expect(conv.runs.every((r) => (r.train as { model: { _tag: string } }).model._tag === "conv")).toBe(true)
+  })
+
+  it("runs are submitted seed by seed, so a sweep cut short has every arm", () => {
+    const conv = Effect.runSync(Sweep.load(path.resolve("presets", "sweep-paper-conv.json")))
+    const order = submissionOrder(conv.runs)
+    expect(order.map((r) => r.seed)).toEqual([1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3])
+    expect(order.slice(0, 4).map((r) => r.arm)).toEqual(["pgd-at, final", "pgd-at, ris", "trades, final", "trades, ris"])
+    expect(new Set(order.map((r) => r.id))).toEqual(new Set(conv.runs.map((r) => r.id)))
   })
 
   it("the tail axis sets k of the unrolled tail; the FC tail sweep is read-out x k x 2 seeds", () => {
