@@ -43,7 +43,19 @@ export {
   /** Per-state clean and adversarial accuracy, entropy and residual of a DEQ over a split (`deq dynamics`). */
   analyseDynamics,
   /** Options of {@link analyseDynamics}. */
-  type AnalysisOptions
+  type AnalysisOptions,
+  /** True when every state n >= 2 agrees with the read-out above the threshold. */
+  isIdle,
+  /** What {@link mechanismCheck} found. */
+  type MechanismCheck,
+  /** Can random intermediate states act: tail(z_n) against tail(z_N) per state, and the residual at z_N. */
+  mechanismCheck,
+  /** Options of {@link mechanismCheck}. */
+  type MechanismOptions,
+  /** One state of {@link mechanismCheck}. */
+  type MechanismRow,
+  /** The check as a Markdown section body (table and verdict). */
+  mechanismSection
 } from "./internal/evaluation/dynamics.ts"
 
 export {

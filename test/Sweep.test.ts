@@ -13,7 +13,9 @@ import { ConfigError } from "../src/Errors.ts"
 import * as Report from "../src/Report.ts"
 import * as Sqlite from "../src/internal/sweep/sqlite.ts"
 import { counts, makeDisplay, type RunStatus, sweepEta, tableText } from "../src/internal/sweep/follow.ts"
-import { plots } from "../src/internal/sweep/results.ts"
+import { defenceOf, plots, type RunResult } from "../src/internal/sweep/results.ts"
+import { submissionOrder } from "../src/internal/sweep/run.ts"
+import { decide, verdicts, verdictTable } from "../src/internal/sweep/verdicts.ts"
 import * as Sweep from "../src/Sweep.ts"
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "deq-sweep-unit-"))
@@ -88,6 +90,27 @@ describe("sweep files", () => {
     const paper = Effect.runSync(Sweep.load(path.resolve("presets", "sweep-paper-ablation.json")))
     expect(paper.runs.length).toBe(12)
     expect(new Set(paper.runs.map((r) => r.arm)).size).toBe(4)
+    const conv = Effect.runSync(Sweep.load(path.resolve("presets", "sweep-paper-conv.json")))
+    expect(conv.runs.length).toBe(12)
+    expect([...new Set(conv.runs.map((r) => r.arm))]).toEqual(["pgd-at, final", "pgd-at, ris", "trades, final", "trades, ris"])
+    expect(conv.runs.every((r) => (r.train as { model: { _tag: string } }).model._tag === "conv")).toBe(true)
+  })
+
+  it("runs are submitted seed by seed, so a sweep cut short has every arm", () => {
+    const conv = Effect.runSync(Sweep.load(path.resolve("presets", "sweep-paper-conv.json")))
+    const order = submissionOrder(conv.runs)
+    expect(order.map((r) => r.seed)).toEqual([1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3])
+    expect(order.slice(0, 4).map((r) => r.arm)).toEqual(["pgd-at, final", "pgd-at, ris", "trades, final", "trades, ris"])
+    expect(new Set(order.map((r) => r.id))).toEqual(new Set(conv.runs.map((r) => r.id)))
+  })
+
+  it("the tail axis sets k of the unrolled tail; the FC tail sweep is read-out x k x 2 seeds", () => {
+    const tail = Effect.runSync(Sweep.load(path.resolve("presets", "sweep-fc-tail.json")))
+    expect(tail.runs.length).toBe(8)
+    expect([...new Set(tail.runs.map((r) => r.arm))]).toEqual(["final, tail k 0", "final, tail k 5", "ris, tail k 0", "ris, tail k 5"])
+    const ks = tail.runs.map((r) => (r.train as { gradient: { _tag: string; k: number; lambda: number } }).gradient)
+    expect(ks.map((g) => g.k)).toEqual([0, 0, 5, 5, 0, 0, 5, 5])
+    expect(ks.every((g) => g._tag === "unroll" && g.lambda === 0.5)).toBe(true)
   })
 })
 
@@ -113,19 +136,50 @@ describe("SQLite SqlClient (embedded storage)", () => {
 })
 
 describe("results", () => {
-  const robustReport = (rows: Array<[string, number, number]>) => ({
-    evaluation: { rows: rows.map(([defence, clean, robust]) => ({ defence, result: { cleanAccuracy: clean, robustAccuracy: robust, samples: 32 } })) }
+  const result = (clean: number, robust: number, samples = 32) => ({ cleanAccuracy: clean, robustAccuracy: robust, samples })
+
+  it("robustOf reads the evaluation's per-sample worst case, not the lowest row", () => {
+    // per sample, the worst case can be below every single row (different attacks break different images)
+    const report = {
+      evaluation: {
+        undefended: result(0.9, 0.25, 1000),
+        rows: [
+          { defence: "none", headline: true, result: result(0.9, 0.25, 1000) },
+          { defence: "none", role: "white-box", result: result(0.9, 0.5, 1000) },
+          { defence: "none", role: "white-box", result: result(0.9, 0.3, 1000) },
+          { defence: "entropy reduction", result: result(0.9, 0.1, 200) }
+        ]
+      }
+    }
+    expect(Sweep.robustOf(report)).toEqual({ clean: 0.9, robust: 0.25, samples: 1000 })
+    // without `undefended` (an older report) the undefended worst-case row; neither: NaN, never a single attack
+    const { undefended: _, ...older } = report.evaluation
+    expect(Sweep.robustOf({ evaluation: older })).toEqual({ clean: 0.9, robust: 0.25, samples: 1000 })
+    const none = Sweep.robustOf({ evaluation: { rows: [{ defence: "none", result: result(0.9, 0.5) }] } })
+    expect(Number.isNaN(none.robust)).toBe(true)
+    expect(none.samples).toBe(0)
   })
 
-  it("robustOf is the lowest robust accuracy over the undefended rows", () => {
-    const r = Sweep.robustOf(robustReport([["none", 0.9, 0.5], ["none", 0.9, 0.3], ["entropy", 0.9, 0.1]]))
-    expect(r).toEqual({ clean: 0.9, robust: 0.3, samples: 32 })
+  it("defenceOf reads the transfer row, the defended worst case and the undefended worst case on the same images", () => {
+    const report = {
+      evaluation: {
+        defended: result(0.88, 0.4, 200),
+        rows: [
+          { defence: "entropy reduction", role: "transfer", protocol: "paper", result: result(0.88, 0.63, 200) },
+          { defence: "entropy reduction", role: "adaptive", protocol: "adaptive: BPDA", result: result(0.88, 0.45, 200) },
+          { defence: "none", protocol: "same 200 images: undefended worst case", result: result(0.9, 0.55, 200) }
+        ]
+      }
+    }
+    expect(defenceOf(report)).toEqual({ transfer: 0.63, worst: 0.4, undefended: 0.55, samples: 200 })
+    expect(defenceOf({ evaluation: { rows: [] } })).toBeUndefined()
+    expect(defenceOf(undefined)).toBeUndefined()
   })
 
   it("summarize gives mean +- sample sd per arm and per state; the plot has one band per arm and measure", () => {
     const sweep = Effect.runSync(Sweep.load(quick))
     const results = sweep.runs.map((run, i) => ({
-      id: run.id, arm: run.arm, seed: run.seed, clean: 0.5 + 0.1 * i, robust: 0.2 + 0.1 * i, samples: 32,
+      id: run.id, arm: run.arm, seed: run.seed, clean: 0.5 + 0.1 * i, robust: 0.2 + 0.1 * i, samples: 32, axes: run.axes,
       states: [1, 2].map((n) => ({ n, cleanAccuracy: 0.1 * n + 0.1 * i, robustAccuracy: 0.05 * n, cleanEntropy: 1 / n, robustEntropy: 2 / n }))
     }))
     const arms = Sweep.summarize(sweep, results)
@@ -150,6 +204,71 @@ describe("results", () => {
   it("meanSd of one value has sd 0; of none is NaN", () => {
     expect(Sweep.meanSd([0.4])).toEqual({ mean: 0.4, sd: 0, n: 1 })
     expect(Number.isNaN(Sweep.meanSd([]).mean)).toBe(true)
+  })
+})
+
+describe("verdicts", () => {
+  const head = { claim: "b", scope: "s", measure: "m" }
+
+  it("supported only when the difference exceeds twice the larger sd over seeds", () => {
+    // means 0.6 and 0.5, sds 0.01 and 0.02: difference 0.1 > 2 x 0.02
+    const yes = decide(head, [0.59, 0.6, 0.61], [0.48, 0.5, 0.52])
+    expect(yes.outcome).toBe("supported")
+    expect(yes.difference).toBeCloseTo(0.1, 12)
+    expect(yes.sd).toBeCloseTo(0.02, 12)
+    expect(yes.higher).toEqual({ mean: expect.closeTo(0.6, 12), sd: expect.closeTo(0.01, 12), n: 3 })
+    // the same means with a noisy side: 0.1 < 2 x 0.1
+    const noisy = decide(head, [0.5, 0.6, 0.7], [0.48, 0.5, 0.52], "the mechanism check found nothing to regulate")
+    expect(noisy.outcome).toBe("not supported at this scale")
+    expect(noisy.reason).toBe("the difference is within twice the seeds' sd (3 and 3 seeds); the mechanism check found nothing to regulate")
+    // exactly twice the sd is not enough
+    expect(decide(head, [0.7, 0.7], [0.58, 0.62]).outcome).toBe("supported")
+    expect(decide(head, [0.64, 0.64], [0.58, 0.62]).outcome).toBe("not supported at this scale")
+    // the wrong direction, one seed, nothing
+    expect(decide(head, [0.4, 0.41], [0.5, 0.51]).reason).toBe("the difference has the opposite sign")
+    expect(decide(head, [0.9], [0.1]).reason).toBe("only 1 seed (no sd over seeds)")
+    expect(decide(head, [], [0.1]).outcome).toBe("not measured")
+  })
+
+  it("verdicts computes (a) within the final-state arms, (b) ris vs final, (c) from defence reports", () => {
+    const states = (robust: ReadonlyArray<number>, entropy: ReadonlyArray<number>) =>
+      robust.map((r, i) => ({ n: i + 1, cleanAccuracy: 0.9, robustAccuracy: r, cleanEntropy: entropy[i]!, robustEntropy: 1 }))
+    const run = (readOut: string, seed: number, robust: number, s: RunResult["states"], extra: Partial<RunResult> = {}): RunResult => ({
+      id: `${readOut}-${seed}`, arm: `pgd-at, ${readOut}`, seed, clean: 0.9, robust, samples: 1000, states: s,
+      axes: { method: "pgd-at", readOut, seed }, mechanism: { idle: readOut === "final", minAgreement: 0.97, residual: 0.2 }, ...extra
+    })
+    const defence = { transfer: 0.7, worst: 0.5, undefended: 0.55, samples: 200 }
+    const runs = [
+      // intermediate states 0.2 / 0.3 below z_N's 0.5, 0.52, 0.51; entropy 1.0 / 0.9 above z_N's 0.5
+      run("final", 1, 0.40, states([0.2, 0.3, 0.5], [1, 0.9, 0.5]), { defence }),
+      run("final", 2, 0.41, states([0.22, 0.32, 0.52], [1.01, 0.91, 0.5]), { defence: { ...defence, transfer: 0.71, worst: 0.49 } }),
+      run("final", 3, 0.42, states([0.21, 0.31, 0.51], [1.02, 0.92, 0.51]), { defence: { ...defence, transfer: 0.72, worst: 0.51 } }),
+      run("ris", 1, 0.40, states([0.4, 0.45, 0.5], [0.5, 0.5, 0.5])),
+      run("ris", 2, 0.45, states([0.4, 0.45, 0.5], [0.5, 0.5, 0.5])),
+      run("ris", 3, 0.50, states([0.4, 0.45, 0.5], [0.5, 0.5, 0.5]))
+    ]
+    const vs = verdicts(runs)
+    const find = (claim: string, measure: string, scope?: string) =>
+      vs.find((v) => v.claim === claim && v.measure.includes(measure) && (scope === undefined || v.scope === scope))!
+    const robust = find("a", "robust")
+    expect(robust.scope).toBe("pgd-at, final state")
+    expect(robust.difference).toBeCloseTo(0.51 - 0.26, 12)
+    expect(robust.outcome).toBe("supported")
+    expect(find("a", "entropy").difference).toBeCloseTo(0.96 - (0.5 + 0.5 + 0.51) / 3, 12)
+    expect(find("a", "entropy").outcome).toBe("supported")
+    const b = find("b", "worst-case")
+    expect(b.difference).toBeCloseTo(0.45 - 0.41, 12)
+    expect(b.outcome).toBe("not supported at this scale")
+    expect(b.reason).toContain("nothing to regulate in 3 of 6 runs")
+    // (c): transfer 0.71 vs 0.55 on the same images; (c'): the worst case 0.50 vs 0.55, the wrong way
+    expect(find("c", "transfer", "pgd-at, final").outcome).toBe("supported")
+    expect(find("c'", "adaptive", "pgd-at, final").reason).toBe("the difference has the opposite sign")
+    // the ris arm has no defence report: measured nowhere, and the table says how to measure it
+    const missing = find("c", "transfer", "pgd-at, ris")
+    expect(missing.outcome).toBe("not measured")
+    expect(missing.reason).toContain("deq eval --defence entropy")
+    const table = verdictTable(vs)
+    expect(table).toContain("| a | pgd-at, final state | robust accuracy: z_N vs mean of z_1..z_(N-1) | 51.0 ± 1.0 (3) | 26.0 ± 1.0 (3) | 25.0 pt | 2.0 pt | **supported** | - |")
   })
 })
 

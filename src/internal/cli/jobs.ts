@@ -12,7 +12,7 @@ import { decode } from "../../Config.ts"
 import type * as Data from "../../Data.ts"
 import type * as Dynamics from "../../Dynamics.ts"
 import { type CheckpointError, ConfigError, type DatasetError } from "../../Errors.ts"
-import { analyseDynamics, type AttackFamily, BatchProgress, runSuite, SuiteConfig, type SuiteResult, suiteFlags, suiteJson, suiteTable } from "../../Evaluation.ts"
+import { analyseDynamics, type AttackFamily, BatchProgress, type MechanismCheck, mechanismCheck, mechanismSection, runSuite, SuiteConfig, type SuiteResult, suiteFlags, suiteJson, suiteTable } from "../../Evaluation.ts"
 import * as Models from "../../Models.ts"
 import * as Report from "../../Report.ts"
 import { Rng, tf } from "../../Tensor.ts"
@@ -194,6 +194,8 @@ export interface DynamicsResult {
   readonly source: string
   readonly samples: number
   readonly seconds: number
+  /** can random intermediate states act: tail(z_n) against tail(z_N) on the clean inputs */
+  readonly mechanism: MechanismCheck
 }
 
 /** The dynamics analysis of a loaded DEQ. */
@@ -222,8 +224,10 @@ const analyse = (
       attack: { attack, classifier },
       onBatch: (done, total) => Effect.sync(() => o.progress.tick(done, total))
     }).pipe(Effect.provide(Rng.seeded(o.seed)), Effect.ensuring(Effect.sync(() => o.progress.close())))
+    const mechanism = yield* mechanismCheck(deq, split, { steps: o.steps, batchSize: o.batchSize })
     return {
       rows,
+      mechanism,
       attack: `PGD-${o.attackSteps} (eps ${Number(o.eps.toPrecision(4))})`,
       source: Adversary.GradientSource.label(source),
       samples: split.count,
@@ -256,6 +260,10 @@ const dynamicsSection = (dir: string, result: DynamicsResult, loaded: Loaded, pr
       Report.image(files.entropy, "prediction entropy per state"),
       Report.image(files.accuracy, "accuracy per state"),
       Report.image(files.residual, "relative residual per step"),
+      "",
+      "**Can random intermediate states act?**",
+      "",
+      mechanismSection(result.mechanism),
       "",
       `Analysis time: ${Report.duration(1000 * result.seconds)}.`
     ].join("\n")

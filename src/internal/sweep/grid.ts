@@ -8,7 +8,7 @@ import { createHash } from "node:crypto"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { Effect, Schema } from "effect"
-import { decode, Positive, PositiveInt } from "../../Config.ts"
+import { decode, NonNegativeInt, Positive, PositiveInt } from "../../Config.ts"
 import { ConfigError } from "../../Errors.ts"
 import { attackFamilies, SuiteConfig } from "../../Evaluation.ts"
 import * as Train from "../../Train.ts"
@@ -22,11 +22,13 @@ export const Axes = Schema.Struct({
   seed: Schema.optional(Schema.Array(Schema.Int)),
   eps: Schema.optional(Schema.Array(Positive)),
   lr: Schema.optional(Schema.Array(Positive)),
-  epochs: Schema.optional(Schema.Array(PositiveInt))
+  epochs: Schema.optional(Schema.Array(PositiveInt)),
+  /** k of the unrolled tail (f, then k damped steps) the loss reads a state through */
+  tail: Schema.optional(Schema.Array(NonNegativeInt))
 })
 
 /** The names of the axes, in the order they are expanded (seed last: the seeds of one arm are adjacent). */
-export const axisNames = ["method", "readOut", "solver", "eps", "lr", "epochs", "seed"] as const
+export const axisNames = ["method", "readOut", "tail", "solver", "eps", "lr", "epochs", "seed"] as const
 /** One axis. */
 export type AxisName = typeof axisNames[number]
 
@@ -128,6 +130,8 @@ const applyAxis = (train: Record<string, any>, axis: AxisName, value: string | n
       return { ...train, lr: value }
     case "epochs":
       return { ...train, epochs: value }
+    case "tail":
+      return { ...train, gradient: { ...(train.gradient?._tag === "unroll" ? train.gradient : { _tag: "unroll" }), k: value } }
   }
 }
 
@@ -210,7 +214,7 @@ export const expand = (file: string, sweep: SweepFile): Effect.Effect<Sweep, Con
       )
       const train = Train.encodeConfig(decoded)
       const values = Object.fromEntries(combo)
-      const armParts = combo.filter(([n]) => n !== "seed").map(([n, v]) => (n === "method" || n === "readOut" || n === "solver" ? String(v) : `${n} ${v}`))
+      const armParts = combo.filter(([n]) => n !== "seed").map(([n, v]) => (n === "method" || n === "readOut" || n === "solver" ? String(v) : n === "tail" ? `tail k ${v}` : `${n} ${v}`))
       const arm = armParts.length > 0 ? armParts.join(", ") : sweep.base
       const hash = shortHash({ train, eval: evalSpec, dynamics })
       const id = `${slug(armParts.join("-") || sweep.base)}-s${decoded.seed}-${hash}`

@@ -9,18 +9,36 @@ import * as path from "node:path"
 import { Effect } from "effect"
 import * as Report from "../../Report.ts"
 import type { RunSpec, Sweep } from "./grid.ts"
+import { claims, meanSd, stateTable, verdicts, verdictTable } from "./verdicts.ts"
+
+export { meanSd } from "./verdicts.ts"
 
 /**
- * Clean and robust accuracy from an evaluation report (`eval/report.json`). Robust is the lowest robust accuracy
- * over the undefended rows: each row is already the per-sample worst case of its attack family, so this is the
- * worst case of the evaluation. The one place that reads it: repoint it when the evaluation reports change.
+ * Clean and robust accuracy from an evaluation report (`eval/report.json`): the evaluation's per-sample worst case
+ * over every undefended attack (`evaluation.undefended`, Adversary.worstCase; docs/attacks.md, "The numbers to
+ * report"), else its undefended worst-case row. The one place that reads it: repoint it when the evaluation
+ * reports change. NaN when the report has neither.
  */
 export const robustOf = (report: unknown): { readonly clean: number; readonly robust: number; readonly samples: number } => {
-  const rows = ((report as { evaluation?: { rows?: ReadonlyArray<any> } }).evaluation?.rows ?? [])
-    .filter((r) => r.defence === "none" && typeof r.result?.robustAccuracy === "number")
-  if (rows.length === 0) return { clean: Number.NaN, robust: Number.NaN, samples: 0 }
-  const worst = rows.reduce((a, b) => (b.result.robustAccuracy < a.result.robustAccuracy ? b : a))
-  return { clean: rows[0].result.cleanAccuracy, robust: worst.result.robustAccuracy, samples: worst.result.samples }
+  const evaluation = (report as { evaluation?: { undefended?: any; rows?: ReadonlyArray<any> } } | undefined)?.evaluation
+  const headline = (evaluation?.rows ?? []).find((r) => r.defence === "none" && r.headline === true)?.result
+  const worst = typeof evaluation?.undefended?.robustAccuracy === "number" ? evaluation.undefended : headline
+  if (typeof worst?.robustAccuracy !== "number") return { clean: Number.NaN, robust: Number.NaN, samples: 0 }
+  return { clean: worst.cleanAccuracy, robust: worst.robustAccuracy, samples: worst.samples }
+}
+
+/**
+ * The entropy-reduction numbers of a defended evaluation report (`deq eval --defence entropy`): the paper's transfer
+ * protocol, the defended per-sample worst case over every attack, and the undefended worst case on the same images.
+ */
+export const defenceOf = (report: unknown): RunResult["defence"] => {
+  const evaluation = (report as { evaluation?: { defended?: any; rows?: ReadonlyArray<any> } } | undefined)?.evaluation
+  const rows = evaluation?.rows ?? []
+  const transfer = rows.find((r) => r.role === "transfer")?.result?.robustAccuracy
+  const undefended = rows.find((r) => r.defence === "none" && typeof r.protocol === "string" && r.protocol.startsWith("same "))?.result?.robustAccuracy
+  const worst = evaluation?.defended?.robustAccuracy
+  if (typeof transfer !== "number" || typeof undefended !== "number" || typeof worst !== "number") return undefined
+  return { transfer, worst, undefended, samples: evaluation?.defended?.samples ?? 0 }
 }
 
 /** One state z_n of a run's dynamics report. */
@@ -41,6 +59,12 @@ export interface RunResult {
   readonly robust: number
   readonly samples: number
   readonly states: ReadonlyArray<StateRow>
+  /** the run's axis values (method, readOut, ...) */
+  readonly axes: Readonly<Record<string, string | number>>
+  /** the dynamics report's mechanism check: nothing to regulate, lowest agreement for n >= 2, residual at z_N */
+  readonly mechanism?: { readonly idle: boolean; readonly minAgreement: number; readonly residual: number }
+  /** entropy reduction, when `runs/<id>/defence/report.json` holds a defended evaluation */
+  readonly defence?: { readonly transfer: number; readonly worst: number; readonly undefended: number; readonly samples: number }
 }
 
 const readJson = (file: string): unknown => {
@@ -58,19 +82,23 @@ export const runDir = (out: string, id: string): string => path.join(out, "runs"
 export const readRun = (out: string, run: RunSpec): RunResult | undefined => {
   const dir = runDir(out, run.id)
   const evaluation = readJson(path.join(dir, "eval", "report.json"))
-  const dynamics = readJson(path.join(dir, "dynamics", "report.json")) as { rows?: ReadonlyArray<StateRow> } | undefined
+  const dynamics = readJson(path.join(dir, "dynamics", "report.json")) as {
+    rows?: ReadonlyArray<StateRow>
+    mechanism?: { idle?: boolean; residual?: number; rows?: ReadonlyArray<{ n: number; agreement: number }> }
+  } | undefined
   if (evaluation === undefined || dynamics === undefined) return undefined
   const r = robustOf(evaluation)
-  return { id: run.id, arm: run.arm, seed: run.seed, ...r, states: dynamics.rows ?? [] }
-}
-
-/** Mean and (sample) standard deviation; sd 0 for one value. */
-export const meanSd = (xs: ReadonlyArray<number>): { readonly mean: number; readonly sd: number; readonly n: number } => {
-  const v = xs.filter(Number.isFinite)
-  if (v.length === 0) return { mean: Number.NaN, sd: Number.NaN, n: 0 }
-  const mean = v.reduce((a, b) => a + b, 0) / v.length
-  const sd = v.length > 1 ? Math.sqrt(v.reduce((a, b) => a + (b - mean) ** 2, 0) / (v.length - 1)) : 0
-  return { mean, sd, n: v.length }
+  const m = dynamics.mechanism
+  const late = (m?.rows ?? []).filter((x) => x.n >= 2).map((x) => x.agreement)
+  const mechanism = m !== undefined && typeof m.idle === "boolean"
+    ? { idle: m.idle, minAgreement: late.length > 0 ? Math.min(...late) : Number.NaN, residual: m.residual ?? Number.NaN }
+    : undefined
+  const defence = defenceOf(readJson(path.join(dir, "defence", "report.json")))
+  return {
+    id: run.id, arm: run.arm, seed: run.seed, ...r, states: dynamics.rows ?? [], axes: run.axes,
+    ...(mechanism !== undefined ? { mechanism } : {}),
+    ...(defence !== undefined ? { defence } : {})
+  }
 }
 
 /** One arm's aggregate. */
@@ -131,6 +159,22 @@ export const armTable = (arms: ReadonlyArray<ArmSummary>): string =>
     arms.map((a) => [a.arm, a.seeds.join(", "), pctSd(a.clean), pctSd(a.robust)])
   )
 
+/** Per arm, the mechanism checks of its runs: clean residual at z_N and the lowest agreement from z_2 on. */
+export const mechanismTable = (arms: ReadonlyArray<ArmSummary>, results: ReadonlyArray<RunResult>): string =>
+  Report.table(
+    ["arm", "runs checked", "clean rel. residual at z_N (mean ± sd)", "lowest agreement of tail(z_n), n >= 2, with tail(z_N) % (mean ± sd)", "nothing to regulate in"],
+    arms.map((a) => {
+      const rs = results.filter((r) => r.arm === a.arm && r.mechanism !== undefined)
+      const res = meanSd(rs.map((r) => r.mechanism!.residual)), agr = meanSd(rs.map((r) => r.mechanism!.minAgreement))
+      return [
+        a.arm, rs.length,
+        res.n > 0 ? `${res.mean.toFixed(4)} ± ${res.sd.toFixed(4)}` : "-",
+        pctSd(agr),
+        `${rs.filter((r) => r.mechanism!.idle).length} of ${rs.length}`
+      ]
+    })
+  )
+
 type Pick = (s: ArmSummary["states"][number]) => ReturnType<typeof meanSd>
 
 const curve = (arms: ReadonlyArray<ArmSummary>, label: string, pick: Pick): Array<Report.Series> =>
@@ -184,6 +228,7 @@ export const writeSummary = (
   Effect.gen(function*() {
     const results = sweep.runs.flatMap((r) => (states.get(r.id) === "done" ? [readRun(out, r)].filter((x) => x !== undefined) : []))
     const arms = summarize(sweep, results)
+    const judged = verdicts(results)
     const p = plots(arms)
     yield* Report.writeSvg(path.join(out, "accuracy.svg"), p.accuracy)
     yield* Report.writeSvg(path.join(out, "entropy.svg"), p.entropy)
@@ -196,12 +241,42 @@ export const writeSummary = (
           `- Sweep file: \`${sweep.file}\`; base preset ${sweep.base}; axes ${sweep.axes.join(", ")}; ${sweep.runs.length} runs, ` +
           `${results.length} done.`,
           `- Storage: ${extra.storage}.${extra.seconds !== undefined ? ` Wall time of this invocation: ${Report.duration(1000 * extra.seconds)}.` : ""}`,
-          `- Robust accuracy is the worst case of each run's evaluation (the lowest robust accuracy over its undefended attacks).`,
+          `- Robust accuracy is the per-sample worst case of each run's evaluation over every undefended attack it ran.`,
           "",
           armTable(arms),
           "",
           Report.image("accuracy.svg", "accuracy per state"),
           Report.image("entropy.svg", "entropy per state")
+        ].join("\n")
+      },
+      {
+        title: "Verdicts",
+        body: [
+          "Computed from the runs below (src/internal/sweep/verdicts.ts): mean ± sd over seeds (seeds in parentheses), " +
+          "the difference in the claim's direction, and **supported** only when it exceeds twice the larger of the " +
+          "two sides' sds.",
+          "",
+          ...Object.entries(claims).map(([k, v]) => `- (${k}) ${v}`),
+          "",
+          verdictTable(judged)
+        ].join("\n")
+      },
+      {
+        title: "Can random intermediate states act?",
+        body: [
+          "From each run's dynamics report: the loss on a random state reads tail(z_n); when it predicts like " +
+          "tail(z_N) on more than 95% of clean inputs for every n >= 2, there is nothing to regulate.",
+          "",
+          mechanismTable(arms, results)
+        ].join("\n")
+      },
+      {
+        title: "Per state",
+        body: [
+          "Per state z_n (h(z_n) read directly), mean ± sd over seeds; robust: the dynamics analysis' attack (made once " +
+          "per batch through the z_N surrogate, observed along the trajectory; see each run's dynamics report).",
+          "",
+          stateTable(arms)
         ].join("\n")
       },
       { title: "Runs", body: runTable(sweep, results, states) }
@@ -210,6 +285,7 @@ export const writeSummary = (
     yield* Report.writeJson(path.join(out, "summary.json"), {
       sweep: { name: sweep.name, file: sweep.file, base: sweep.base, axes: sweep.axes, description: sweep.description },
       arms,
+      verdicts: judged,
       runs: sweep.runs.map((r) => ({ id: r.id, arm: r.arm, seed: r.seed, axes: r.axes, state: states.get(r.id) ?? "-", result: results.find((x) => x.id === r.id) ?? null })),
       storage: extra.storage,
       ...(extra.seconds !== undefined ? { seconds: extra.seconds } : {})

@@ -95,11 +95,20 @@ const submit = (out: string, run: Grid.RunSpec) =>
     )
   )
 
+/**
+ * The runs seed by seed (every arm's first seed, then every arm's second, ...): a runner takes them in this order,
+ * so a sweep cut short still has every arm, with fewer seeds.
+ */
+export const submissionOrder = (runs: ReadonlyArray<Grid.RunSpec>): Array<Grid.RunSpec> => {
+  const seeds = [...new Set(runs.map((r) => r.seed))]
+  return [...runs].sort((a, b) => seeds.indexOf(a.seed) - seeds.indexOf(b.seed))
+}
+
 /** Submits every run (a run already submitted is the same workflow execution) and follows them to the end. */
 const submitAndFollow = (sweep: Grid.Sweep, out: string, options: SweepOptions, storage: string) =>
   Effect.gen(function*() {
     const started = performance.now()
-    for (const run of sweep.runs) yield* submit(out, run)
+    for (const run of submissionOrder(sweep.runs)) yield* submit(out, run)
     const display = makeDisplay(options.display ?? process.stderr)
     const firstRunning = new Map<string, number>()
     const durations: Array<number> = []
