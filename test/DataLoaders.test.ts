@@ -205,7 +205,9 @@ describe("Fashion-MNIST (IDX files)", () => {
       expect(subset.train.images.length).toBe(2 * 12)
     }))
 
-  it.effect.skipIf(!existsSync(Data.defaultFashionMnistDir))("loads the installed Fashion-MNIST", () =>
+  const fashionInstalled = existsSync(Data.defaultFashionMnistDir)
+  if (!fashionInstalled) console.log(`skipped: loading the installed Fashion-MNIST (${Data.defaultFashionMnistDir} is absent; no package ships it)`)
+  it.effect.skipIf(!fashionInstalled)("loads the installed Fashion-MNIST", () =>
     Effect.gen(function*() {
       const data = yield* Data.fashionMnist()
       expect([data.train.count, data.test.count]).toEqual([60000, 10000])
