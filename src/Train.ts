@@ -69,6 +69,8 @@ import { NaNLoss } from "./internal/train/events.ts"
 import { checkpointDirs as checkpointDirsInternal } from "./internal/train/checkpoint.ts"
 import * as Layers from "./internal/train/layers.ts"
 import { fit as fitInternal } from "./internal/train/loop.ts"
+import * as Workers from "./internal/train/workers.ts"
+import * as WorkersEval from "./internal/train/workersEval.ts"
 
 export {
   /** Adam's constants (PyTorch defaults; no weight decay, as the paper). */
@@ -389,6 +391,25 @@ export const layersFromConfig: (
  * @category checkpoints
  */
 export const checkpointDirs = checkpointDirsInternal
+
+/**
+ * Attack evaluations of a trained run on `threads` worker threads, as a Layer: Adversary's `evaluate` (and with it
+ * Evaluation's `runSuite`, `evaluateGrid`, `evaluateDeq`) then sends the batches of every call on `run.deq` to the
+ * workers, each with its own backend and a copy of the model; the numbers are the single-thread ones
+ * (docs/performance.md, "Workers").
+ *
+ * @category workers
+ */
+export const evaluationWorkers = WorkersEval.evaluationWorkers
+
+/**
+ * The evaluation threads of a run's `workers` setting: an explicit count as given; "auto" as training's choice
+ * (`DEQ_WORKERS`, else the measured policy of docs/performance.md, "Workers").
+ *
+ * @category workers
+ */
+export const evaluationThreads = (config: TrainConfig): Effect.Effect<number, ConfigError> =>
+  Workers.resolveWorkers(config.workers, config.model, process.env, "evaluation")
 
 /**
  * Trains `model` on `data`. The config supplies the method, schedule, optimiser, pre-training, evaluation and

@@ -77,7 +77,8 @@ export interface ShardedRun {
 export const resolveWorkers = (
   setting: WorkersSetting,
   model: TrainConfig["model"],
-  env: NodeJS.ProcessEnv = process.env
+  env: NodeJS.ProcessEnv = process.env,
+  stage: "training" | "evaluation" = "training"
 ): Effect.Effect<number, ConfigError> => {
   if (setting !== "auto") return Effect.succeed(setting)
   const raw = env["DEQ_WORKERS"]?.trim().toLowerCase()
@@ -90,7 +91,7 @@ export const resolveWorkers = (
   }
   const backend = tf.getBackend()
   if (backend !== "wasm" && backend !== "cpu") return Effect.succeed(1)
-  return Effect.succeed(model._tag === "fc" ? 1 : os.availableParallelism())
+  return Effect.succeed(model._tag === "fc" && stage === "training" ? 1 : os.availableParallelism())
 }
 
 /** `n` rows in `parts` contiguous ranges [from, to) whose sizes differ by at most one (no empty range). */
