@@ -173,7 +173,7 @@ export interface Started extends At {
   readonly readOut: string
   readonly jacobian: string
   readonly attack: string
-  /** threads computing each batch (1: this thread; more: data-parallel workers, docs/training.md "Workers") */
+  /** threads computing each batch (1: this thread; more: data-parallel workers, docs/performance.md "Workers") */
   readonly workers?: number
   readonly out?: string
 }
@@ -279,7 +279,7 @@ export interface TrainSummary {
 
 /**
  * The errors of {@link fit}: bad config (ConfigError), checkpoint IO, an attack that could not run, a NaN loss, a
- * worker thread that failed (WorkerError, with `workers` > 1; docs/training.md, "Workers").
+ * worker thread that failed (WorkerError, with `workers` > 1; docs/performance.md, "Workers").
  *
  * @category errors
  */

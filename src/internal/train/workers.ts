@@ -4,7 +4,7 @@
  * backend, kernels and copy of the model) the others, all with the shard step (shard.ts); the gradients are summed
  * here and the caller applies the update. Parameters travel as transferable Float32Arrays, only when they changed
  * (once per step); the dataset is shared once, at start-up. The periodic evaluation is split by whole evaluation
- * batches, so its counts are exactly the single-thread ones. See docs/training.md, "Workers".
+ * batches, so its counts are exactly the single-thread ones. See docs/performance.md, "Workers".
  *
  * @example
  * ```
@@ -70,9 +70,10 @@ export interface ShardedRun {
 // ---------------------------------------------------------------------------------------------------------------
 
 /**
- * The thread count of a run: an explicit `workers` as given; "auto": `DEQ_WORKERS` when set (a positive integer
- * or "auto"), else the measured choice: one thread per core on wasm and cpu for conv and multiscale models, one
- * thread for FC models (docs/training.md, "Workers") and for other backends (they thread themselves).
+ * The thread count of a run's `stage`: an explicit `workers` as given; "auto": `DEQ_WORKERS` when set (a positive
+ * integer or "auto"), else the measured choice (docs/performance.md, "Workers"): on wasm and cpu one thread per
+ * core, except FC training (one thread: its steps are too short to pay for the messages); on other backends one
+ * thread (they thread themselves). The evaluation's threads are worker threads only (the calling one waits).
  */
 export const resolveWorkers = (
   setting: WorkersSetting,

@@ -70,7 +70,7 @@ const buffers = (out: ShardOutput): Array<ArrayBuffer> => [
 const own = <A extends Float32Array>(a: A): Float32Array => (a.byteOffset === 0 && a.byteLength === a.buffer.byteLength ? a : a.slice())
 
 /**
- * Fault injection for the tests (docs/training.md, "Workers"): DEQ_WORKER_FAULT="<kind>:<n>" makes the n-th step
+ * Fault injection for the tests (docs/performance.md, "Workers"): DEQ_WORKER_FAULT="<kind>:<n>" makes the n-th step
  * (or batch) request of this worker throw ("throw"), exit the thread ("exit") or throw outside the request ("crash").
  */
 const fault = (() => {
