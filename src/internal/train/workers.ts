@@ -71,15 +71,17 @@ export interface ShardedRun {
 
 /**
  * The thread count of a run's `stage`: an explicit `workers` as given; "auto": `DEQ_WORKERS` when set (a positive
- * integer or "auto"), else the measured choice (docs/performance.md, "Workers"): on wasm and cpu one thread per
- * core, except FC training (one thread: its steps are too short to pay for the messages); on other backends one
- * thread (they thread themselves). The evaluation's threads are worker threads only (the calling one waits).
+ * integer or "auto"), else the measured choice (docs/performance.md, "Workers"): one thread when the 1-minute
+ * load average (`load`, less this process's own thread before an evaluation) leaves no second core free (other
+ * jobs hold them: a second thread only waits), on other backends (they thread themselves) and for FC training;
+ * else one thread per free core. The evaluation's threads are worker threads only (the calling one waits).
  */
 export const resolveWorkers = (
   setting: WorkersSetting,
   model: TrainConfig["model"],
   env: NodeJS.ProcessEnv = process.env,
-  stage: "training" | "evaluation" = "training"
+  stage: "training" | "evaluation" = "training",
+  load: number = os.loadavg()[0] ?? 0
 ): Effect.Effect<number, ConfigError> => {
   if (setting !== "auto") return Effect.succeed(setting)
   const raw = env["DEQ_WORKERS"]?.trim().toLowerCase()
@@ -92,7 +94,12 @@ export const resolveWorkers = (
   }
   const backend = tf.getBackend()
   if (backend !== "wasm" && backend !== "cpu") return Effect.succeed(1)
-  return Effect.succeed(model._tag === "fc" && stage === "training" ? 1 : os.availableParallelism())
+  const cores = os.availableParallelism()
+  // an evaluation follows this process's own work (training, loading), which the load average still counts
+  const others = Math.max(0, load - (stage === "evaluation" ? 1 : 0))
+  const free = Math.floor(cores - others + 0.5)
+  if (free < 2 || (model._tag === "fc" && stage === "training")) return Effect.succeed(1)
+  return Effect.succeed(Math.min(cores, free))
 }
 
 /** `n` rows in `parts` contiguous ranges [from, to) whose sizes differ by at most one (no empty range). */
