@@ -6,8 +6,9 @@
  */
 import { Effect } from "effect"
 import * as Models from "../src/Models.ts"
-import type { Combination } from "./levers.ts"
+import { benchWorkers, type Combination, nativeEnv } from "./levers.ts"
 import { compareValues, type Peer } from "./peer.ts"
+import { makeSplit } from "./split.ts"
 import { median } from "./timing.ts"
 import { makeWorkloads, repsOf, type StepSpec, stepsPerCall, type WorkloadName, workloadNames, type Workloads } from "./workloads.ts"
 
@@ -79,6 +80,13 @@ const compareModel = async (
   only: ReadonlyArray<WorkloadName>
 ): Promise<{ rows: Array<CompareRow>; check?: Record<string, number>; w: Workloads }> => {
   const w = makeWorkloads(model, m.batch, spec)
+  // the workers lever's columns: the batch split over this thread and a worker (started once per model)
+  const split = combos.some((c) => c.label.includes("workers 2")) ? await makeSplit(m, model, spec) : undefined
+  const sample = async (workload: WorkloadName, reps: number) => {
+    if (benchWorkers() === 1 || split === undefined) return timeOurs(w.run[workload], reps)
+    await split.native(nativeEnv())
+    return split.time(workload, reps)
+  }
   const key = `${m.kind}-${m.batch}`
   if (peer !== undefined) await peer.load(key, model, w, spec)
   const rows: Array<CompareRow> = []
@@ -93,7 +101,7 @@ const compareModel = async (
     const t1: Array<number> = [], t2: Array<number> = []
     for (const c of combos) {
       await c.apply()
-      for (let i = 0; i < rounds.warmup(workload); i++) w.run[workload]()
+      for (let i = 0; i < rounds.warmup(workload); i++) await sample(workload, 1)
     }
     if (peer !== undefined) {
       for (const threads of [1, 2]) await peer.time(key, workload, { threads, warmup: rounds.warmup(workload), runs: 0, reps })
@@ -101,7 +109,7 @@ const compareModel = async (
     for (let r = 0; r < n; r++) {
       for (const c of combos) {
         await c.apply()
-        const t = timeOurs(w.run[workload], reps)
+        const t = await sample(workload, reps)
         ;(ours[c.label] ??= []).push(t.ms / per)
         ;(oursCpu[c.label] ??= []).push(t.cpuMs / per)
       }
@@ -123,6 +131,7 @@ const compareModel = async (
     })
   }
   if (peer !== undefined) await peer.drop(key)
+  await split?.close()
   return { rows, w }
 }
 

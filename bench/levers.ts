@@ -4,7 +4,8 @@
  * to its real switch once it exists) is one line there.
  *
  * - native: oneDNN conv/matMul kernels on the wasm backend (src/internal/tensor/native*.ts, env DEQ_NATIVE=0/1);
- * - workers: data-parallel worker_threads splitting a batch (a `workers` setting, env DEQ_WORKERS).
+ * - workers: the workload's batch split over this thread and a worker thread (bench/split.ts), as the `workers`
+ *   setting splits a training batch.
  */
 
 /** One setting of a lever: its label in the tables and how to switch to it. */
@@ -74,21 +75,49 @@ const native: Lever = {
     if (!can) return []
     return [false, true].map((on) => ({
       label: on ? "native on" : "native off",
-      apply: async () => void m.registerNativeKernels({ ...process.env, DEQ_NATIVE: on ? "1" : "0" })
+      apply: async () => {
+        nativeAsked = { DEQ_NATIVE: on ? "1" : "0" }
+        m.registerNativeKernels({ ...process.env, ...nativeEnv() })
+      }
     }))
   },
-  reset: async () => void (await nativeModule())?.registerNativeKernels(process.env)
+  reset: async () => {
+    nativeAsked = {}
+    ;(await nativeModule())?.registerNativeKernels(process.env)
+  }
 }
 
-/** Workers. Until the `workers` setting exists every step runs on one thread, whatever DEQ_WORKERS says. */
+/** The native setting the last column asked for (the workers lever re-applies it with one oneDNN thread). */
+let nativeAsked: Record<string, string> = {}
+/** Threads of the data-parallel split the current column runs (bench/split.ts); 1: this thread alone. */
+let splitThreads = 1
+
+/** The threads the current column splits each workload over (compare.ts reads it per sample). */
+export const benchWorkers = (): number => splitThreads
+
+/** The native setting every thread of the current column uses (DEQ_NATIVE, DEQ_NATIVE_THREADS). */
+export const nativeEnv = (): Record<string, string> =>
+  ({ ...nativeAsked, ...(splitThreads > 1 ? { DEQ_NATIVE_THREADS: "1" } : {}) })
+
+/**
+ * Workers: 1 (this thread) or 2 (the batch split over this thread and a worker thread, bench/split.ts); with 2,
+ * each thread's native kernels use one oneDNN thread, as in the `workers` setting.
+ */
 const workers: Lever = {
   name: "workers",
-  current: async () => {
-    const asked = process.env["DEQ_WORKERS"]
-    return asked === undefined || asked === "1" ? "1" : `1 (DEQ_WORKERS=${asked} asked; no workers setting yet)`
-  },
-  settings: async () => [],
-  reset: async () => undefined
+  current: async () => `${splitThreads}`,
+  settings: async () =>
+    [1, 2].map((n) => ({
+      label: `workers ${n}`,
+      apply: async () => {
+        splitThreads = n
+        const m = await nativeModule()
+        m?.registerNativeKernels({ ...process.env, ...nativeEnv() })
+      }
+    })),
+  reset: async () => {
+    splitThreads = 1
+  }
 }
 
 /** The levers, in table order. */

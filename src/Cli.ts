@@ -7,7 +7,7 @@
  *   write `runs/<name>/report.md`. Without a preset (and as `npm start`) it runs `mnist-fc-pgdat-ris`.
  * - `deq train --config FILE.json | --preset NAME [--out DIR] [--resume DIR] [--workers N|auto]`: training with a
  *   progress bar, a JSONL event log and checkpoints; Ctrl-C saves a checkpoint and exits (code 130). `--workers`
- *   sets how many threads compute each batch (docs/training.md, "Workers").
+ *   sets how many threads compute each batch (docs/performance.md, "Workers").
  * - `deq eval --checkpoint DIR [--attacks ready-made,grid,aa] [--defence entropy]`: the evaluation suite.
  * - `deq dynamics --checkpoint DIR`: per-state accuracy, entropy and residual, a table and SVG plots.
  * - `deq bench [--quick] [--no-peer]`: the benchmarks, with the PyTorch peer when torch is importable.

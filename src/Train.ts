@@ -70,6 +70,8 @@ import { NaNLoss } from "./internal/train/events.ts"
 import { checkpointDirs as checkpointDirsInternal } from "./internal/train/checkpoint.ts"
 import * as Layers from "./internal/train/layers.ts"
 import { fit as fitInternal } from "./internal/train/loop.ts"
+import * as Workers from "./internal/train/workers.ts"
+import * as WorkersEval from "./internal/train/workersEval.ts"
 
 export {
   /** Adam's constants (PyTorch defaults; no weight decay, as the paper). */
@@ -172,7 +174,7 @@ export interface Started extends At {
   readonly readOut: string
   readonly jacobian: string
   readonly attack: string
-  /** threads computing each batch (1: this thread; more: data-parallel workers, docs/training.md "Workers") */
+  /** threads computing each batch (1: this thread; more: data-parallel workers, docs/performance.md "Workers") */
   readonly workers?: number
   readonly out?: string
 }
@@ -278,7 +280,7 @@ export interface TrainSummary {
 
 /**
  * The errors of {@link fit}: bad config (ConfigError), checkpoint IO, an attack that could not run, a NaN loss, a
- * worker thread that failed (WorkerError, with `workers` > 1; docs/training.md, "Workers").
+ * worker thread that failed (WorkerError, with `workers` > 1; docs/performance.md, "Workers").
  *
  * @category errors
  */
@@ -390,6 +392,25 @@ export const layersFromConfig: (
  * @category checkpoints
  */
 export const checkpointDirs = checkpointDirsInternal
+
+/**
+ * Attack evaluations of a trained run on `threads` worker threads, as a Layer: Adversary's `evaluate` (and with it
+ * Evaluation's `runSuite`, `evaluateGrid`, `evaluateDeq`) then sends the batches of every call on `run.deq` to the
+ * workers, each with its own backend and a copy of the model; the numbers are the single-thread ones
+ * (docs/performance.md, "Workers").
+ *
+ * @category workers
+ */
+export const evaluationWorkers = WorkersEval.evaluationWorkers
+
+/**
+ * The evaluation threads of a run's `workers` setting: an explicit count as given; "auto" as training's choice
+ * (`DEQ_WORKERS`, else the measured policy of docs/performance.md, "Workers").
+ *
+ * @category workers
+ */
+export const evaluationThreads = (config: TrainConfig): Effect.Effect<number, ConfigError> =>
+  Workers.resolveWorkers(config.workers, config.model, process.env, "evaluation")
 
 /**
  * Trains `model` on `data`: a built-in `Models.Model` or any `Dynamics.DeqModel` of your own (its variables are

@@ -16,6 +16,7 @@ import { EvaluateOptions } from "./options.ts"
 import * as Resume from "./resume.ts"
 import type { BatchRecord } from "./resume.ts"
 import { AttackError } from "./types.ts"
+import { EvaluationWorkers, onWorkers } from "./workers.ts"
 import type { AttackSettings, AttackShape, Classifier, Diagnostics, Norm, ResumeError } from "./types.ts"
 
 /**
@@ -136,7 +137,7 @@ const loader = (data: EvaluationData, batchSize: number): Effect.Effect<Loader, 
 const bits = (a: ArrayLike<number>): Array<number> => Array.from(a, (v) => (v ? 1 : 0))
 
 /** One batch: clean prediction, zero-gradient probe, diagnostics, the stages, diagnostics at x_adv. */
-const runBatch = (
+export const runBatch = (
   classifier: Classifier,
   stages: ReadonlyArray<AttackShape>,
   x: tf.Tensor4D,
@@ -350,10 +351,19 @@ export const evaluate = (
     const records: Array<BatchRecord> = []
     const report = yield* Effect.service(BatchProgress)
     report(0, source.batches)
+    // with worker threads (workers.ts) the fresh batches go to them, in any order; records stay in index order
+    const workers = Option.getOrUndefined(yield* Effect.serviceOption(EvaluationWorkers))
+    const recipe = workers?.describe(classifier, stages)
+    const remote: Array<number> = []
     let fresh = 0
     for (let i = 0; i < source.batches; i++) {
       const previous = done.get(i)
       if (previous === undefined && o.maxBatches !== undefined && fresh >= o.maxBatches) continue
+      if (previous === undefined && recipe !== undefined) {
+        remote.push(i)
+        fresh++
+        continue
+      }
       const record = yield* Effect.scoped(Effect.gen(function*() {
         const batch = yield* acquire(() => source.load(i))
         const hash = Resume.hashBatch(batch.x.dataSync() as Float32Array, batch.y)
@@ -376,6 +386,17 @@ export const evaluate = (
       }
       records.push(record)
       report(i + 1, source.batches)
+    }
+    if (workers !== undefined && remote.length > 0) {
+      const load = (i: number) => Effect.scoped(Effect.map(acquire(() => source.load(i)), (b) => {
+        const x = Float32Array.from(b.x.dataSync() as Float32Array)
+        const shape = b.x.shape as [number, number, number, number]
+        return { x, shape, labels: Int32Array.from(b.y), index: i, start: b.start, hash: Resume.hashBatch(x, b.y), salt: o.salt, seed: rng.root }
+      }))
+      const more = yield* onWorkers(workers, recipe, remote, load, (r) => (file === undefined ? Effect.void : Resume.append(file, r)))
+      records.push(...more)
+      records.sort((a, b) => a.index - b.index)
+      report(source.batches, source.batches)
     }
     return summarize(meta, records)
   })

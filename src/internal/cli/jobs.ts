@@ -106,16 +106,17 @@ const evaluateLoaded = (
     }
     const eps = attackEpsOf(loaded.config, suite)
     const ticker = evaluationTicker(progress)
-    return yield* runSuite(loaded.deq, loaded.readOut, split, {
+    // the attacks' batches on worker threads when the run's `workers` asks for more than one
+    const threads = yield* Train.evaluationThreads(loaded.config)
+    const run = runSuite(loaded.deq, loaded.readOut, split, {
       suite,
       eps,
       steps: loaded.steps,
       families,
       defence,
       log: (m) => Effect.sync(() => ticker.stage(m))
-    }).pipe(
-      Effect.provideService(BatchProgress, ticker.batch),
-      Effect.provide(Rng.seeded(loaded.config.seed)),
+    }).pipe(Effect.provideService(BatchProgress, ticker.batch), Effect.provide(Rng.seeded(loaded.config.seed)))
+    return yield* (threads > 1 ? Effect.provide(run, Train.evaluationWorkers(loaded, threads)) : run).pipe(
       Effect.ensuring(Effect.sync(() => progress.close()))
     )
   })

@@ -9,6 +9,7 @@ import * as Adversary from "../../Adversary.ts"
 import type { ConfigError } from "../../Errors.ts"
 import * as Regularizers from "../../Regularizers.ts"
 import type { Rng } from "../../Tensor.ts"
+import { describeDefence } from "../adversary/workers.ts"
 import type * as Dynamics from "../../Dynamics.ts"
 import type { AttackFamily, SuiteConfig } from "./suite.ts"
 
@@ -208,12 +209,9 @@ export const defendedBlock = (
     const n = ctx.defendedCount
     const data = ctx.dataOf(n)
     const evaluate = { batchSize: suite.batchSize }
-    const defence = yield* Regularizers.makeEntropyReduction({
-      ...Regularizers.entropyReductionPresets.mnist,
-      eps,
-      alpha: eps / 5,
-      ...suite.defence
-    })
+    const defenceOptions = { ...Regularizers.entropyReductionPresets.mnist, eps, alpha: eps / 5, ...suite.defence }
+    // described, so evaluation workers (when provided) rebuild it
+    const defence = describeDefence(yield* Regularizers.makeEntropyReduction(defenceOptions), { entropyReduction: defenceOptions })
     const restarts = suite.defendedRestarts
     const pgdName = `PGD-${suite.pgdSteps}${restarts > 1 ? ` x ${restarts} restarts` : ""}`
     const pgd = yield* Adversary.pgd({ eps, steps: suite.pgdSteps, restarts })

@@ -200,7 +200,7 @@ export class TrainConfig extends Schema.Class<TrainConfig>("TrainConfig")({
   dropLast: dflt(Schema.Boolean, false),
   /**
    * threads that compute each batch (data-parallel shards: the calling thread and workers - 1 worker threads).
-   * "auto": DEQ_WORKERS when set, else the measured choice (docs/training.md, "Workers"); 1: one thread.
+   * "auto": DEQ_WORKERS when set, else the measured choice (docs/performance.md, "Workers"); 1: one thread.
    */
   workers: dflt(Schema.Union([Schema.Literal("auto"), PositiveInt]), "auto")
 }) {}

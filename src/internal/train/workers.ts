@@ -4,7 +4,7 @@
  * backend, kernels and copy of the model) the others, all with the shard step (shard.ts); the gradients are summed
  * here and the caller applies the update. Parameters travel as transferable Float32Arrays, only when they changed
  * (once per step); the dataset is shared once, at start-up. The periodic evaluation is split by whole evaluation
- * batches, so its counts are exactly the single-thread ones. See docs/training.md, "Workers".
+ * batches, so its counts are exactly the single-thread ones. See docs/performance.md, "Workers".
  *
  * @example
  * ```
@@ -70,14 +70,18 @@ export interface ShardedRun {
 // ---------------------------------------------------------------------------------------------------------------
 
 /**
- * The thread count of a run: an explicit `workers` as given; "auto": `DEQ_WORKERS` when set (a positive integer
- * or "auto"), else the measured choice: one thread per core on wasm and cpu for conv and multiscale models, one
- * thread for FC models (docs/training.md, "Workers") and for other backends (they thread themselves).
+ * The thread count of a run's `stage`: an explicit `workers` as given; "auto": `DEQ_WORKERS` when set (a positive
+ * integer or "auto"), else the measured choice (docs/performance.md, "Workers"): one thread when the 1-minute
+ * load average (`load`, less this process's own thread before an evaluation) leaves no second core free (other
+ * jobs hold them: a second thread only waits), on other backends (they thread themselves) and for FC training;
+ * else one thread per free core. The evaluation's threads are worker threads only (the calling one waits).
  */
 export const resolveWorkers = (
   setting: WorkersSetting,
   model: TrainConfig["model"],
-  env: NodeJS.ProcessEnv = process.env
+  env: NodeJS.ProcessEnv = process.env,
+  stage: "training" | "evaluation" = "training",
+  load: number = os.loadavg()[0] ?? 0
 ): Effect.Effect<number, ConfigError> => {
   if (setting !== "auto") return Effect.succeed(setting)
   const raw = env["DEQ_WORKERS"]?.trim().toLowerCase()
@@ -90,7 +94,12 @@ export const resolveWorkers = (
   }
   const backend = tf.getBackend()
   if (backend !== "wasm" && backend !== "cpu") return Effect.succeed(1)
-  return Effect.succeed(model._tag === "fc" ? 1 : os.availableParallelism())
+  const cores = os.availableParallelism()
+  // an evaluation follows this process's own work (training, loading), which the load average still counts
+  const others = Math.max(0, load - (stage === "evaluation" ? 1 : 0))
+  const free = Math.floor(cores - others + 0.5)
+  if (free < 2 || (model._tag === "fc" && stage === "training")) return Effect.succeed(1)
+  return Effect.succeed(Math.min(cores, free))
 }
 
 /** `n` rows in `parts` contiguous ranges [from, to) whose sizes differ by at most one (no empty range). */

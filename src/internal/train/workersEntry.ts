@@ -3,7 +3,8 @@
  * own backend (with the project's kernels), decodes the run's config, builds its copy of the model and the run's
  * services from the config, and keeps the shared dataset; then it answers "step" (one shard of a batch: the shard
  * step, its gradients transferred back) and "eval" (some of the evaluation's batches: correct counts). Parameters
- * arrive with a request when they changed.
+ * arrive with a request when they changed. An evaluation worker (workersEval.ts) gets "deq" (build the run's DEQ)
+ * instead, then "batch" requests (one attack-evaluation batch each).
  *
  * @example
  * ```
@@ -26,6 +27,7 @@ import { layersFromConfig } from "./layers.ts"
 import { type ShardOutput, shardStep } from "./shard.ts"
 import { makeStepContext, type StepContext } from "./step.ts"
 import type { WorkerRequest } from "./workers.ts"
+import { buildWorkerDeq, type EvalRequest, runWorkerBatch, type WorkerDeq } from "./workersEval.ts"
 
 interface Ready {
   readonly context: StepContext
@@ -34,6 +36,7 @@ interface Ready {
 }
 
 let ready: Ready | undefined
+let evaluating: WorkerDeq | undefined
 // the worker's resources live as long as the thread (terminating it frees them)
 const scope = Scope.makeUnsafe()
 
@@ -67,8 +70,8 @@ const buffers = (out: ShardOutput): Array<ArrayBuffer> => [
 const own = <A extends Float32Array>(a: A): Float32Array => (a.byteOffset === 0 && a.byteLength === a.buffer.byteLength ? a : a.slice())
 
 /**
- * Fault injection for the tests (docs/training.md, "Workers"): DEQ_WORKER_FAULT="<kind>:<n>" makes the n-th step
- * request of this worker throw ("throw"), exit the thread ("exit") or throw outside the request ("crash").
+ * Fault injection for the tests (docs/performance.md, "Workers"): DEQ_WORKER_FAULT="<kind>:<n>" makes the n-th step
+ * (or batch) request of this worker throw ("throw"), exit the thread ("exit") or throw outside the request ("crash").
  */
 const fault = (() => {
   const m = /^(throw|exit|crash):(\d+)$/.exec(process.env["DEQ_WORKER_FAULT"] ?? "")
@@ -88,8 +91,19 @@ const injectFault = (): void => {
 
 serve((body) =>
   Effect.gen(function*() {
-    const request = body as WorkerRequest
+    const request = body as WorkerRequest | EvalRequest
     if (request.kind === "init") return yield* init(request)
+    if (request.kind === "deq") {
+      yield* Layer.buildWithScope(Backend.named(request.backend), scope)
+      evaluating = yield* buildWorkerDeq(request, scope)
+      return { body: { ok: true } }
+    }
+    if (request.kind === "batch" || request.kind === "perturb") {
+      if (evaluating === undefined) return yield* new ConfigError({ path: "worker", message: `a "${request.kind}" request before "deq"` })
+      injectFault()
+      const out = yield* runWorkerBatch(evaluating, request)
+      return out instanceof Float32Array ? { body: out, transfer: [out.buffer as ArrayBuffer] } : { body: out }
+    }
     const r = ready
     if (r === undefined) return yield* new ConfigError({ path: "worker", message: `a "${request.kind}" request before "init"` })
     setParams(r.context, request.params)

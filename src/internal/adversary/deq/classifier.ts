@@ -23,6 +23,7 @@ import {
   sourceObjective
 } from "./source.ts"
 import type { CallContext, Classifier, Diagnostics } from "../types.ts"
+import { classifierOptions } from "../workers.ts"
 
 /** How an attack treats an inference-time defence (see the module comment). */
 export type DefenceMode = "paper" | "full" | "bpda"
@@ -188,7 +189,7 @@ export const deqClassifier = (deq: Dynamics.Deq, options: DeqClassifierOptions):
   const inputShape = Array.isArray(shape) && shape.length === 3 && shape.every((v) => typeof v === "number")
     ? (shape as unknown as readonly [number, number, number])
     : undefined
-  return {
+  const classifier: DeqClassifier = {
     name: options.name ?? (defence === undefined ? "deq" : `deq+${defence.name}`),
     ...(classes !== undefined ? { classes } : {}),
     ...(inputShape !== undefined ? { inputShape } : {}),
@@ -210,4 +211,7 @@ export const deqClassifier = (deq: Dynamics.Deq, options: DeqClassifierOptions):
     ...(defence !== undefined ? { defence } : {}),
     ...(mode !== undefined ? { mode } : {})
   }
+  // what a worker thread needs to rebuild it (../workers.ts)
+  classifierOptions.set(classifier, options)
+  return classifier
 }
