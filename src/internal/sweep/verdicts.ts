@@ -89,7 +89,7 @@ const mechanismReason = (runs: ReadonlyArray<RunResult>): string | undefined => 
   const agree = Report.pct(Math.min(...checked.map((r) => r.mechanism!.minAgreement)))
   return idle.length > 0
     ? `the mechanism check found nothing to regulate in ${idle.length} of ${checked.length} runs (tail(z_n) agrees with tail(z_N) on > 95% of inputs for every n >= 2)`
-    : `the mechanism could act (lowest agreement of tail(z_n), n >= 2, with tail(z_N): ${agree}%), so the training budget is the likelier limit`
+    : `the mechanism could act (lowest agreement of tail(z_n), n >= 2, with tail(z_N): ${agree}%), so fast dynamics do not explain the result (look at the training budget and the seeds' spread)`
 }
 
 /** Every verdict the sweep's runs allow, in claim order; claims with no data are "not measured". */
