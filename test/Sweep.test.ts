@@ -228,6 +228,8 @@ describe("verdicts", () => {
     expect(decide(head, [0.4, 0.41], [0.5, 0.51]).reason).toBe("the difference has the opposite sign")
     expect(decide(head, [0.9], [0.1]).reason).toBe("only 1 seed (no sd over seeds)")
     expect(decide(head, [], [0.1]).outcome).toBe("not measured")
+    // a side with no run is not measured, whatever the caller knows about the cause of a null result
+    expect(decide(head, [], [0.1], "the mechanism could act").reason).toBe("no finished run measured one side")
   })
 
   it("verdicts computes (a) within the final-state arms, (b) ris vs final, (c) from defence reports", () => {

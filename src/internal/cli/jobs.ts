@@ -302,7 +302,7 @@ export const dynamicsJob = (options: DynamicsOptions): Effect.Effect<{ readonly 
       json: { checkpoint: loaded.checkpoint, ...result, backend: tf.getBackend(), machine: Report.machine() }
     })
     if (options.quiet !== true) {
-      yield* Effect.sync(() => console.log(Report.dynamicsTable(result.rows)))
+      yield* Effect.sync(() => console.log(`${Report.dynamicsTable(result.rows)}\n\n${mechanismSection(result.mechanism)}`))
       yield* say(`dynamics: wrote ${rel(files.markdown)} and the plots in ${rel(out)}`)
     }
     return files

@@ -221,9 +221,9 @@ export const mechanismSection = (m: MechanismCheck): string => {
     ? `**Random intermediate states have nothing to regulate here**: every state from z_2 on predicts like ` +
       `z_${last} on more than ${Report.pct(m.threshold)}% of clean inputs once read through the tail, so a loss on ` +
       `tail(z_n) is nearly the final-state loss.`
-    : `The mechanism can act: some state n >= 2 read through the tail agrees with z_${last} on at most ` +
-      `${Report.pct(m.threshold)}% of clean inputs (lowest from z_2 on: ` +
-      `${Report.pct(Math.min(...m.rows.filter((r) => r.n >= 2).map((r) => r.agreement), 1))}%).`
+    : `The mechanism can act: read through the tail, the states from z_2 on agree with z_${last} on as few as ` +
+      `${Report.pct(Math.min(...m.rows.filter((r) => r.n >= 2).map((r) => r.agreement), 1))}% of clean inputs ` +
+      `("nothing to regulate" needs more than ${Report.pct(m.threshold)}% for every n >= 2).`
   return [
     `${m.samples} clean test images; tail: ${m.tail} (what the training loss reads a state through). ` +
     `Clean relative residual at z_${last}: ${m.residual.toFixed(4)}.`,

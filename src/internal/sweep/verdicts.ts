@@ -45,19 +45,20 @@ export interface Verdict {
  * Decides one comparison the claim says is `higher` > `lower` (one value per seed each): supported when both
  * sides have at least 2 seeds and the difference of the means exceeds twice the larger sd. Otherwise "not
  * supported at this scale" with a reason: `why` (the likely cause the caller knows, e.g. the mechanism check)
- * after the numeric one.
+ * after the numeric one. With no value on a side: "not measured", with `missing` as the reason.
  */
 export const decide = (
   head: { readonly claim: string; readonly scope: string; readonly measure: string },
   higherValues: ReadonlyArray<number>,
   lowerValues: ReadonlyArray<number>,
-  why?: string
+  why?: string,
+  missing = "no finished run measured one side"
 ): Verdict => {
   const higher = meanSd(higherValues), lower = meanSd(lowerValues)
   const difference = higher.mean - lower.mean
   const sd = Math.max(higher.sd, lower.sd)
   const base = { ...head, higher, lower, difference, sd }
-  if (higher.n === 0 || lower.n === 0) return { ...base, outcome: "not measured", reason: why ?? "no finished run measured it" }
+  if (higher.n === 0 || lower.n === 0) return { ...base, outcome: "not measured", reason: missing }
   const because = (numeric: string) => ({ ...base, outcome: "not supported at this scale" as const, reason: why === undefined ? numeric : `${numeric}; ${why}` })
   if (higher.n < 2 || lower.n < 2) return because(`only ${Math.min(higher.n, lower.n)} seed (no sd over seeds)`)
   if (difference <= 0) return because("the difference has the opposite sign")
@@ -88,7 +89,7 @@ const mechanismReason = (runs: ReadonlyArray<RunResult>): string | undefined => 
   const agree = Report.pct(Math.min(...checked.map((r) => r.mechanism!.minAgreement)))
   return idle.length > 0
     ? `the mechanism check found nothing to regulate in ${idle.length} of ${checked.length} runs (tail(z_n) agrees with tail(z_N) on > 95% of inputs for every n >= 2)`
-    : `the mechanism could act (lowest agreement of tail(z_n), n >= 2, with tail(z_N): ${agree}%), so the training budget is the likelier limit`
+    : `the mechanism could act (lowest agreement of tail(z_n), n >= 2, with tail(z_N): ${agree}%), so fast dynamics do not explain the result (look at the training budget and the seeds' spread)`
 }
 
 /** Every verdict the sweep's runs allow, in claim order; claims with no data are "not measured". */
@@ -126,18 +127,20 @@ export const verdicts = (runs: ReadonlyArray<RunResult>): Array<Verdict> => {
   const arms = [...new Set(runs.map((r) => r.arm))]
   for (const arm of arms) {
     const rs = withDefence.filter((r) => r.arm === arm)
-    const why = rs.length === 0 ? notRun : undefined
+    const missing = rs.length === 0 ? notRun : undefined
     out.push(decide(
       { claim: "c", scope: arm, measure: "robust accuracy: entropy reduction (paper's transfer protocol) vs undefended worst case, same images" },
       rs.map((r) => r.defence!.transfer),
       rs.map((r) => r.defence!.undefended),
-      why
+      undefined,
+      missing
     ))
     out.push(decide(
       { claim: "c'", scope: arm, measure: "robust accuracy: entropy reduction (worst case over every attack, adaptive ones included) vs undefended worst case, same images" },
       rs.map((r) => r.defence!.worst),
       rs.map((r) => r.defence!.undefended),
-      why
+      undefined,
+      missing
     ))
   }
   return out
