@@ -262,6 +262,10 @@ describe("verdicts", () => {
     expect(b.difference).toBeCloseTo(0.45 - 0.41, 12)
     expect(b.outcome).toBe("not supported at this scale")
     expect(b.reason).toContain("nothing to regulate in 3 of 6 runs")
+    expect(b.reason).not.toContain("did not learn")
+    // runs near chance are named as the likely reason
+    const chance = verdicts(runs.map((r) => (r.arm === "pgd-at, ris" ? { ...r, clean: 0.1 } : r)))
+    expect(chance.find((v) => v.claim === "b")!.reason).toContain("3 of 6 runs did not learn (clean accuracy below 20.0%: 10.0%, 10.0%, 10.0%)")
     // (c): transfer 0.71 vs 0.55 on the same images; (c'): the worst case 0.50 vs 0.55, the wrong way
     expect(find("c", "transfer", "pgd-at, final").outcome).toBe("supported")
     expect(find("c'", "adaptive", "pgd-at, final").reason).toBe("the difference has the opposite sign")

@@ -92,6 +92,22 @@ const mechanismReason = (runs: ReadonlyArray<RunResult>): string | undefined => 
     : `the mechanism could act (lowest agreement of tail(z_n), n >= 2, with tail(z_N): ${agree}%), so fast dynamics do not explain the result (look at the training budget and the seeds' spread)`
 }
 
+/** Clean accuracy below which a run counts as not trained (chance is 10% for the 10-class data sets here). */
+export const untrainedBelow = 0.2
+
+/** Why a comparison says little: runs that did not learn (clean accuracy near chance), or undefined. */
+const trainingReason = (runs: ReadonlyArray<RunResult>): string | undefined => {
+  const weak = runs.filter((r) => r.clean < untrainedBelow)
+  return weak.length === 0
+    ? undefined
+    : `${weak.length} of ${runs.length} runs did not learn (clean accuracy below ${Report.pct(untrainedBelow)}%: ${weak.map((r) => `${Report.pct(r.clean)}%`).join(", ")})`
+}
+
+const reasons = (...rs: ReadonlyArray<string | undefined>): string | undefined => {
+  const kept = rs.filter((r): r is string => r !== undefined)
+  return kept.length === 0 ? undefined : kept.join("; ")
+}
+
 /** Every verdict the sweep's runs allow, in claim order; claims with no data are "not measured". */
 export const verdicts = (runs: ReadonlyArray<RunResult>): Array<Verdict> => {
   const groups = [...new Set(runs.map(groupOf))]
@@ -105,20 +121,22 @@ export const verdicts = (runs: ReadonlyArray<RunResult>): Array<Verdict> => {
     out.push(decide(
       { claim: "a", scope: `${name}, final state`, measure: "robust accuracy: z_N vs mean of z_1..z_(N-1)" },
       rob.map((r) => r.last),
-      rob.map((r) => r.intermediate)
+      rob.map((r) => r.intermediate),
+      trainingReason(baseline)
     ))
     const ent = split(baseline, (s) => s.cleanEntropy)
     out.push(decide(
       { claim: "a", scope: `${name}, final state`, measure: "clean entropy: mean of z_1..z_(N-1) vs z_N" },
       ent.map((r) => r.intermediate),
-      ent.map((r) => r.last)
+      ent.map((r) => r.last),
+      trainingReason(baseline)
     ))
     if (ris.length > 0 || fin.length > 0) {
       out.push(decide(
         { claim: "b", scope: `${name}: ris vs final`, measure: "worst-case robust accuracy at the read-out" },
         ris.map((r) => r.robust),
         fin.map((r) => r.robust),
-        mechanismReason([...fin, ...ris])
+        reasons(trainingReason([...fin, ...ris]), mechanismReason([...fin, ...ris]))
       ))
     }
   }
