@@ -9,10 +9,10 @@ import { col4, direction, l2Norm4, project } from "./geometry.ts"
 import { dlrTargeted } from "./losses.ts"
 import { firstSuccess, maskTensor, whereRows } from "./rows.ts"
 import { keyedNoise } from "./randomness.ts"
-import { logitsArePrediction, misclassified, probe, seedOf, wrongOf } from "./run.ts"
+import { logitsArePrediction, misclassified, probe, wrongOf } from "./run.ts"
 import type { Core, Env } from "./run.ts"
 import type { ApgdOptions, ApgdTargetedOptions } from "./options.ts"
-import { untargetedLoss, worstCase } from "./pgd.ts"
+import { targetedWorstCase, untargetedLoss, worstCase } from "./pgd.ts"
 import type { RunOut } from "./pgd.ts"
 import type { Norm } from "./types.ts"
 
@@ -193,22 +193,12 @@ export const apgdCore = (o: ApgdOptions): Core => (env, x, y) =>
   worstCase(env, x, y, o.restarts, (e, xs, ys, r) => apgdRun(o, e, xs, ys, untargetedLoss(o.loss)(ys), "restart", r))
 
 /** APGD-T: for each of the `targets` most likely wrong classes (by the clean logits), `restarts` targeted runs. */
-export const apgdTargetedCore = (o: ApgdTargetedOptions): Core => (env, x, y) => {
-  const ranked = tf.tidy(() => {
-    const logits = env.classifier.logits(x, { seed: seedOf(env, "targets") })
-    env.counts.forward += x.shape[0]
-    return { k: logits.shape[1], order: tf.topk(logits, logits.shape[1]).indices.dataSync() as Int32Array }
-  })
-  const k = ranked.k
-  const targets = Math.min(o.targets, k - 1)
-  return worstCase(env, x, y, targets * o.restarts, (e, xs, ys, run, rows) => {
-    const t = 1 + Math.floor(run / o.restarts)
-    const r = run % o.restarts
-    const target = tf.tensor1d(Int32Array.from(rows, (i) => ranked.order[i * k + t]!), "int32")
+export const apgdTargetedCore = (o: ApgdTargetedOptions): Core => (env, x, y) =>
+  targetedWorstCase(env, x, y, o, (e, xs, ys, classes, t, r) => {
+    const target = tf.tensor1d(classes, "int32")
     try {
       return apgdRun(o, e, xs, ys, (logits) => dlrTargeted(logits, ys, target), "target", t, "restart", r)
     } finally {
       target.dispose()
     }
   })
-}

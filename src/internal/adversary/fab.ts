@@ -14,10 +14,10 @@
 import { tf } from "../../Tensor.ts"
 import { indicesWhere } from "./rows.ts"
 import { keyedStreams } from "./randomness.ts"
-import { predictLogits, probe, seedOf, subEnv, wrongOf } from "./run.ts"
+import { predictLogits, probe, subEnv, wrongOf } from "./run.ts"
 import type { Core, Env } from "./run.ts"
 import type { FabOptions } from "./options.ts"
-import { worstCase } from "./pgd.ts"
+import { targetedWorstCase } from "./pgd.ts"
 import type { RunOut } from "./pgd.ts"
 
 /** Scratch space for {@link projectLinf}, reused across calls of one run. */
@@ -241,17 +241,5 @@ const gather = (a: Float32Array, rows: Int32Array, d: number): Float32Array => {
  * FAB-T: for each of the `targets` most likely wrong classes (ranked by the clean logits), `restarts` runs on the
  * samples not yet broken within eps.
  */
-export const fabTargetedCore = (o: FabOptions): Core => (env, x, y) => {
-  const ranked = tf.tidy(() => {
-    const logits = env.classifier.logits(x, { seed: seedOf(env, "targets") })
-    env.counts.forward += x.shape[0]
-    return { k: logits.shape[1], order: tf.topk(logits, logits.shape[1]).indices.dataSync() as Int32Array }
-  })
-  const k = ranked.k
-  const targets = Math.min(o.targets, k - 1)
-  return worstCase(env, x, y, targets * o.restarts, (e, xs, ys, run, rows) => {
-    const t = 1 + Math.floor(run / o.restarts)
-    const target = Int32Array.from(rows, (i) => ranked.order[i * k + t]!)
-    return fabRun(o, e, xs, ys, target, run, run % o.restarts)
-  })
-}
+export const fabTargetedCore = (o: FabOptions): Core => (env, x, y) =>
+  targetedWorstCase(env, x, y, o, (e, xs, ys, target, t, r) => fabRun(o, e, xs, ys, target, (t - 1) * o.restarts + r, r))

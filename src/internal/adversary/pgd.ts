@@ -6,7 +6,7 @@ import { col4, direction, l2Norm4, project } from "./geometry.ts"
 import { crossEntropy, dlr } from "./losses.ts"
 import { firstSuccess, gatherRows, indicesWhere, maskTensor, scatterRows, whereRows } from "./rows.ts"
 import { keyedNoise, keyedStreams } from "./randomness.ts"
-import { logitsArePrediction, misclassified, predictLogits, probe, subEnv, wrongOf } from "./run.ts"
+import { logitsArePrediction, misclassified, predictLogits, probe, seedOf, subEnv, wrongOf } from "./run.ts"
 import type { Core, Env } from "./run.ts"
 import type { FgsmOptions, PgdOptions } from "./options.ts"
 import type { Norm } from "./types.ts"
@@ -25,6 +25,32 @@ export interface RunOut {
   readonly success: Uint8Array
   /** per row: the run's loss at xAdv (compared across runs for rows no run fooled) */
   readonly loss: Float32Array
+}
+
+/**
+ * The targeted attacks' driver (APGD-T, FAB-T): ranks the classes by the clean logits once, then for each of the
+ * `targets` most likely wrong classes runs `restarts` passes through {@link worstCase}; `run` gets each row's
+ * target class, the target's rank (1 = most likely wrong) and the restart index.
+ */
+export const targetedWorstCase = (
+  env: Env,
+  x: tf.Tensor4D,
+  y: tf.Tensor1D,
+  options: { readonly targets: number; readonly restarts: number },
+  run: (env: Env, x: tf.Tensor4D, y: tf.Tensor1D, target: Int32Array, rank: number, restart: number) => RunOut
+): tf.Tensor4D => {
+  const ranked = tf.tidy(() => {
+    const logits = env.classifier.logits(x, { seed: seedOf(env, "targets") })
+    env.counts.forward += x.shape[0]
+    return { k: logits.shape[1], order: tf.topk(logits, logits.shape[1]).indices.dataSync() as Int32Array }
+  })
+  const k = ranked.k
+  const targets = Math.min(options.targets, k - 1)
+  return worstCase(env, x, y, targets * options.restarts, (e, xs, ys, index, rows) => {
+    const rank = 1 + Math.floor(index / options.restarts)
+    const target = Int32Array.from(rows, (i) => ranked.order[i * k + rank]!)
+    return run(e, xs, ys, target, rank, index % options.restarts)
+  })
 }
 
 /**
