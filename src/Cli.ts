@@ -299,6 +299,12 @@ export const dynamics = Command.make("dynamics", {
   eps: positive("eps", "Linf radius (default: the training attack's)"),
   steps: count("steps", "solver states to observe (default: the model's budget)"),
   out: outFlagWith("output directory (default: <run>/dynamics, or <run>/dynamics-2, ... when it holds a report)"),
+  worstCase: Flag.Boolean("worst-case").pipe(
+    Flag.withDescription(
+      "robust accuracy per state as the per-sample worst case over PGD, APGD-CE, APGD-T, FAB-T (--attack-steps steps, 2 targets) and Square (100 queries)"
+    ),
+    Flag.withDefault(false)
+  ),
   force: forceFlag
 }, (flags) =>
   Effect.gen(function*() {
@@ -312,7 +318,8 @@ export const dynamics = Command.make("dynamics", {
       ...(eps !== undefined ? { eps } : {}),
       ...(steps !== undefined ? { steps } : {}),
       out,
-      ...(samples !== undefined ? { asked: { samples: "--samples" } } : {})
+      ...(samples !== undefined ? { asked: { samples: "--samples" } } : {}),
+      ...(flags.worstCase ? { worstCase: { apgdSteps: flags.attackSteps, targets: 2, squareQueries: 100 } } : {})
     }))
   }).pipe(reported("dynamics"))).pipe(
   Command.withDescription("Per-state accuracy (clean and robust), entropy and residual of a checkpoint, with SVG plots")

@@ -373,6 +373,8 @@ export interface StateRow {
   readonly robustEntropy?: number
   readonly relResidual: number
   readonly robustRelResidual?: number
+  /** each attack's robust accuracy at this state, when robustAccuracy is the per-sample worst case over them */
+  readonly attacks?: Readonly<Record<string, number>>
 }
 
 /**
@@ -449,19 +451,31 @@ export const dynamicsPlots = (
  *
  * @category dynamics
  */
-export const dynamicsTable = (rows: ReadonlyArray<StateRow>): string =>
-  table(
-    ["state n", "clean acc. %", "robust acc. %", "entropy (clean)", "entropy (adv.)", "rel. residual (clean)", "rel. residual (adv.)"],
+export const dynamicsTable = (rows: ReadonlyArray<StateRow>): string => {
+  const names = Object.keys(rows[0]?.attacks ?? {})
+  return table(
+    [
+      "state n",
+      "clean acc. %",
+      names.length > 0 ? "robust acc. % (worst case)" : "robust acc. %",
+      ...names.map((a) => `${a} %`),
+      "entropy (clean)",
+      "entropy (adv.)",
+      "rel. residual (clean)",
+      "rel. residual (adv.)"
+    ],
     rows.map((r) => [
       r.n,
       pct(r.cleanAccuracy),
       pct(r.robustAccuracy),
+      ...names.map((a) => pct(r.attacks?.[a])),
       num(r.cleanEntropy),
       num(r.robustEntropy),
       num(r.relResidual),
       num(r.robustRelResidual)
     ])
   )
+}
 
 /**
  * Writes the three dynamics plots into `dir` as entropy.svg, accuracy.svg and residual.svg; returns the file

@@ -186,6 +186,18 @@ export interface DynamicsOptions {
   readonly quiet?: boolean
   /** the flag that set `samples`, when the user gave it (more than exist is then an error) */
   readonly asked?: { readonly samples?: string }
+  /**
+   * also attack with APGD-CE, APGD-T, FAB-T and Square (same threat model and gradient source as PGD): each
+   * state's robust accuracy is then the per-sample worst case over the five
+   */
+  readonly worstCase?: WorstCaseAttacks
+}
+
+/** The budgets of the per-state worst case's extra attacks. */
+export interface WorstCaseAttacks {
+  readonly apgdSteps: number
+  readonly targets: number
+  readonly squareQueries: number
 }
 
 /** What the dynamics analysis found. */
@@ -212,24 +224,36 @@ const analyse = (
     readonly seed: number
     readonly source?: Adversary.GradientSource
     readonly progress: StageProgress
+    readonly worstCase?: WorstCaseAttacks
   }
 ) =>
   Effect.gen(function*() {
     const started = performance.now()
     const source = o.source ?? Adversary.GradientSource.intermediate(o.steps, 5, 0.5)
     const attack = yield* Adversary.pgd({ eps: o.eps, steps: o.attackSteps })
+    const w = o.worstCase
+    const more = w === undefined ? [] : [
+      yield* Adversary.apgd({ eps: o.eps, steps: w.apgdSteps, loss: "ce" }),
+      yield* Adversary.apgdTargeted({ eps: o.eps, steps: w.apgdSteps, targets: w.targets }),
+      yield* Adversary.fabTargeted({ eps: o.eps, steps: w.apgdSteps, targets: w.targets }),
+      yield* Adversary.square({ eps: o.eps, queries: w.squareQueries })
+    ]
     const classifier = Adversary.deqClassifier(deq, { source, readOut, diagnostics: false })
     const rows = yield* analyseDynamics(deq, split, {
       steps: o.steps,
       batchSize: o.batchSize,
       attack: { attack, classifier },
+      more,
       onBatch: (done, total) => Effect.sync(() => o.progress.tick(done, total))
     }).pipe(Effect.provide(Rng.seeded(o.seed)), Effect.ensuring(Effect.sync(() => o.progress.close())))
     const mechanism = yield* mechanismCheck(deq, split, { steps: o.steps, batchSize: o.batchSize })
     return {
       rows,
       mechanism,
-      attack: `PGD-${o.attackSteps} (eps ${Number(o.eps.toPrecision(4))})`,
+      attack: w === undefined
+        ? `PGD-${o.attackSteps} (eps ${Number(o.eps.toPrecision(4))})`
+        : `PGD-${o.attackSteps}, APGD-CE-${w.apgdSteps}, APGD-T-${w.apgdSteps} x ${w.targets}, FAB-T-${w.apgdSteps} x ${w.targets} ` +
+          `and Square-${w.squareQueries} (eps ${Number(o.eps.toPrecision(4))}; per-sample worst case)`,
       source: Adversary.GradientSource.label(source),
       samples: split.count,
       seconds: (performance.now() - started) / 1000
@@ -254,7 +278,11 @@ const dynamicsSection = (dir: string, result: DynamicsResult, loaded: Loaded, pr
     })
     return [
       `${result.samples} test images; adversarial inputs from ${result.attack} through ${result.source}, made once and ` +
-      "observed along the whole trajectory (each state read out directly, h(z_n)). Residual: ||f(z_n) - z_n|| / ||f(z_n)||.",
+      "observed along the whole trajectory (each state read out directly, h(z_n)). Residual: ||f(z_n) - z_n|| / ||f(z_n)||." +
+        (result.rows[0]?.attacks !== undefined
+          ? " Robust accuracy: a sample counts at state n only when h(z_n) is right under every attack; the entropy and " +
+            "residual of adversarial inputs are those of PGD's."
+          : ""),
       "",
       Report.dynamicsTable(result.rows),
       "",
@@ -288,7 +316,8 @@ export const dynamicsJob = (options: DynamicsOptions): Effect.Effect<{ readonly 
       eps: options.eps ?? loaded.config.eval.eps ?? loaded.config.attack.eps,
       attackSteps: options.attackSteps,
       batchSize: options.batchSize ?? 100,
-      seed: loaded.config.seed
+      seed: loaded.config.seed,
+      ...(options.worstCase !== undefined ? { worstCase: options.worstCase } : {})
     })
     const out = path.resolve(options.out ?? path.join(loaded.runDir, "dynamics"))
     const section = yield* dynamicsSection(out, result, loaded)

@@ -23,6 +23,12 @@ export interface AnalysisOptions {
   readonly batchSize: number
   /** the attack and the classifier it attacks; absent: clean rows only */
   readonly attack?: { readonly attack: Attack["Service"]; readonly classifier: Classifier }
+  /**
+   * more attacks on the same classifier: each state's robust accuracy is then the per-sample worst case over
+   * `attack` and these (a sample counts only when h(z_n) is right under every attack), with each attack's own
+   * accuracy in `StateRow.attacks`; entropy and residual stay those of `attack`'s inputs
+   */
+  readonly more?: ReadonlyArray<Attack["Service"]>
   /** told after each batch (done, total) */
   readonly onBatch?: (done: number, total: number) => Effect.Effect<void>
 }
@@ -59,6 +65,9 @@ export const analyseDynamics = (
   Effect.gen(function*() {
     const n = options.steps
     const clean = sums(n), adv = sums(n)
+    const attacks = options.attack === undefined ? [] : [options.attack.attack, ...(options.more ?? [])]
+    const perAttack = attacks.map(() => new Float64Array(n))
+    const worst = new Float64Array(n)
     const plan = Data.batchIndices(split.count, { batchSize: options.batchSize, shuffle: false })
     let seen = 0
     for (let i = 0; i < plan.length; i++) {
@@ -68,8 +77,23 @@ export const analyseDynamics = (
         const labels = Data.gather(split, indices).y
         accumulate(clean, Dynamics.trajectory(deq, x, undefined, { steps: n }), labels)
         if (options.attack !== undefined) {
-          const result = yield* options.attack.attack.perturb(options.attack.classifier, x, y, { keys: indices })
-          accumulate(adv, Dynamics.trajectory(deq, result.xAdv, undefined, { steps: n }), labels)
+          const { classifier } = options.attack
+          // right[k][b]: h(z_k) right on sample b under every attack so far
+          const right = Array.from({ length: n }, () => new Uint8Array(indices.length).fill(1))
+          for (let a = 0; a < attacks.length; a++) {
+            const result = yield* attacks[a]!.perturb(classifier, x, y, { keys: indices })
+            const traj = Dynamics.trajectory(deq, result.xAdv, undefined, { steps: n })
+            if (a === 0) accumulate(adv, traj, labels)
+            traj.states.forEach((s, k) => {
+              if (k >= n) return
+              for (let b = 0; b < traj.batch; b++) {
+                const ok = s.predictions[b] === labels[b]
+                if (ok) perAttack[a]![k]!++
+                if (!ok) right[k]![b] = 0
+              }
+            })
+          }
+          right.forEach((r, k) => (worst[k]! += r.reduce((t, v) => t + v, 0)))
         }
       }))
       seen += indices.length
@@ -84,7 +108,10 @@ export const analyseDynamics = (
         relResidual: clean.residual[k]! / seen,
         ...(options.attack !== undefined
           ? {
-            robustAccuracy: adv.correct[k]! / seen,
+            robustAccuracy: attacks.length > 1 ? worst[k]! / seen : adv.correct[k]! / seen,
+            ...(attacks.length > 1
+              ? { attacks: Object.fromEntries(attacks.map((a, i) => [a.name, perAttack[i]![k]! / seen])) }
+              : {}),
             robustEntropy: adv.entropy[k]! / seen,
             robustRelResidual: adv.residual[k]! / seen
           }

@@ -182,6 +182,7 @@ export const analyse = (run: RunSpec, dir: string): Effect.Effect<void, JobError
       out: path.join(dir, "dynamics"),
       samples: run.dynamics.samples,
       attackSteps: run.dynamics.attackSteps,
+      ...(run.dynamics.worstCase !== undefined ? { worstCase: run.dynamics.worstCase } : {}),
       quiet: true
     })
   })

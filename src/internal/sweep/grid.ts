@@ -47,7 +47,9 @@ export const EvalSettings = Schema.Struct({
 /** What the dynamics activity observes. */
 export const DynamicsSettings = Schema.Struct({
   samples: Schema.optional(PositiveInt),
-  attackSteps: Schema.optional(PositiveInt)
+  attackSteps: Schema.optional(PositiveInt),
+  /** per-state robust accuracy as the worst case over PGD, APGD-CE, APGD-T, FAB-T and Square (the eval's budgets) */
+  worstCase: Schema.optional(Schema.Boolean)
 })
 
 /** A sweep file as written (decoded strictly: an unknown key is a ConfigError naming it). */
@@ -77,7 +79,12 @@ export interface RunSpec {
     readonly families: ReadonlyArray<typeof attackFamilies[number]>
     readonly suite: typeof SuiteConfig.Encoded
   }
-  readonly dynamics: { readonly samples: number; readonly attackSteps: number }
+  readonly dynamics: {
+    readonly samples: number
+    readonly attackSteps: number
+    /** present only when asked (older sweeps' run ids stay as they were) */
+    readonly worstCase?: { readonly apgdSteps: number; readonly targets: number; readonly squareQueries: number }
+  }
 }
 
 /** A sweep expanded into runs. */
@@ -204,7 +211,10 @@ export const expand = (file: string, sweep: SweepFile): Effect.Effect<Sweep, Con
     }
     const dynamics = {
       samples: sweep.dynamics?.samples ?? suite.dynamicsSamples,
-      attackSteps: sweep.dynamics?.attackSteps ?? suite.dynamicsAttackSteps
+      attackSteps: sweep.dynamics?.attackSteps ?? suite.dynamicsAttackSteps,
+      ...(sweep.dynamics?.worstCase === true
+        ? { worstCase: { apgdSteps: suite.apgdSteps, targets: suite.targets, squareQueries: suite.squareQueries } }
+        : {})
     }
     const runs: Array<RunSpec> = []
     for (const combo of combinations(axes)) {
