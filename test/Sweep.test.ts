@@ -94,6 +94,9 @@ describe("sweep files", () => {
     expect(conv.runs.length).toBe(12)
     expect([...new Set(conv.runs.map((r) => r.arm))]).toEqual(["pgd-at, final", "pgd-at, ris", "trades, final", "trades, ris"])
     expect(conv.runs.every((r) => (r.train as { model: { _tag: string } }).model._tag === "conv")).toBe(true)
+    // each state's worst case over the eval's AutoAttack budgets; sweeps that do not ask keep their run ids
+    expect(conv.runs.every((r) => JSON.stringify(r.dynamics.worstCase) === JSON.stringify({ apgdSteps: 10, targets: 2, squareQueries: 100 }))).toBe(true)
+    expect(paper.runs.every((r) => r.dynamics.worstCase === undefined && !("worstCase" in r.dynamics))).toBe(true)
   })
 
   it("runs are submitted seed by seed, so a sweep cut short has every arm", () => {
