@@ -174,6 +174,34 @@ describe.skipIf(pgSkip !== undefined)("a cluster of runners on PostgreSQL", () =
     for (const r of rs) r.kill("SIGKILL")
   }, 150_000)
 
+  it("a runner paused for 8 s mid-training (its event loop held, as by a long synchronous batch) keeps its runs: nothing runs twice", async () => {
+    const url = Postgres.createDatabase(server!, "sweep_pause")
+    const rs = await runners(url)
+    const out = path.join(tmp, "cluster-paused")
+    const half = path.join(tmp, "sweep-half-final.json")
+    fs.writeFileSync(half, JSON.stringify({ ...readJson(grid), axes: { readOut: ["final"], seed: [1, 2] } }))
+    const sweep = Processes.deq(["sweep", "--grid", half, "--out", out, "--storage", url], tmp, env)
+    let victim: string | undefined
+    await Processes.waitFor(() => (victim = inEpoch2(out)) !== undefined, 120_000, "a run in epoch 2")
+    const runner = readJson(path.join(victim!, "progress.json")).runner as string
+    const paused = rs.find((r) => runner.endsWith(`:${r.pid}`))!
+    paused.kill("SIGSTOP")
+    await new Promise((resolve) => setTimeout(resolve, 8_000))
+    paused.kill("SIGCONT")
+    expect(await sweep.exited, sweep.stderr()).toBe(0)
+    const mine = results(out).runs
+    expect(mine.map((r: Json) => r.state)).toEqual(["done", "done"])
+    expect(mine).toEqual(results(reference).runs.filter((r: Json) => mine.some((m: Json) => m.id === r.id)))
+    expectFinishedOnce(out)
+    // no activity of any run was started twice: the paused runner kept its shards
+    for (const id of runIds(out)) {
+      const activities = lines(path.join(out, "runs", id, "attempts.jsonl")).map((a) => a.activity as string)
+      expect(activities, id).toEqual([...new Set(activities)])
+    }
+    expect(paused.stderr()).not.toContain("Shard lock storage is unhealthy")
+    for (const r of rs) r.kill("SIGKILL")
+  }, 150_000)
+
   it("PostgreSQL stopped and restarted mid-sweep: runners report the outage and carry on; same results", async () => {
     const url = Postgres.createDatabase(server!, "sweep_outage")
     const rs = await runners(url)

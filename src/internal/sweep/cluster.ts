@@ -96,6 +96,19 @@ const shardingConfig = {
   entityMaxIdleTime: Duration.minutes(5)
 }
 
+/**
+ * A socket runner's timings: the shard-lock refresh times out after min(refresh, expiration / 3), and a runner
+ * whose event loop is held longer (one synchronous tfjs attack batch of a conv evaluation takes several seconds)
+ * would declare its storage unhealthy, drop its shards and have another runner start the same activity again: the
+ * conv ablation's first evaluation was restarted four times, alternating between two runners, with 2 s. A
+ * SIGKILLed runner's shards still move at once (its PostgreSQL session and advisory locks end with it).
+ */
+const runnerShardingConfig = {
+  ...shardingConfig,
+  shardLockRefreshInterval: Duration.seconds(20),
+  shardLockExpiration: Duration.seconds(60)
+}
+
 /** Cluster log lines: one line each, warnings and errors only unless `verbose`. */
 export const loggerLayer = (verbose: boolean, write: (line: string) => void) =>
   Layer.mergeAll(
@@ -142,7 +155,7 @@ export const runner = (o: RunnerOptions): Layer.Layer<WorkflowEngine.WorkflowEng
     Layer.provide(NodeClusterSocket.layer({
       storage: "sql",
       shardingConfig: {
-        ...shardingConfig,
+        ...runnerShardingConfig,
         runnerAddress: Option.some(RunnerAddress.make(o.host, o.port)),
         runnerListenAddress: Option.some(RunnerAddress.make("0.0.0.0", o.port))
       }
