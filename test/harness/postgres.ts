@@ -64,6 +64,8 @@ export interface Server {
   readonly stop: () => void
   /** starts it again on the same port and data */
   readonly restart: () => void
+  /** sends `signal` to the server and all its backends (SIGSTOP / SIGCONT: a stall, not an outage) */
+  readonly signal: (signal: "SIGSTOP" | "SIGCONT") => void
   /** stops it and removes its directory */
   readonly teardown: () => void
 }
@@ -103,6 +105,11 @@ export const start = async (): Promise<Server | undefined> => {
       // already stopped
     }
   }
+  const signal = (sig: "SIGSTOP" | "SIGCONT") => {
+    const postmaster = Number(fs.readFileSync(path.join(data, "postmaster.pid"), "utf8").split("\n")[0])
+    const children = spawnSync("pgrep", ["-P", String(postmaster)], { encoding: "utf8" }).stdout.split("\n").filter((l) => l.trim() !== "")
+    for (const pid of [postmaster, ...children.map(Number)]) process.kill(pid, sig)
+  }
   startServer()
   return {
     url: `postgres://deq@127.0.0.1:${port}/postgres`,
@@ -110,6 +117,7 @@ export const start = async (): Promise<Server | undefined> => {
     dir,
     stop,
     restart: startServer,
+    signal,
     teardown: () => {
       stop()
       fs.rmSync(dir, { recursive: true, force: true })

@@ -100,7 +100,7 @@ const shardingConfig = {
  * A socket runner's timings: the shard-lock refresh times out after min(refresh, expiration / 3), and a runner
  * whose event loop is held longer (one synchronous tfjs attack batch of a conv evaluation takes several seconds)
  * would declare its storage unhealthy, drop its shards and have another runner start the same activity again: the
- * conv ablation's first evaluation was restarted four times, alternating between two runners, with 2 s. A
+ * conv ablation's first evaluation was restarted four times, alternating between two runners, with 2 s (test/SweepFaults.test.ts stalls PostgreSQL to check it). A
  * SIGKILLed runner's shards still move at once (its PostgreSQL session and advisory locks end with it).
  */
 const runnerShardingConfig = {
