@@ -97,16 +97,18 @@ const shardingConfig = {
 }
 
 /**
- * A socket runner's timings: the shard-lock refresh times out after min(refresh, expiration / 3), and a runner
- * whose event loop is held longer (one synchronous tfjs attack batch of a conv evaluation takes several seconds)
- * would declare its storage unhealthy, drop its shards and have another runner start the same activity again: the
- * conv ablation's first evaluation was restarted four times, alternating between two runners, with 2 s (test/SweepFaults.test.ts stalls PostgreSQL to check it). A
- * SIGKILLed runner's shards still move at once (its PostgreSQL session and advisory locks end with it).
+ * A socket runner's timings. The shard-lock refresh times out after min(refresh, expiration / 3); a runner whose
+ * event loop is held longer (an attack runs a whole batch synchronously: 20-30 s for 100 images of the conv
+ * ablation with two runners on 2 cores) declares its storage unhealthy, drops its shards, and the same activity
+ * starts again, on it or on another runner. With 2 s the conv ablation's first evaluation restarted four times,
+ * with 20 s still twice; 60 s leaves twice the longest batch measured (test/SweepFaults.test.ts stalls PostgreSQL
+ * to check the mechanism). A SIGKILLed runner's shards still move at once (its PostgreSQL session and advisory
+ * locks end with it); only a hung runner's wait for the lock to expire grows (5 minutes).
  */
 const runnerShardingConfig = {
   ...shardingConfig,
-  shardLockRefreshInterval: Duration.seconds(20),
-  shardLockExpiration: Duration.seconds(60)
+  shardLockRefreshInterval: Duration.seconds(60),
+  shardLockExpiration: Duration.minutes(5)
 }
 
 /** Cluster log lines: one line each, warnings and errors only unless `verbose`. */
