@@ -8,9 +8,10 @@ import * as fs from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
 import { beforeAll, describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Logger } from "effect"
 import * as Checkpoint from "../src/Checkpoint.ts"
 import * as Data from "../src/Data.ts"
+import * as Models from "../src/Models.ts"
 import type * as Dynamics from "../src/Dynamics.ts"
 import { CheckpointError, ConfigError } from "../src/Errors.ts"
 import * as Train from "../src/Train.ts"
@@ -78,6 +79,25 @@ const bits = (dir: string) =>
     new Map([...k.params, ...k.extras].map((t) => [t.name, Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength)])))
 
 describe("Train.fit over a custom DeqModel", () => {
+  it.effect("a built-in model with workers > 1 trains on this thread and says why in a warning", () =>
+    Effect.gen(function*() {
+      const warnings: Array<string> = []
+      const capture = Logger.layer([
+        Logger.make(({ message, logLevel }) => {
+          if (logLevel === "Warn") warnings.push((Array.isArray(message) ? message : [message]).join(" "))
+        })
+      ])
+      const c = config({ workers: 2, epochs: 1, model: { _tag: "fc", inputShape: [8, 8, 1], classes: 4, hidden: 16 } })
+      const summary = yield* Effect.scoped(Effect.gen(function*() {
+        const model = yield* Models.build(c.model, { seed: 1 })
+        return yield* Train.fit(model, dataset, c)
+      })).pipe(Effect.provide(Train.layersFromConfig(c)), Effect.provide(capture))
+      expect(summary.complete).toBe(true)
+      expect(warnings).toHaveLength(1)
+      expect(warnings[0]).toMatch(/^workers 2 ignored: Train\.fit .* Train\.run\(config\) trains with the workers$/)
+    }))
+
+
   it.effect("trains, checkpoints its variables by name, and Checkpoint.load restores them into a hand-built cell", () =>
     leakCheck(Effect.gen(function*() {
       const out = yield* tempDir()

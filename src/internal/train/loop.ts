@@ -132,6 +132,13 @@ const setUp = (model: Dynamics.DeqModel, data: Dataset, config: TrainConfig, opt
     const dirs = options.out !== undefined ? Checkpoints.checkpointDirs(options.out) : undefined
     const restored = options.resume === true && dirs !== undefined ? yield* Checkpoints.restore(dirs.last, target) : undefined
     const builtIn = isModel(model) ? model : undefined
+    if (!mode.servicesFromConfig && builtIn !== undefined && typeof config.workers === "number" && config.workers > 1) {
+      // worker threads rebuild the services from the config; fit's come from the caller's context
+      yield* Effect.logWarning(
+        `workers ${config.workers} ignored: Train.fit takes its solver, attack and read-out from the context, which ` +
+          "worker threads cannot rebuild, so it trains on this thread; Train.run(config) trains with the workers"
+      )
+    }
     const threads = mode.servicesFromConfig && builtIn !== undefined ?
       Math.min(yield* resolveWorkers(config.workers, config.model), config.batchSize) :
       1
