@@ -15,7 +15,7 @@ import * as Sqlite from "../src/internal/sweep/sqlite.ts"
 import { counts, makeDisplay, type RunStatus, sweepEta, tableText } from "../src/internal/sweep/follow.ts"
 import { defenceOf, plots, type RunResult } from "../src/internal/sweep/results.ts"
 import { submissionOrder } from "../src/internal/sweep/run.ts"
-import { decide, verdicts, verdictTable } from "../src/internal/sweep/verdicts.ts"
+import { decide, stateTable, verdicts, verdictTable } from "../src/internal/sweep/verdicts.ts"
 import * as Sweep from "../src/Sweep.ts"
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "deq-sweep-unit-"))
@@ -193,6 +193,26 @@ describe("results", () => {
     const p = plots(arms)
     expect(p.accuracy.series.map((s) => s.name)).toEqual(["final (clean)", "ris (clean)", "final (robust)", "ris (robust)"])
     expect(p.accuracy.series[0]!.band).toEqual([[1, 0.15 - Math.SQRT1_2 * 0.1, 0.15 + Math.SQRT1_2 * 0.1], [2, 0.25 - Math.SQRT1_2 * 0.1, 0.25 + Math.SQRT1_2 * 0.1]].map(([n, lo, hi]) => [n, expect.closeTo(lo!, 12), expect.closeTo(hi!, 12)]))
+  })
+
+  it("per-state attack columns: each attack's mean over seeds beside the worst case, in the summary's state table", () => {
+    const sweep = Effect.runSync(Sweep.load(quick))
+    const results = sweep.runs.map((run, i) => ({
+      id: run.id, arm: run.arm, seed: run.seed, clean: 0.5, robust: 0.2, samples: 32, axes: run.axes,
+      states: [1, 2].map((n) => ({
+        n, cleanAccuracy: 0.9, robustAccuracy: 0.1 * n, cleanEntropy: 1, robustEntropy: 2,
+        attacks: { pgd: 0.1 * n + 0.02 * i, square: 0.5 }
+      }))
+    }))
+    const arms = Sweep.summarize(sweep, results)
+    // runs 0 and 1 are the "final" arm: pgd at n = 2 is 0.2 and 0.22
+    expect(arms[0]!.states[1]!.attacks!.pgd!.mean).toBeCloseTo(0.21, 12)
+    expect(arms[0]!.states[1]!.attacks!.square!.sd).toBe(0)
+    const table = stateTable(arms)
+    expect(table.split("\n")[0]).toBe("| arm | state n | clean acc. % | robust acc. % (worst case) | pgd % | square % | entropy (clean) | entropy (adv.) |")
+    expect(table).toContain("| final | 2 | 90.0 ± 0.0 (2) | 20.0 ± 0.0 (2) | 21.0 ± 1.4 (2) | 50.0 ± 0.0 (2) |")
+    const plain = stateTable(Sweep.summarize(sweep, results.map((r) => ({ ...r, states: r.states.map(({ attacks: _, ...s }) => s) }))))
+    expect(plain.split("\n")[0]).toBe("| arm | state n | clean acc. % | robust acc. % | entropy (clean) | entropy (adv.) |")
   })
 
   it("a plot with bands renders to SVG with a shaded area per series", async () => {

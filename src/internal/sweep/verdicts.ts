@@ -190,10 +190,28 @@ export const verdictTable = (vs: ReadonlyArray<Verdict>): string =>
   )
 
 /** The per-state table of the arms: clean / robust accuracy and clean entropy, mean ± sd over seeds. */
-export const stateTable = (arms: ReadonlyArray<ArmSummary>): string =>
-  Report.table(
-    ["arm", "state n", "clean acc. %", "robust acc. %", "entropy (clean)", "entropy (adv.)"],
+export const stateTable = (arms: ReadonlyArray<ArmSummary>): string => {
+  const names = [...new Set(arms.flatMap((a) => a.states.flatMap((s) => Object.keys(s.attacks ?? {}))))]
+  return Report.table(
+    [
+      "arm",
+      "state n",
+      "clean acc. %",
+      names.length > 0 ? "robust acc. % (worst case)" : "robust acc. %",
+      ...names.map((n) => `${n} %`),
+      "entropy (clean)",
+      "entropy (adv.)"
+    ],
     arms.flatMap((a) =>
-      a.states.map((s) => [a.arm, s.n, cell(s.cleanAccuracy, true), cell(s.robustAccuracy, true), cell(s.cleanEntropy, false), cell(s.robustEntropy, false)])
+      a.states.map((s) => [
+        a.arm,
+        s.n,
+        cell(s.cleanAccuracy, true),
+        cell(s.robustAccuracy, true),
+        ...names.map((n) => (s.attacks?.[n] !== undefined ? cell(s.attacks[n]!, true) : "-")),
+        cell(s.cleanEntropy, false),
+        cell(s.robustEntropy, false)
+      ])
     )
   )
+}
