@@ -172,7 +172,7 @@ describe.skipIf(pgSkip !== undefined)("a cluster of runners on PostgreSQL", () =
     const survivor = rs.find((r) => r !== killed)!
     expect(survivor.stderr()).toContain(`run ${path.basename(victim!)}: train-2 (from epoch 1)`)
     for (const r of rs) r.kill("SIGKILL")
-  }, 150_000)
+  }, 240_000)
 
   it("PostgreSQL stalled for 6 s mid-training (every server process SIGSTOPped): runners keep their shards, nothing runs twice", async () => {
     const url = Postgres.createDatabase(server!, "sweep_stall")

@@ -101,14 +101,14 @@ const shardingConfig = {
  * event loop is held longer (an attack runs a whole batch synchronously: 20-30 s for 100 images of the conv
  * ablation with two runners on 2 cores) declares its storage unhealthy, drops its shards, and the same activity
  * starts again, on it or on another runner. With 2 s the conv ablation's first evaluation restarted four times,
- * with 20 s still twice; 60 s leaves twice the longest batch measured (test/SweepFaults.test.ts stalls PostgreSQL
- * to check the mechanism). A SIGKILLed runner's shards still move at once (its PostgreSQL session and advisory
- * locks end with it); only a hung runner's wait for the lock to expire grows (5 minutes).
+ * with 20 s still twice. The expiration bounds how long a SIGKILLed runner's shards stay locked before another
+ * runner takes them (5 minutes made test/SweepFaults.test.ts's kill test time out), so 30 s / 90 s is the
+ * compromise; test/SweepFaults.test.ts also stalls PostgreSQL to check the refresh timeout.
  */
 const runnerShardingConfig = {
   ...shardingConfig,
-  shardLockRefreshInterval: Duration.seconds(60),
-  shardLockExpiration: Duration.minutes(5)
+  shardLockRefreshInterval: Duration.seconds(30),
+  shardLockExpiration: Duration.seconds(90)
 }
 
 /** Cluster log lines: one line each, warnings and errors only unless `verbose`. */
