@@ -11,6 +11,7 @@ import { isIdle, mechanismCheck, mechanismSection } from "../src/Evaluation.ts"
 import { makePicardSync } from "../src/FixedPoint.ts"
 import * as Models from "../src/Models.ts"
 import { leakCheck, tf, useBackend } from "../src/Tensor.ts"
+import { randomSplit } from "./support.ts"
 
 beforeAll(async () => {
   await useBackend("wasm")
@@ -18,12 +19,7 @@ beforeAll(async () => {
 
 const B = 10, N = 5
 
-const splitOf = (seed: number): Data.Split => {
-  const x = tf.randomUniform([B, 8, 8, 1], 0, 1, "float32", seed)
-  const images = x.dataSync() as Float32Array
-  x.dispose()
-  return { images, labels: new Int32Array(B), count: B, height: 8, width: 8, channels: 1, classes: 4 }
-}
+const splitOf = (seed: number): Data.Split => randomSplit(B, seed)
 
 /** By hand: z_n of an n-step Picard solve, read through f then k damped steps. */
 const byHand = (deq: Dynamics.Deq, split: Data.Split, k: number, lambda: number) =>

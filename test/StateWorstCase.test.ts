@@ -13,6 +13,7 @@ import { analyseDynamics } from "../src/Evaluation.ts"
 import { makePicardSync } from "../src/FixedPoint.ts"
 import * as Models from "../src/Models.ts"
 import { leakCheck, Rng, tf, useBackend } from "../src/Tensor.ts"
+import { randomSplit } from "./support.ts"
 
 beforeAll(async () => {
   await useBackend("wasm")
@@ -20,13 +21,8 @@ beforeAll(async () => {
 
 const B = 24, N = 4
 
-const splitOf = (seed: number): Data.Split => {
-  const x = tf.randomUniform([B, 8, 8, 1], 0, 1, "float32", seed)
-  const images = x.dataSync() as Float32Array
-  x.dispose()
-  const labels = Int32Array.from({ length: B }, (_, i) => (i * 7 + seed) % 4)
-  return { images, labels, count: B, height: 8, width: 8, channels: 1, classes: 4 }
-}
+const splitOf = (seed: number): Data.Split =>
+  randomSplit(B, seed, Int32Array.from({ length: B }, (_, i) => (i * 7 + seed) % 4))
 
 describe("analyseDynamics: per-state worst case over attacks", () => {
   it.effect("bounds, each attack's own column, and the exact intersection", () =>

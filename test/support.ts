@@ -1,10 +1,11 @@
 /**
- * Helpers shared by the test files (numeric comparisons, running an attack synchronously).
+ * Helpers shared by the test files (numeric comparisons, running an attack synchronously, a small random split).
  */
 import { Effect } from "effect"
 import { expect } from "vitest"
 import type * as Adversary from "../src/Adversary.ts"
-import { Rng, type tf } from "../src/Tensor.ts"
+import type { Split } from "../src/Data.ts"
+import { Rng, tf } from "../src/Tensor.ts"
 
 /** cos(a, b) of two flat arrays. */
 export const cosine = (a: ArrayLike<number>, b: ArrayLike<number>): number => {
@@ -43,3 +44,13 @@ export const perturbSync = (
 
 /** Runs an Effect that cannot need services synchronously (building attacks and options in tests). */
 export const make = <A, E>(self: Effect.Effect<A, E>): A => Effect.runSync(self)
+
+/**
+ * A split of `count` random 8x8x1 images in [0, 1) (seeded) with 4 classes; labels are zeros unless given.
+ */
+export const randomSplit = (count: number, seed: number, labels: Int32Array = new Int32Array(count)): Split => {
+  const x = tf.randomUniform([count, 8, 8, 1], 0, 1, "float32", seed)
+  const images = x.dataSync() as Float32Array
+  x.dispose()
+  return { images, labels, count, height: 8, width: 8, channels: 1, classes: 4 }
+}

@@ -98,9 +98,9 @@ const shardingConfig = {
 
 /**
  * A socket runner's timings. The shard-lock refresh times out after min(refresh, expiration / 3); a runner whose
- * event loop is held longer (an attack runs a whole batch synchronously: 20-30 s for 100 images of the conv
- * ablation with two runners on 2 cores) declares its storage unhealthy, drops its shards, and the same activity
- * starts again, on it or on another runner. With 2 s the conv ablation's first evaluation restarted four times,
+ * event loop is held longer (an attack runs a whole batch synchronously: over 20 s, the timeout that fired, for
+ * 100 images of the conv ablation with two runners on 2 cores) declares its storage unhealthy, drops its shards,
+ * and the same activity starts again, on it or on another runner. With 2 s the conv ablation's first evaluation restarted four times,
  * with 20 s still twice. The expiration bounds how long a SIGKILLed runner's shards stay locked before another
  * runner takes them (5 minutes made test/SweepFaults.test.ts's kill test time out), so 30 s / 90 s is the
  * compromise; test/SweepFaults.test.ts also stalls PostgreSQL to check the refresh timeout.
